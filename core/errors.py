@@ -1,0 +1,93 @@
+"""The one error hierarchy of modeld.
+
+core/ raises these; only the edges translate them (the HTTP layer into status codes with a
+``detail``, the CLI into exit codes and one readable line). Every message is built in
+``__init__`` from the error's fields, so every raise site reads the same.
+"""
+
+from __future__ import annotations
+
+
+class ModeldError(Exception):
+    """Base of every error modeld raises on purpose."""
+
+
+class ConfigError(ModeldError):
+    """A configuration key has a wrong value, or the configuration cannot be read."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        self.key = key
+        self.problem = problem
+        super().__init__(f"configuration error at {key}: {problem}")
+
+
+class ArtifactError(ModeldError):
+    """An artifact folder cannot be imported."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+class ArtifactIncomplete(ArtifactError):
+    """The artifact is still being written (or its manifest does not match yet)."""
+
+
+class ArtifactInvalid(ArtifactError):
+    """The artifact is complete but cannot be served correctly."""
+
+
+class ArtifactUntrusted(ArtifactError):
+    """The artifact fails an integrity or trust check; none of its files was unpickled."""
+
+
+class PathOutsideModels(ModeldError):
+    """An import path that does not resolve to a folder inside the training models folder."""
+
+    def __init__(self, path: str, models_dir: str) -> None:
+        self.path = path
+        self.models_dir = models_dir
+        super().__init__(f"path {path!r} is not a folder inside {models_dir}")
+
+
+class UnknownVersion(ModeldError):
+    """No version with this name is in the registry."""
+
+    def __init__(self, version: str) -> None:
+        self.version = version
+        super().__init__(f"unknown model version {version!r}")
+
+
+class VersionConflict(ModeldError):
+    """The request conflicts with the registry's state (content differs, status forbids it)."""
+
+    def __init__(self, version: str, reason: str) -> None:
+        self.version = version
+        self.reason = reason
+        super().__init__(f"version {version!r}: {reason}")
+
+
+class NoModelDeployed(ModeldError):
+    """Scoring was asked for while no model is deployed."""
+
+    def __init__(self) -> None:
+        super().__init__("no model is deployed yet; import a valid artifact first")
+
+
+class ModelLoadFailed(ModeldError):
+    """A stored version could not be loaded or warmed for serving."""
+
+    def __init__(self, version: str, reason: str) -> None:
+        self.version = version
+        self.reason = reason
+        super().__init__(f"version {version!r} could not be loaded: {reason}")
+
+
+class RecordInvalid(ModeldError):
+    """A record of a scoring batch cannot be turned into features."""
+
+    def __init__(self, index: int, problem: str) -> None:
+        self.index = index
+        self.problem = problem
+        super().__init__(f"record {index}: {problem}")

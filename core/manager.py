@@ -1,0 +1,631 @@
+"""The manager: turns found folders into imported versions and decides what is deployed.
+
+It ties source -> validate -> store -> registry -> serving together. Every operation that
+changes the registry or the serving slot (an import, a deploy, a rollback, a fallback, a
+retention pass) runs under one operation lock, so the registry and the slot always agree and
+the deployment history shows every change in order. Decisions are pure functions of a registry
+snapshot (:func:`next_deployment`, :func:`rollback_target`); the manager carries them out.
+
+Called from the daemon's poll worker, its HTTP handlers and its scheduler jobs. It never
+raises for a bad artifact (that is an outcome); it raises ModeldError subclasses for refused
+operator requests and lets sqlite3/OSError through for failures of the daemon's own disk.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from core.errors import (
+    ArtifactIncomplete,
+    ArtifactUntrusted,
+    ModelLoadFailed,
+    PathOutsideModels,
+    UnknownVersion,
+    VersionConflict,
+)
+from core.registry import Actor, DeploymentRow, FolderRow, Registry, VersionRow
+from core.serving import ServableModel, ServingSlot
+from core.source import (
+    ArtifactFolder,
+    SettleTracker,
+    inspect_folder,
+    manifest_mismatches,
+    read_manifest,
+    scan_models_folder,
+)
+from core.store import ModelStore, StagedArtifact
+from core.validate import (
+    ModelLoader,
+    ValidationPolicy,
+    Validation,
+    joblib_loader,
+    load_servable,
+    parse_timestamp,
+    read_metadata,
+    validate_folder,
+)
+
+log = structlog.get_logger("modeld.manager")
+
+Clock = Callable[[], datetime]
+Listener = Callable[[str, Mapping[str, Any]], None]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentPolicy:
+    """What auto-deployment may do (from ``integration.auto_deploy``)."""
+
+    auto_deploy: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What a policy function asks the manager to do."""
+
+    version: str
+    reason: str
+    actor: Actor
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrySnapshot:
+    """The facts a deployment decision depends on."""
+
+    deployed: VersionRow | None
+    history: tuple[DeploymentRow, ...]
+
+    @property
+    def rolled_back_from(self) -> frozenset[str]:
+        return frozenset(
+            d.from_version for d in self.history if d.actor == "rollback" and d.from_version
+        )
+
+
+def next_deployment(
+    snapshot: RegistrySnapshot, candidate: VersionRow, policy: DeploymentPolicy
+) -> Decision | None:
+    """Deploy a newly imported version when auto-deploy is on and it is newer than what serves.
+
+    Never a version that an operator rolled back from; never a rejected one.
+    """
+    if not policy.auto_deploy or candidate.status != "available":
+        return None
+    if candidate.version in snapshot.rolled_back_from:
+        return None
+    deployed = snapshot.deployed
+    if deployed is None:
+        return Decision(candidate.version, "first valid version", "auto")
+    if deployed.version == candidate.version:
+        return None
+    if _created(candidate) > _created(deployed):
+        return Decision(
+            candidate.version,
+            f"newer than {deployed.version} ({candidate.created_at} > {deployed.created_at})",
+            "auto",
+        )
+    return None
+
+
+def rollback_target(
+    snapshot: RegistrySnapshot, available: Mapping[str, VersionRow]
+) -> str | None:
+    """The previously deployed version: newest in the history that is not serving now, was
+    not rolled back from, and is still available."""
+    current = snapshot.deployed.version if snapshot.deployed else None
+    skip = snapshot.rolled_back_from | {current}
+    for row in snapshot.history:
+        for version in (row.to_version, row.from_version):
+            if version and version not in skip and version in available:
+                return version
+    return None
+
+
+def _created(row: VersionRow) -> datetime:
+    try:
+        return parse_timestamp(row.created_at)
+    except ValueError:
+        return datetime.min.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class ImportOutcome:
+    """What became of one candidate folder."""
+
+    path: str
+    status: str  # imported | rejected | duplicate | conflict | incomplete | failed
+    version: str | None = None
+    reason: str = ""
+    report: Mapping[str, Any] | None = None
+    deployed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PollResult:
+    """One scan of the models folder."""
+
+    outcomes: tuple[ImportOutcome, ...] = ()
+    pending: tuple[str, ...] = ()
+    next_check: float | None = None
+    folder_missing: bool = False
+
+
+@dataclass(slots=True)
+class ModelManager:
+    """See the module docstring. One instance per daemon process."""
+
+    registry: Registry
+    store: ModelStore
+    slot: ServingSlot
+    models_dir: Path
+    validation: ValidationPolicy
+    deployment: DeploymentPolicy
+    settle_seconds: float
+    loader: ModelLoader = joblib_loader
+    clock: Clock = utc_now
+    listener: Listener = lambda _event, _fields: None
+    fault: Callable[[str], None] = lambda _step: None
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    tracker: SettleTracker = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.tracker = SettleTracker(self.settle_seconds)
+
+    def _emit(self, event: str, **fields: Any) -> None:
+        self.listener(event, fields)
+
+    # startup ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Recover after any stop: clean staging, drop orphans, serve the registry's version."""
+        with self.lock:
+            for leftover in self.store.clean_leftovers():
+                log.warning("staging_cleaned", path=leftover, reason="left by an interrupted run")
+            known = {r.version for r in self.registry.list_versions() if r.status == "available"}
+            for child in sorted(self.store.versions.iterdir()):
+                if child.name not in known:
+                    self.store.remove(child.name)
+                    log.warning("orphan_version_removed", version=child.name,
+                                reason="in the store but not committed to the registry")
+            self._restore()
+            for row in reversed(self.registry.list_versions()):
+                if row.status == "available" and not row.considered:
+                    self._consider(row, None)
+
+    def _restore(self) -> None:
+        deployed = self.registry.deployed_version()
+        if deployed is None:
+            return
+        try:
+            servable = self._load(deployed)
+        except ModelLoadFailed as exc:
+            log.error("deployed_version_unusable", version=deployed, reason=exc.reason)
+            self.registry.set_status(deployed, "rejected", f"unusable at startup: {exc.reason}")
+            self._emit("fallback", version=deployed, reason=exc.reason)
+            self._fall_back(deployed, f"deployed version unusable at startup: {exc.reason}")
+            return
+        fallback = None
+        target = rollback_target(self._snapshot(), self._available())
+        if target is not None:
+            try:
+                fallback = self._load(target)
+            except ModelLoadFailed as exc:
+                log.warning("fallback_unusable", version=target, reason=exc.reason)
+        self.slot.set(servable, fallback)
+        log.info("model_restored", version=deployed,
+                 fallback=None if fallback is None else fallback.version)
+
+    def _fall_back(self, bad: str, reason: str) -> None:
+        """Serve the newest earlier good version (or nothing) after ``bad`` failed."""
+        for row in self.registry.deployments():
+            for version in (row.to_version, row.from_version):
+                if not version or version == bad or version not in self._available():
+                    continue
+                try:
+                    servable = self._load(version)
+                except ModelLoadFailed as exc:
+                    self.registry.set_status(version, "rejected", f"unusable: {exc.reason}")
+                    continue
+                self.registry.record_deployment(bad, version, iso(self.clock()), reason,
+                                                "fallback")
+                self.slot.set(servable, None)
+                log.warning("fallback_deployed", old=bad, new=version, reason=reason)
+                return
+        self.registry.record_deployment(bad, None, iso(self.clock()), reason, "fallback")
+        self.slot.set(None, None)
+        log.error("no_good_version", old=bad, reason=reason)
+
+    # finding and importing ---------------------------------------------------------------
+
+    def poll_once(self) -> PollResult:
+        """Scan the models folder once and import every folder that is ready."""
+        try:
+            folders = scan_models_folder(self.models_dir)
+        except (FileNotFoundError, NotADirectoryError):
+            return PollResult(folder_missing=True)
+        self.tracker.forget_missing(f.name for f in folders)
+        known = self.registry.folders()
+        outcomes, pending = [], []
+        next_check: float | None = None
+        now = self.clock().timestamp()
+        for folder in folders:
+            record = known.get(folder.name)
+            if record is not None and record.fingerprint == folder.fingerprint:
+                continue
+            readiness = self.tracker.readiness(folder, now)
+            if not readiness.ready:
+                pending.append(folder.name)
+                if readiness.wait_until is not None:
+                    next_check = min(next_check or readiness.wait_until, readiness.wait_until)
+                continue
+            outcome = self._import_folder(folder, quality_gate=True, actor="auto")
+            outcomes.append(outcome)
+            if outcome.status == "incomplete":
+                pending.append(folder.name)
+                retry = now + max(self.settle_seconds, 0.2)
+                next_check = min(next_check or retry, retry)
+        return PollResult(tuple(outcomes), tuple(pending), next_check)
+
+    def note_moved_in(self, name: str) -> None:
+        self.tracker.note_moved_in(name)
+
+    def resolve_import_path(self, path: str) -> Path:
+        """An operator's import path, which must be a folder inside the models folder.
+
+        Relative paths are taken from the models folder. Symlinks are resolved before the
+        check, so none leads out. Nothing is opened before the check passes.
+        """
+        root = self.models_dir.resolve()
+        raw = Path(path)
+        candidate = raw if raw.is_absolute() else root / raw
+        resolved = candidate.resolve()
+        if resolved == root or root not in resolved.parents or not resolved.is_dir():
+            raise PathOutsideModels(path, str(root))
+        return resolved
+
+    def import_path(self, path: str, quality_gate: bool = True) -> ImportOutcome:
+        """Import one folder now (operator request); raises on a refused path or conflict."""
+        folder = inspect_folder(self.resolve_import_path(path))
+        outcome = self._import_folder(folder, quality_gate=quality_gate, actor="operator")
+        if outcome.status == "conflict":
+            raise VersionConflict(outcome.version or "?", outcome.reason)
+        return outcome
+
+    def latest_folder(self) -> ArtifactFolder | None:
+        """The training folder's newest complete-looking artifact by created_at."""
+        best: tuple[datetime, ArtifactFolder] | None = None
+        for folder in scan_models_folder(self.models_dir):
+            info = describe_folder(folder)
+            created = info.get("created_at")
+            if not folder.has_required_files or not isinstance(created, str):
+                continue
+            try:
+                moment = parse_timestamp(created)
+            except ValueError:
+                continue
+            if best is None or moment > best[0]:
+                best = (moment, folder)
+        return None if best is None else best[1]
+
+    def _import_folder(
+        self, folder: ArtifactFolder, quality_gate: bool, actor: Actor
+    ) -> ImportOutcome:
+        with self.lock:
+            started = time.perf_counter()
+            try:
+                staged = self.store.stage(folder.path)
+            except ArtifactIncomplete as exc:
+                return ImportOutcome(str(folder.path), "incomplete", reason=exc.reason)
+            except ArtifactUntrusted as exc:
+                return self._reject(folder, None, exc.reason, None)
+            except OSError as exc:
+                log.error("staging_failed", path=str(folder.path), reason=str(exc))
+                self._emit("import_failed", path=str(folder.path), reason=str(exc))
+                return ImportOutcome(str(folder.path), "failed", reason=f"staging failed: {exc}")
+            self.fault("staged")
+            try:
+                return self._import_staged(folder, staged, quality_gate, actor, started)
+            finally:
+                self.store.discard(staged)
+
+    def _import_staged(
+        self,
+        folder: ArtifactFolder,
+        staged: StagedArtifact,
+        quality_gate: bool,
+        actor: Actor,
+        started: float,
+    ) -> ImportOutcome:
+        try:
+            after = inspect_folder(folder.path)
+        except FileNotFoundError:
+            return ImportOutcome(str(folder.path), "incomplete", reason="the folder disappeared")
+        if after.fingerprint != folder.fingerprint:
+            return ImportOutcome(str(folder.path), "incomplete", reason="changed while copying")
+        manifest = read_manifest(staged.path)
+        if manifest is not None:
+            sizes = {n: d.size for n, d in staged.files.items()}
+            problems = manifest_mismatches(manifest, sizes, lambda n: staged.files[n].sha256)
+            if problems:
+                return self._reject(folder, None, "files manifest: " + "; ".join(problems), None)
+        validation = validate_folder(
+            staged.path, self.validation, self.clock(), self.loader, quality_gate
+        )
+        meta = validation.metadata
+        if meta is not None:
+            existing = self.registry.get_version(meta.version)
+            if existing is not None and existing.status != "rejected":
+                return self._existing(folder, existing, staged)
+        if not validation.report.accepted:
+            return self._reject(folder, meta and meta.version, validation.report.reason,
+                                validation)
+        assert meta is not None and validation.servable is not None
+        self.fault("validated")
+        stored = self.store.commit(staged, meta.version)
+        now = iso(self.clock())
+        row = VersionRow(
+            version=meta.version, status="available", model_type=meta.model_type,
+            quality_score=validation.report.quality_score, report=validation.report.to_dict(),
+            metadata=dict(meta.raw), created_at=iso(meta.created_at), imported_at=now,
+            source_path=str(folder.path), store_path=str(stored), checksums=staged.checksums(),
+            content_digest=staged.content_digest, reason="", considered=False, deployed_at=None,
+        )
+        with self.registry.transaction():
+            self.registry.put_version(row)
+            self.registry.add_transfer(meta.version, str(folder.path), str(stored), now,
+                                       "completed")
+            self.registry.record_folder(FolderRow(folder.name, folder.fingerprint, "imported",
+                                                  meta.version, "", now))
+        self.fault("registered")
+        took_ms = round((time.perf_counter() - started) * 1000, 2)
+        log.info("model_imported", version=meta.version, path=str(folder.path),
+                 quality_score=row.quality_score, warnings=validation.report.warnings,
+                 took_ms=took_ms)
+        self._emit("imported", version=meta.version, path=str(folder.path))
+        deployed = self._consider(row, validation.servable) if actor == "auto" else False
+        return ImportOutcome(str(folder.path), "imported", meta.version, "",
+                             validation.report.to_dict(), deployed)
+
+    def _existing(
+        self, folder: ArtifactFolder, existing: VersionRow, staged: StagedArtifact
+    ) -> ImportOutcome:
+        now = iso(self.clock())
+        if existing.content_digest == staged.content_digest:
+            self.registry.record_folder(FolderRow(folder.name, folder.fingerprint, "duplicate",
+                                                  existing.version, "already imported", now))
+            log.info("import_duplicate", version=existing.version, path=str(folder.path))
+            return ImportOutcome(str(folder.path), "duplicate", existing.version,
+                                 "already imported with the same content", existing.report)
+        reason = (f"version {existing.version} was already imported from "
+                  f"{existing.source_path} with different content")
+        with self.registry.transaction():
+            self.registry.record_folder(FolderRow(folder.name, folder.fingerprint, "conflict",
+                                                  existing.version, reason, now))
+            self.registry.add_transfer(existing.version, str(folder.path), None, now,
+                                       "conflict", reason)
+        log.warning("import_conflict", version=existing.version, path=str(folder.path),
+                    reason=reason)
+        self._emit("import_rejected", version=existing.version, path=str(folder.path),
+                   reason=reason)
+        return ImportOutcome(str(folder.path), "conflict", existing.version, reason,
+                             existing.report)
+
+    def _reject(
+        self,
+        folder: ArtifactFolder,
+        version: str | None,
+        reason: str,
+        validation: Validation | None,
+    ) -> ImportOutcome:
+        now = iso(self.clock())
+        report = None if validation is None else validation.report.to_dict()
+        with self.registry.transaction():
+            if version is not None and validation is not None and validation.metadata:
+                meta = validation.metadata
+                self.registry.put_version(VersionRow(
+                    version=version, status="rejected", model_type=meta.model_type,
+                    quality_score=validation.report.quality_score, report=report or {},
+                    metadata=dict(meta.raw), created_at=iso(meta.created_at), imported_at=now,
+                    source_path=str(folder.path), store_path=None, checksums={},
+                    content_digest=None, reason=reason, considered=True, deployed_at=None,
+                ))
+            self.registry.add_transfer(version, str(folder.path), None, now, "rejected", reason)
+            self.registry.record_folder(FolderRow(folder.name, folder.fingerprint, "rejected",
+                                                  version, reason, now))
+        log.warning("import_rejected", version=version, path=str(folder.path), reason=reason)
+        self._emit("import_rejected", version=version, path=str(folder.path), reason=reason)
+        return ImportOutcome(str(folder.path), "rejected", version, reason, report)
+
+    # deploying ----------------------------------------------------------------------------
+
+    def _snapshot(self) -> RegistrySnapshot:
+        deployed = self.registry.deployed_version()
+        row = None if deployed is None else self.registry.get_version(deployed)
+        return RegistrySnapshot(row, tuple(self.registry.deployments()))
+
+    def _available(self) -> dict[str, VersionRow]:
+        return {r.version: r for r in self.registry.list_versions() if r.status == "available"}
+
+    def _consider(self, row: VersionRow, servable: ServableModel | None) -> bool:
+        decision = next_deployment(self._snapshot(), row, self.deployment)
+        deployed = False
+        if decision is not None:
+            try:
+                self._deploy(decision, servable)
+                deployed = True
+            except ModelLoadFailed:
+                pass  # recorded by _deploy; the old version keeps serving
+        self.registry.mark_considered(row.version)
+        return deployed
+
+    def _load(self, version: str) -> ServableModel:
+        """A servable for ``version``: the one in memory, or loaded from the verified store."""
+        state = self.slot.state
+        for loaded in (state.deployed, state.fallback):
+            if loaded is not None and loaded.version == version:
+                return loaded
+        row = self.registry.get_version(version)
+        if row is None:
+            raise UnknownVersion(version)
+        problem = self.store.verify(version, row.checksums)
+        if problem is not None:
+            raise ModelLoadFailed(version, problem)
+        return load_servable(self.store.path_of(version), self.validation, self.loader)
+
+    def _deploy(self, decision: Decision, servable: ServableModel | None = None) -> str:
+        started = time.perf_counter()
+        current = self.slot.state.deployed
+        old = None if current is None else current.version
+        if old == decision.version:
+            return old
+        try:
+            new = servable if servable is not None else self._load(decision.version)
+        except ModelLoadFailed as exc:
+            now = iso(self.clock())
+            self.registry.add_event("swap_failed", decision.version, now,
+                                    {"reason": exc.reason, "actor": decision.actor})
+            log.error("swap_failed", old=old, new=decision.version, reason=exc.reason)
+            self._emit("swap_failed", version=decision.version, reason=exc.reason)
+            raise
+        self.fault("loaded")
+        self.registry.record_deployment(old, decision.version, iso(self.clock()),
+                                        decision.reason, decision.actor)
+        self.fault("deployment_recorded")
+        self.slot.swap(new)
+        took_ms = round((time.perf_counter() - started) * 1000, 2)
+        log.info("model_swapped", old=old, new=decision.version, actor=decision.actor,
+                 reason=decision.reason, took_ms=took_ms)
+        self._emit("swapped", old=old, new=decision.version, actor=decision.actor)
+        return decision.version
+
+    def deploy(self, version: str, reason: str = "deployed by an operator") -> str:
+        """Deploy a named version (operator); raises UnknownVersion, VersionConflict or
+        ModelLoadFailed. Returns the version now serving."""
+        with self.lock:
+            row = self.registry.get_version(version)
+            if row is None:
+                raise UnknownVersion(version)
+            if row.status != "available":
+                raise VersionConflict(version, f"is {row.status} and cannot be deployed"
+                                      + (f" ({row.reason})" if row.reason else ""))
+            return self._deploy(Decision(version, reason, "operator"))
+
+    def rollback(self, version: str | None = None) -> str:
+        """Go back to ``version``, or to the previous deployed version; returns what serves."""
+        with self.lock:
+            snapshot = self._snapshot()
+            if version is None:
+                target = rollback_target(snapshot, self._available())
+                if target is None:
+                    raise VersionConflict(
+                        snapshot.deployed.version if snapshot.deployed else "-",
+                        "there is no earlier deployed version to roll back to",
+                    )
+            else:
+                row = self.registry.get_version(version)
+                if row is None:
+                    raise UnknownVersion(version)
+                if row.status != "available":
+                    raise VersionConflict(version, f"is {row.status} and cannot be deployed")
+                target = version
+            current = snapshot.deployed.version if snapshot.deployed else None
+            return self._deploy(Decision(target, f"rollback from {current}", "rollback"))
+
+    def revalidate(self, version: str) -> dict[str, Any]:
+        """Re-run validation of a stored version; the new report is recorded and returned."""
+        with self.lock:
+            row = self.registry.get_version(version)
+            if row is None:
+                raise UnknownVersion(version)
+            if row.store_path is None or row.status != "available":
+                raise VersionConflict(version, f"is {row.status}: there are no stored files "
+                                      "to validate")
+            validation = validate_folder(self.store.path_of(version), self.validation,
+                                         self.clock(), self.loader)
+            report = validation.report.to_dict()
+            self.registry.set_report(version, report, validation.report.quality_score)
+            log.info("model_revalidated", version=version, accepted=validation.report.accepted,
+                     quality_score=validation.report.quality_score)
+            return report
+
+    def scoring_failed(self, deployed: str, fallback: str | None, reason: str) -> None:
+        """The deployed model raised while scoring and the fallback answered (or nobody)."""
+        self.registry.add_event("fallback_used", deployed, iso(self.clock()),
+                                {"fallback": fallback, "reason": reason})
+        log.error("fallback_used", version=deployed, fallback=fallback, reason=reason)
+        self._emit("fallback_used", version=deployed, fallback=fallback, reason=reason)
+
+    def replace_unhealthy(self, version: str, reason: str) -> str | None:
+        """Take an unhealthy deployed model out of service in favour of the fallback."""
+        with self.lock:
+            state = self.slot.state
+            if state.deployed is None or state.deployed.version != version:
+                return None
+            if state.fallback is not None:
+                fallback = state.fallback.version
+                self.registry.record_deployment(version, fallback, iso(self.clock()),
+                                                f"health check failed: {reason}", "fallback")
+                self.slot.set(state.fallback, None)
+            else:
+                self._fall_back(version, f"health check failed: {reason}")
+            log.error("model_unhealthy", version=version, reason=reason,
+                      new=self.registry.deployed_version())
+            self._emit("model_unhealthy", version=version, reason=reason)
+            return self.registry.deployed_version()
+
+    # retention ----------------------------------------------------------------------------
+
+    def retention(self, keep_versions: int, retention_days: float) -> list[str]:
+        """Remove stored versions older than ``retention_days`` beyond the newest
+        ``keep_versions``; never the deployed or fallback version."""
+        with self.lock:
+            state = self.slot.state
+            protected = {m.version for m in (state.deployed, state.fallback) if m is not None}
+            available = sorted(self._available().values(), key=_created, reverse=True)
+            cutoff = self.clock() - timedelta(days=retention_days)
+            removed = []
+            for row in available[keep_versions:]:
+                if row.version in protected or _created(row) >= cutoff:
+                    continue
+                self.registry.set_status(row.version, "removed",
+                                         f"retention: older than {retention_days:g} days")
+                self.store.remove(row.version)
+                removed.append(row.version)
+                log.info("version_removed", version=row.version, reason="retention",
+                         created_at=row.created_at)
+            return removed
+
+
+def describe_folder(folder: ArtifactFolder) -> dict[str, Any]:
+    """What metadata.json of a training-service folder says, read leniently for listings."""
+    try:
+        data = read_metadata(folder.path)
+    except Exception as exc:  # a listing shows the problem rather than failing
+        return {"metadata_error": str(getattr(exc, "reason", exc))}
+    info = data.get("model_info") if isinstance(data.get("model_info"), dict) else {}
+    training = data.get("training_info") if isinstance(data.get("training_info"), dict) else {}
+    evaluation = data.get("evaluation_info") if isinstance(data.get("evaluation_info"),
+                                                           dict) else {}
+    return {
+        "version": info.get("version"),
+        "created_at": info.get("created_at"),
+        "model_type": info.get("model_type"),
+        "training_samples": training.get("training_samples"),
+        "metrics": evaluation.get("basic_metrics"),
+    }
+

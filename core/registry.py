@@ -1,0 +1,350 @@
+"""Registry: the daemon's durable memory, one SQLite file (WAL, synchronous=FULL).
+
+It remembers every version (status, quality score, report, metadata, checksums), the seed's
+transfer history, an append-only deployment history, what was decided about each folder of the
+training service (so a stable folder is judged once), and the monitors' persisted state.
+Each method is one transaction; a crash at any moment leaves the last committed state.
+The deployed version is never stored as a flag: it is the ``to_version`` of the newest
+deployment row.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS versions (
+    version TEXT PRIMARY KEY,
+    status TEXT NOT NULL CHECK (status IN ('available', 'rejected', 'removed')),
+    model_type TEXT,
+    quality_score REAL,
+    report TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    created_at TEXT,
+    imported_at TEXT NOT NULL,
+    source_path TEXT NOT NULL,
+    store_path TEXT,
+    checksums TEXT NOT NULL,
+    content_digest TEXT,
+    reason TEXT NOT NULL DEFAULT '',
+    considered INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS transfers (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    version TEXT,
+    source_path TEXT NOT NULL,
+    local_path TEXT,
+    transferred_at TEXT NOT NULL,
+    status TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS deployments (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    from_version TEXT,
+    to_version TEXT,
+    at TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    actor TEXT NOT NULL CHECK (actor IN ('auto', 'operator', 'rollback', 'fallback', 'startup'))
+);
+CREATE TRIGGER IF NOT EXISTS deployments_append_only_u BEFORE UPDATE ON deployments
+BEGIN SELECT RAISE(ABORT, 'the deployment history is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS deployments_append_only_d BEFORE DELETE ON deployments
+BEGIN SELECT RAISE(ABORT, 'the deployment history is append-only'); END;
+CREATE TABLE IF NOT EXISTS folders (
+    name TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    version TEXT,
+    reason TEXT NOT NULL DEFAULT '',
+    at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS monitor_state (
+    kind TEXT NOT NULL,
+    version TEXT NOT NULL,
+    state TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (kind, version)
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    version TEXT,
+    at TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+"""
+
+Actor = Literal["auto", "operator", "rollback", "fallback", "startup"]
+
+
+@dataclass(frozen=True, slots=True)
+class VersionRow:
+    """One version as the registry knows it."""
+
+    version: str
+    status: str
+    model_type: str | None
+    quality_score: float | None
+    report: Mapping[str, Any]
+    metadata: Mapping[str, Any]
+    created_at: str | None
+    imported_at: str
+    source_path: str
+    store_path: str | None
+    checksums: Mapping[str, Mapping[str, Any]]
+    content_digest: str | None
+    reason: str
+    considered: bool
+    deployed_at: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentRow:
+    id: int
+    from_version: str | None
+    to_version: str | None
+    at: str
+    reason: str
+    actor: str
+
+
+@dataclass(frozen=True, slots=True)
+class FolderRow:
+    name: str
+    fingerprint: str
+    outcome: str
+    version: str | None
+    reason: str
+    at: str
+
+
+@dataclass(frozen=True, slots=True)
+class TransferRow:
+    id: int
+    version: str | None
+    source_path: str
+    local_path: str | None
+    transferred_at: str
+    status: str
+    detail: str
+
+
+class Registry:
+    """The SQLite registry. Safe to call from any thread: one connection behind one lock.
+
+    Raises sqlite3.Error when the database itself fails (disk full, corrupt); callers log it and
+    keep the in-memory state unchanged.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._conn = sqlite3.connect(
+            path, check_same_thread=False, isolation_level=None, timeout=30
+        )
+        self._conn.row_factory = sqlite3.Row
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.execute("PRAGMA foreign_keys=ON")
+        self._conn.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One atomic unit of writes; nested calls join the outer transaction."""
+        with self._lock:
+            if self._conn.in_transaction:
+                yield self._conn
+                return
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return list(self._conn.execute(sql, params))
+
+    # versions ---------------------------------------------------------------------------
+
+    _VERSION_SELECT = """
+        SELECT v.*, (SELECT MAX(d.at) FROM deployments d WHERE d.to_version = v.version)
+               AS deployed_at
+        FROM versions v
+    """
+
+    @staticmethod
+    def _version(row: sqlite3.Row) -> VersionRow:
+        return VersionRow(
+            version=row["version"],
+            status=row["status"],
+            model_type=row["model_type"],
+            quality_score=row["quality_score"],
+            report=json.loads(row["report"]),
+            metadata=json.loads(row["metadata"]),
+            created_at=row["created_at"],
+            imported_at=row["imported_at"],
+            source_path=row["source_path"],
+            store_path=row["store_path"],
+            checksums=json.loads(row["checksums"]),
+            content_digest=row["content_digest"],
+            reason=row["reason"],
+            considered=bool(row["considered"]),
+            deployed_at=row["deployed_at"],
+        )
+
+    def get_version(self, version: str) -> VersionRow | None:
+        rows = self._query(self._VERSION_SELECT + " WHERE v.version = ?", (version,))
+        return self._version(rows[0]) if rows else None
+
+    def list_versions(self) -> list[VersionRow]:
+        rows = self._query(self._VERSION_SELECT + " ORDER BY v.imported_at DESC, v.version DESC")
+        return [self._version(r) for r in rows]
+
+    def put_version(self, row: VersionRow) -> None:
+        """Insert a version, or replace a rejected one of the same name."""
+        with self.transaction() as conn:
+            conn.execute(
+                """INSERT OR REPLACE INTO versions (version, status, model_type, quality_score,
+                       report, metadata, created_at, imported_at, source_path, store_path,
+                       checksums, content_digest, reason, considered)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (
+                    row.version, row.status, row.model_type, row.quality_score,
+                    json.dumps(row.report), json.dumps(row.metadata), row.created_at,
+                    row.imported_at, row.source_path, row.store_path, json.dumps(row.checksums),
+                    row.content_digest, row.reason, int(row.considered),
+                ),
+            )
+
+    def set_status(self, version: str, status: str, reason: str = "") -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE versions SET status = ?, reason = ? WHERE version = ?",
+                (status, reason, version),
+            )
+
+    def set_report(self, version: str, report: Mapping[str, Any], score: float) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE versions SET report = ?, quality_score = ? WHERE version = ?",
+                (json.dumps(report), score, version),
+            )
+
+    def mark_considered(self, version: str) -> None:
+        with self.transaction() as conn:
+            conn.execute("UPDATE versions SET considered = 1 WHERE version = ?", (version,))
+
+    # deployments ------------------------------------------------------------------------
+
+    def record_deployment(
+        self, from_version: str | None, to_version: str | None, at: str, reason: str, actor: Actor
+    ) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO deployments (from_version, to_version, at, reason, actor) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (from_version, to_version, at, reason, actor),
+            )
+
+    def deployments(self, limit: int = 1000) -> list[DeploymentRow]:
+        """The deployment history, newest first."""
+        rows = self._query("SELECT * FROM deployments ORDER BY id DESC LIMIT ?", (limit,))
+        return [DeploymentRow(**dict(r)) for r in rows]
+
+    def deployed_version(self) -> str | None:
+        rows = self._query("SELECT to_version FROM deployments ORDER BY id DESC LIMIT 1")
+        return rows[0]["to_version"] if rows else None
+
+    # folders and transfers --------------------------------------------------------------
+
+    def folder(self, name: str) -> FolderRow | None:
+        rows = self._query("SELECT * FROM folders WHERE name = ?", (name,))
+        return FolderRow(**dict(rows[0])) if rows else None
+
+    def folders(self) -> dict[str, FolderRow]:
+        return {r["name"]: FolderRow(**dict(r)) for r in self._query("SELECT * FROM folders")}
+
+    def record_folder(self, row: FolderRow) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO folders (name, fingerprint, outcome, version, reason, at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (row.name, row.fingerprint, row.outcome, row.version, row.reason, row.at),
+            )
+
+    def add_transfer(
+        self,
+        version: str | None,
+        source_path: str,
+        local_path: str | None,
+        at: str,
+        status: str,
+        detail: str = "",
+    ) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO transfers (version, source_path, local_path, transferred_at, status, "
+                "detail) VALUES (?, ?, ?, ?, ?, ?)",
+                (version, source_path, local_path, at, status, detail),
+            )
+
+    def transfers(self, limit: int = 1000) -> list[TransferRow]:
+        rows = self._query("SELECT * FROM transfers ORDER BY id DESC LIMIT ?", (limit,))
+        return [TransferRow(**dict(r)) for r in rows]
+
+    # monitor state and events -----------------------------------------------------------
+
+    def save_state(self, kind: str, version: str, state: Mapping[str, Any], at: str) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO monitor_state (kind, version, state, updated_at) "
+                "VALUES (?, ?, ?, ?)",
+                (kind, version, json.dumps(state), at),
+            )
+
+    def load_state(self, kind: str, version: str) -> dict[str, Any] | None:
+        rows = self._query(
+            "SELECT state FROM monitor_state WHERE kind = ? AND version = ?", (kind, version)
+        )
+        return json.loads(rows[0]["state"]) if rows else None
+
+    def add_event(self, kind: str, version: str | None, at: str, detail: Mapping[str, Any]) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO events (kind, version, at, detail) VALUES (?, ?, ?, ?)",
+                (kind, version, at, json.dumps(detail)),
+            )
+
+    def events(self, kind: str, limit: int = 500) -> list[dict[str, Any]]:
+        rows = self._query(
+            "SELECT * FROM events WHERE kind = ? ORDER BY id DESC LIMIT ?", (kind, limit)
+        )
+        return [
+            {"id": r["id"], "kind": r["kind"], "version": r["version"], "at": r["at"],
+             **json.loads(r["detail"])}
+            for r in rows
+        ]
+
+    def backup(self, target: Path) -> None:
+        """Copy the live database with SQLite's online backup API."""
+        with self._lock:
+            dest = sqlite3.connect(target)
+            try:
+                self._conn.backup(dest)
+            finally:
+                dest.close()

@@ -1,0 +1,224 @@
+"""Source: finds candidate artifact folders in the training service's ``models/`` folder.
+
+A scan is a pure function of what ``listdir``/``stat`` report and of the clock; filesystem
+events only ever say "look again". :class:`SettleTracker` decides when a folder is complete
+enough to import: a ``_SUCCESS`` marker, a matching ``files`` manifest or a rename into place
+proves it at once; otherwise the folder must have been quiet for ``settle_seconds``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat as stat_module
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MODEL_FILES = ("model.joblib", "model.skops")
+METADATA_FILE = "metadata.json"
+SUCCESS_MARKER = "_SUCCESS"
+MAX_METADATA_BYTES = 4 * 1024 * 1024
+
+
+def is_work_in_progress(name: str) -> bool:
+    """The contract's names for a producer's work in progress, never to be touched."""
+    return name.startswith((".", "_tmp")) or name.endswith((".tmp", ".part"))
+
+
+@dataclass(frozen=True, slots=True)
+class FileState:
+    """One regular file of a candidate folder as ``stat`` saw it."""
+
+    name: str
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class ArtifactFolder:
+    """A candidate folder found on disk; ``fingerprint`` changes whenever any file does."""
+
+    path: Path
+    files: tuple[FileState, ...]
+    in_progress: bool
+    odd_entries: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256()
+        for f in self.files:
+            digest.update(f"{f.name}\0{f.size}\0{f.mtime_ns}\n".encode())
+        for name in self.odd_entries:
+            digest.update(f"odd:{name}\n".encode())
+        return digest.hexdigest()[:32]
+
+    @property
+    def names(self) -> frozenset[str]:
+        return frozenset(f.name for f in self.files)
+
+    @property
+    def newest_mtime(self) -> float:
+        return max((f.mtime_ns for f in self.files), default=0) / 1e9
+
+    @property
+    def has_required_files(self) -> bool:
+        return METADATA_FILE in self.names and any(m in self.names for m in MODEL_FILES)
+
+    @property
+    def has_marker(self) -> bool:
+        return SUCCESS_MARKER in self.names
+
+
+def list_entries(path: Path) -> list[os.DirEntry[str]]:
+    """The entries of one folder, sorted by name (the default filesystem edge)."""
+    with os.scandir(path) as it:
+        return sorted(it, key=lambda e: e.name)
+
+
+ListDir = Callable[[Path], list[os.DirEntry[str]]]
+
+
+def scan_models_folder(models_dir: Path, listdir: ListDir = list_entries) -> list[ArtifactFolder]:
+    """Every candidate folder directly under ``models_dir``, skipping work in progress.
+
+    Raises FileNotFoundError when ``models_dir`` does not exist (the caller waits for it).
+    Folders that vanish mid-scan are skipped: the next scan sees the new truth.
+    """
+    found = []
+    for entry in listdir(models_dir):
+        if is_work_in_progress(entry.name):
+            continue
+        try:
+            if not entry.is_dir(follow_symlinks=False):
+                continue
+            found.append(inspect_folder(Path(entry.path), listdir))
+        except FileNotFoundError:
+            continue
+    return found
+
+
+def inspect_folder(path: Path, listdir: ListDir = list_entries) -> ArtifactFolder:
+    """Stat every entry of one candidate folder (not following symlinks)."""
+    files = []
+    odd = []
+    in_progress = False
+    for entry in listdir(path):
+        if is_work_in_progress(entry.name):
+            in_progress = True
+            continue
+        st = entry.stat(follow_symlinks=False)
+        if stat_module.S_ISREG(st.st_mode):
+            files.append(FileState(entry.name, st.st_size, st.st_mtime_ns))
+        else:
+            odd.append(entry.name)
+    return ArtifactFolder(path, tuple(files), in_progress, tuple(odd))
+
+
+def read_manifest(folder: Path) -> Mapping[str, Mapping[str, object]] | None:
+    """The ``files`` manifest of a folder's metadata.json, or None when absent or unreadable."""
+    try:
+        with (folder / METADATA_FILE).open("rb") as fh:
+            raw = fh.read(MAX_METADATA_BYTES + 1)
+        data = json.loads(raw)
+    except (OSError, ValueError):
+        return None
+    files = data.get("files") if isinstance(data, dict) else None
+    return files if isinstance(files, dict) and files else None
+
+
+def manifest_mismatches(
+    manifest: Mapping[str, Mapping[str, object]],
+    sizes: Mapping[str, int],
+    digest: Callable[[str], str],
+) -> list[str]:
+    """What differs between a manifest and the files: an empty list means it matches exactly.
+
+    ``digest(name)`` is only called once the sizes agree, so an incomplete folder costs a stat.
+    """
+    problems = []
+    for name, entry in sorted(manifest.items()):
+        if not isinstance(entry, Mapping):
+            problems.append(f"manifest entry for {name} is not an object")
+            continue
+        if name not in sizes:
+            problems.append(f"{name} is listed in the manifest but missing")
+        elif "size" in entry and entry["size"] != sizes[name]:
+            problems.append(f"{name} has {sizes[name]} bytes, the manifest says {entry['size']}")
+    if problems:
+        return problems
+    for name, entry in sorted(manifest.items()):
+        expected = entry.get("sha256")
+        if isinstance(expected, str) and digest(name) != expected.lower():
+            problems.append(f"{name} does not match its sha256 in the manifest")
+    return problems
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    """Whether a folder may be imported now, and if not, until when to wait."""
+
+    ready: bool
+    reason: str
+    wait_until: float | None = None
+
+
+@dataclass(slots=True)
+class SettleTracker:
+    """Remembers when each folder's fingerprint was first seen, to tell quiet from still changing.
+
+    Called by the scan on one thread at a time; holds no resources. ``moved_in`` records folders
+    that a filesystem event reported as renamed into place (completeness proven).
+    """
+
+    settle_seconds: float
+    _first_seen: dict[str, tuple[str, float]] = field(default_factory=dict)
+    _moved_in: set[str] = field(default_factory=set)
+
+    def note_moved_in(self, name: str) -> None:
+        self._moved_in.add(name)
+
+    def forget_missing(self, present: Iterable[str]) -> None:
+        keep = set(present)
+        for name in list(self._first_seen):
+            if name not in keep:
+                del self._first_seen[name]
+        self._moved_in &= keep
+
+    def readiness(self, folder: ArtifactFolder, now: float) -> Readiness:
+        """Judge one folder at wall-clock time ``now`` (seconds since the epoch)."""
+        seen = self._first_seen.get(folder.name)
+        if seen is None or seen[0] != folder.fingerprint:
+            seen = (folder.fingerprint, now)
+            self._first_seen[folder.name] = seen
+        if folder.in_progress:
+            return Readiness(False, "the folder holds work in progress (.tmp/.part/dot files)")
+        if not folder.has_required_files:
+            return Readiness(False, "metadata.json or model file not there yet")
+        if folder.name in self._moved_in:
+            return Readiness(True, "renamed into place")
+        if folder.has_marker:
+            return Readiness(True, "_SUCCESS marker present")
+        manifest = read_manifest(folder.path)
+        if manifest is not None:
+            sizes = {f.name: f.size for f in folder.files}
+            if not manifest_mismatches(manifest, sizes, lambda n: sha256_file(folder.path / n)):
+                return Readiness(True, "files manifest matches")
+        quiet_since = max(seen[1], folder.newest_mtime)
+        settled_at = quiet_since + self.settle_seconds
+        if now >= settled_at:
+            return Readiness(True, f"quiet for {self.settle_seconds:g} s")
+        return Readiness(False, "still changing", wait_until=settled_at)

@@ -1,0 +1,200 @@
+"""Store: the daemon's own copy of every imported version.
+
+Layout under ``storage.directory``::
+
+    versions/<version>/   one complete version, never modified after its rename
+    staging/<id>/         an import in progress; removed or redone after a crash
+    trash/<id>/           a version being removed (renamed here first, then deleted)
+
+A copy goes file by file into staging, is fsynced, then renamed into ``versions/`` and the
+parent fsynced: the store never holds a partial version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat as stat_module
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.errors import ArtifactIncomplete, ArtifactUntrusted
+from core.source import SUCCESS_MARKER, is_work_in_progress, sha256_file
+
+COPY_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class FileDigest:
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class StagedArtifact:
+    """A private, fsynced copy of a candidate folder with the digests computed while copying."""
+
+    path: Path
+    source: Path
+    files: Mapping[str, FileDigest]
+
+    @property
+    def content_digest(self) -> str:
+        """One digest over every file but the completion marker: the content's identity."""
+        digest = hashlib.sha256()
+        for name in sorted(self.files):
+            if name != SUCCESS_MARKER:
+                digest.update(f"{name}\0{self.files[name].sha256}\n".encode())
+        return digest.hexdigest()
+
+    def checksums(self) -> dict[str, dict[str, int | str]]:
+        return {n: {"size": d.size, "sha256": d.sha256} for n, d in sorted(self.files.items())}
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class ModelStore:
+    """The versions folder. Called by the manager under its operation lock; not thread-safe.
+
+    ``stage`` raises ArtifactIncomplete when the source vanishes or changes mid-copy,
+    ArtifactUntrusted for symlinks, special files or oversized artifacts, and OSError (disk
+    full) after removing its partial staging folder.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        max_artifact_bytes: int = 2 * 1024**3,
+        fault: Callable[[str], None] = lambda _step: None,
+    ) -> None:
+        self.directory = directory
+        self.versions = directory / "versions"
+        self.staging = directory / "staging"
+        self.trash = directory / "trash"
+        self.max_artifact_bytes = max_artifact_bytes
+        self._fault = fault
+        for folder in (self.directory, self.versions, self.staging, self.trash):
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def path_of(self, version: str) -> Path:
+        return self.versions / version
+
+    def clean_leftovers(self) -> list[str]:
+        """Remove staging and trash left by an interrupted import or removal."""
+        removed = []
+        for parent in (self.staging, self.trash):
+            for child in parent.iterdir():
+                shutil.rmtree(child, ignore_errors=True)
+                removed.append(f"{parent.name}/{child.name}")
+        return removed
+
+    def stage(self, source: Path) -> StagedArtifact:
+        """Copy ``source`` into a fresh staging folder, hashing as it goes."""
+        target = self.staging / uuid.uuid4().hex
+        target.mkdir()
+        try:
+            files = self._copy_into(source, target)
+            fsync_dir(target)
+        except BaseException:
+            shutil.rmtree(target, ignore_errors=True)
+            raise
+        return StagedArtifact(target, source, files)
+
+    def _copy_into(self, source: Path, target: Path) -> dict[str, FileDigest]:
+        files: dict[str, FileDigest] = {}
+        total = 0
+        try:
+            entries = sorted(os.scandir(source), key=lambda e: e.name)
+        except FileNotFoundError as exc:
+            raise ArtifactIncomplete(str(source), "the folder disappeared") from exc
+        for entry in entries:
+            if is_work_in_progress(entry.name):
+                raise ArtifactIncomplete(str(source), f"{entry.name} is still being written")
+            st = entry.stat(follow_symlinks=False)
+            if stat_module.S_ISLNK(st.st_mode):
+                raise ArtifactUntrusted(str(source), f"{entry.name} is a symbolic link")
+            if not stat_module.S_ISREG(st.st_mode):
+                raise ArtifactUntrusted(str(source), f"{entry.name} is not a regular file")
+            total += st.st_size
+            if total > self.max_artifact_bytes:
+                raise ArtifactUntrusted(
+                    str(source), f"the artifact exceeds {self.max_artifact_bytes} bytes"
+                )
+            files[entry.name] = self._copy_file(source / entry.name, target / entry.name)
+            self._fault("stage_file_copied")
+        return files
+
+    def _copy_file(self, src: Path, dst: Path) -> FileDigest:
+        digest = hashlib.sha256()
+        size = 0
+        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+        try:
+            fd = os.open(src, flags)
+        except FileNotFoundError as exc:
+            raise ArtifactIncomplete(str(src.parent), f"{src.name} disappeared") from exc
+        except OSError as exc:
+            raise ArtifactUntrusted(str(src.parent), f"{src.name} cannot be opened: {exc}") from exc
+        with os.fdopen(fd, "rb") as fin, dst.open("xb") as fout:
+            if not stat_module.S_ISREG(os.fstat(fin.fileno()).st_mode):
+                raise ArtifactUntrusted(str(src.parent), f"{src.name} is not a regular file")
+            while chunk := fin.read(COPY_CHUNK):
+                size += len(chunk)
+                if size > self.max_artifact_bytes:
+                    raise ArtifactUntrusted(
+                        str(src.parent), f"{src.name} exceeds {self.max_artifact_bytes} bytes"
+                    )
+                digest.update(chunk)
+                fout.write(chunk)
+            fout.flush()
+            os.fsync(fout.fileno())
+        return FileDigest(size, digest.hexdigest())
+
+    def commit(self, staged: StagedArtifact, version: str) -> Path:
+        """Rename a validated staging folder into ``versions/<version>``, durably."""
+        target = self.path_of(version)
+        if target.exists():
+            # Left by a crash after the rename but before the registry commit: same version
+            # name, and the registry knows nothing of it, so the new copy replaces it.
+            self.remove(version)
+        os.rename(staged.path, target)
+        self._fault("store_renamed")
+        fsync_dir(self.versions)
+        return target
+
+    def discard(self, staged: StagedArtifact) -> None:
+        shutil.rmtree(staged.path, ignore_errors=True)
+
+    def remove(self, version: str) -> None:
+        """Take a version out of the store (renamed to trash first, so it vanishes at once)."""
+        path = self.path_of(version)
+        if not path.exists():
+            return
+        doomed = self.trash / f"{version}-{uuid.uuid4().hex[:8]}"
+        os.rename(path, doomed)
+        fsync_dir(self.versions)
+        shutil.rmtree(doomed, ignore_errors=True)
+
+    def verify(self, version: str, checksums: Mapping[str, Mapping[str, object]]) -> str | None:
+        """None when the stored files match the digests recorded at import, else the problem."""
+        path = self.path_of(version)
+        if not path.is_dir():
+            return f"{path} is missing"
+        for name, expected in checksums.items():
+            file = path / name
+            try:
+                actual = sha256_file(file)
+            except OSError as exc:
+                return f"{file} cannot be read: {exc.strerror}"
+            if actual != expected.get("sha256"):
+                return f"{file} does not match the checksum recorded at import"
+        return None
+

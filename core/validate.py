@@ -1,0 +1,461 @@
+"""Validate: judges one artifact folder and returns a report of errors, warnings and a score.
+
+One validator merges the seed plan's two. Findings that mean the artifact cannot be served
+correctly are *blocking*: the artifact is rejected whatever its score. Everything else counts
+toward the seed's quality score (1 - 0.2 per error - 0.05 per warning, clamped to [0, 1]),
+which must reach the configured minimum.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import sklearn
+
+from core.errors import ArtifactInvalid, ModelLoadFailed
+from core.serving import ServableModel, build_servable
+from core.source import MAX_METADATA_BYTES, METADATA_FILE
+
+SUPPORTED_TYPES = ("IsolationForest", "LocalOutlierFactor")
+VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+FUTURE_TOLERANCE = timedelta(days=1)
+
+
+@dataclass(frozen=True, slots=True)
+class ValidationPolicy:
+    """The operator's thresholds (from the ``model`` configuration section)."""
+
+    min_quality_score: float = 0.6
+    age_warning_days: float = 7
+    age_stale_days: float = 30
+    min_estimators: int = 50
+    warmup_row_count: int = 16
+    anomaly_threshold: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One thing the validator noticed."""
+
+    code: str
+    message: str
+    severity: Literal["error", "warning"]
+    blocking: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ValidationReport:
+    """The verdict on one artifact; stored with the version as JSON."""
+
+    findings: tuple[Finding, ...]
+    quality_score: float
+    min_quality_score: float
+    quality_gate: bool
+    recommendations: tuple[str, ...]
+    checked_at: str
+
+    @property
+    def errors(self) -> list[str]:
+        return [f.message for f in self.findings if f.severity == "error"]
+
+    @property
+    def warnings(self) -> list[str]:
+        return [f.message for f in self.findings if f.severity == "warning"]
+
+    @property
+    def blocking(self) -> list[str]:
+        return [f.message for f in self.findings if f.blocking]
+
+    @property
+    def accepted(self) -> bool:
+        if self.blocking:
+            return False
+        return not self.quality_gate or self.quality_score >= self.min_quality_score
+
+    @property
+    def reason(self) -> str:
+        """One line saying why the artifact was rejected ("" when accepted)."""
+        if self.blocking:
+            return "; ".join(self.blocking)
+        if self.accepted:
+            return ""
+        return (
+            f"quality score {self.quality_score:.2f} is below the minimum "
+            f"{self.min_quality_score:.2f} ({'; '.join(self.errors + self.warnings)})"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "accepted": self.accepted,
+            "reason": self.reason,
+            "quality_score": self.quality_score,
+            "min_quality_score": self.min_quality_score,
+            "quality_gate": self.quality_gate,
+            "errors": self.errors,
+            "warnings": self.warnings,
+            "blocking_errors": self.blocking,
+            "findings": [
+                {"code": f.code, "message": f.message, "severity": f.severity, "blocking": f.blocking}
+                for f in self.findings
+            ],
+            "recommendations": list(self.recommendations),
+            "checked_at": self.checked_at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ArtifactMetadata:
+    """The parts of metadata.json modeld relies on, checked for type."""
+
+    version: str
+    model_type: str
+    created_at: datetime
+    feature_names: tuple[str, ...]
+    training_samples: int | None
+    metrics: Mapping[str, float]
+    sklearn_version: str | None
+    warmup: tuple[Any, ...]
+    raw: Mapping[str, Any] = field(repr=False)
+
+
+class ModelLoader(Protocol):
+    """Loads one estimator file; raises on any failure. Called on the importing thread."""
+
+    def __call__(self, path: Path) -> Any: ...
+
+
+def joblib_loader(path: Path) -> Any:
+    import joblib
+
+    return joblib.load(path)
+
+
+def quality_score(errors: int, warnings_count: int) -> float:
+    return round(min(1.0, max(0.0, 1.0 - 0.2 * errors - 0.05 * warnings_count)), 4)
+
+
+def parse_timestamp(value: object) -> datetime:
+    """ISO-8601 to an aware UTC datetime; naive means UTC. Raises ValueError."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected an ISO-8601 string, got {type(value).__name__}")
+    parsed = datetime.fromisoformat(value.strip())
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def read_metadata(folder: Path) -> dict[str, Any]:
+    """Read and decode metadata.json; raises ArtifactInvalid naming what is wrong."""
+    path = folder / METADATA_FILE
+    try:
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_METADATA_BYTES + 1)
+    except OSError as exc:
+        raise ArtifactInvalid(str(folder), f"cannot read metadata.json: {exc.strerror}") from exc
+    if len(raw) > MAX_METADATA_BYTES:
+        raise ArtifactInvalid(
+            str(folder), f"metadata.json is larger than {MAX_METADATA_BYTES} bytes"
+        )
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise ArtifactInvalid(str(folder), f"metadata.json is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ArtifactInvalid(str(folder), "metadata.json must hold a JSON object")
+    return data
+
+
+def _section(data: Mapping[str, Any], name: str, folder: Path) -> Mapping[str, Any]:
+    value = data.get(name, {})
+    if not isinstance(value, dict):
+        raise ArtifactInvalid(str(folder), f"metadata.json: {name} must be an object")
+    return value
+
+
+def parse_metadata(data: Mapping[str, Any], folder: Path) -> ArtifactMetadata:
+    """Check the structure of metadata.json; raises ArtifactInvalid naming the field."""
+    model_info = _section(data, "model_info", folder)
+    training_info = _section(data, "training_info", folder)
+    evaluation = _section(data, "evaluation_info", folder)
+
+    def bad(field_name: str, problem: str) -> ArtifactInvalid:
+        return ArtifactInvalid(str(folder), f"metadata.json: {field_name} {problem}")
+
+    version = model_info.get("version")
+    if not isinstance(version, str) or not version:
+        raise bad("model_info.version", "is missing or not a string")
+    if not VERSION_PATTERN.match(version):
+        raise bad(
+            "model_info.version",
+            f"{version[:80]!r} must be 1-128 letters, digits, '.', '_' or '-'",
+        )
+    model_type = model_info.get("model_type")
+    if not isinstance(model_type, str) or not model_type:
+        raise bad("model_info.model_type", "is missing or not a string")
+    try:
+        created_at = parse_timestamp(model_info.get("created_at"))
+    except ValueError as exc:
+        raise bad("model_info.created_at", f"is not an ISO-8601 timestamp ({exc})") from exc
+    names = training_info.get("feature_names")
+    if not isinstance(names, list) or not names:
+        raise bad("training_info.feature_names", "is missing or empty")
+    if not all(isinstance(n, str) and n for n in names):
+        raise bad("training_info.feature_names", "must be a list of non-empty strings")
+    if len(set(names)) != len(names):
+        raise bad("training_info.feature_names", "has duplicate names")
+    samples = training_info.get("training_samples")
+    if samples is not None and (not isinstance(samples, int) or isinstance(samples, bool)):
+        raise bad("training_info.training_samples", "must be an integer")
+    basic = evaluation.get("basic_metrics", {})
+    if not isinstance(basic, dict):
+        raise bad("evaluation_info.basic_metrics", "must be an object")
+    metrics = {}
+    for key, value in basic.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise bad(f"evaluation_info.basic_metrics.{key}", "must be a number")
+        metrics[key] = float(value)
+    sklearn_version = model_info.get("sklearn_version")
+    warmup = data.get("warmup", [])
+    if not isinstance(warmup, list):
+        raise bad("warmup", "must be a list of records")
+    return ArtifactMetadata(
+        version=version,
+        model_type=model_type,
+        created_at=created_at,
+        feature_names=tuple(names),
+        training_samples=samples,
+        metrics=metrics,
+        sklearn_version=sklearn_version if isinstance(sklearn_version, str) else None,
+        warmup=tuple(warmup),
+        raw=data,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Validation:
+    """What validating a folder produced: the report, and what could be read on the way."""
+
+    report: ValidationReport
+    metadata: ArtifactMetadata | None
+    servable: ServableModel | None
+
+
+def _metric_findings(metrics: Mapping[str, float]) -> list[Finding]:
+    found = []
+    if not metrics:
+        return [Finding("no_metrics", "no evaluation metrics in metadata.json", "warning")]
+    f1, auc = metrics.get("f1_score"), metrics.get("roc_auc")
+    if f1 is not None:
+        if f1 < 0.5:
+            found.append(Finding("f1_low", f"F1 score {f1:.3f} is below 0.5", "error"))
+        elif f1 < 0.7:
+            found.append(Finding("f1_fair", f"F1 score {f1:.3f} is below 0.7", "warning"))
+    if auc is not None:
+        if auc < 0.6:
+            found.append(Finding("auc_low", f"ROC AUC {auc:.3f} is below 0.6", "error"))
+        elif auc < 0.8:
+            found.append(Finding("auc_fair", f"ROC AUC {auc:.3f} is below 0.8", "warning"))
+    for name in ("precision", "recall"):
+        value = metrics.get(name)
+        if value is not None and value < 0.5:
+            found.append(Finding(f"{name}_low", f"{name} {value:.3f} is below 0.5", "warning"))
+    return found
+
+
+def _age_findings(created_at: datetime, now: datetime, policy: ValidationPolicy) -> list[Finding]:
+    age = now - created_at
+    if age < -FUTURE_TOLERANCE:
+        return [
+            Finding(
+                "created_in_future",
+                f"created_at {created_at.isoformat()} is in the future; it would win every "
+                "newer-than comparison",
+                "error",
+                blocking=True,
+            )
+        ]
+    days = age.total_seconds() / 86400
+    if days > policy.age_stale_days:
+        return [Finding("stale", f"the model is {days:.0f} days old (> {policy.age_stale_days:g})",
+                        "warning")]
+    if days > policy.age_warning_days:
+        return [Finding("old", f"the model is {days:.0f} days old (> {policy.age_warning_days:g})",
+                        "warning")]
+    return []
+
+
+def _estimator_findings(
+    estimator: Any, meta: ArtifactMetadata, policy: ValidationPolicy
+) -> list[Finding]:
+    found = []
+    kind = type(estimator).__name__
+    if kind != meta.model_type:
+        found.append(Finding("type_mismatch", f"metadata says {meta.model_type}, the file holds "
+                             f"{kind}", "warning"))
+    if kind not in SUPPORTED_TYPES:
+        found.append(Finding("unsupported_type", f"{kind} is not a supported model type "
+                             f"({', '.join(SUPPORTED_TYPES)})", "warning"))
+    if kind == "LocalOutlierFactor" and not getattr(estimator, "novelty", False):
+        found.append(Finding("lof_not_novelty", "LocalOutlierFactor was fitted without "
+                             "novelty=True and cannot score new records", "error", blocking=True))
+    for method in ("predict", "score_samples"):
+        if not callable(getattr(estimator, method, None)) and kind != "LocalOutlierFactor":
+            found.append(Finding("cannot_score", f"the model has no {method}()", "error",
+                                 blocking=True))
+    width = getattr(estimator, "n_features_in_", None)
+    if width is None:
+        found.append(Finding("not_fitted", "the model has no n_features_in_ (not fitted?)",
+                             "error", blocking=True))
+    elif width != len(meta.feature_names):
+        found.append(Finding("feature_count", f"metadata lists {len(meta.feature_names)} feature "
+                             f"names, the model takes {width} features", "error", blocking=True))
+    n_estimators = getattr(estimator, "n_estimators", None)
+    if isinstance(n_estimators, int) and n_estimators < policy.min_estimators:
+        found.append(Finding("few_estimators", f"only {n_estimators} estimators "
+                             f"(< {policy.min_estimators})", "warning"))
+    return found
+
+
+def _scaler_findings(scaler: Any, width: int) -> list[Finding]:
+    if not callable(getattr(scaler, "transform", None)):
+        return [Finding("scaler_no_transform", "scaler.joblib has no transform()", "error",
+                        blocking=True)]
+    n_in = getattr(scaler, "n_features_in_", None)
+    if n_in is not None and n_in != width:
+        return [Finding("scaler_width", f"the scaler takes {n_in} features, the model {width}",
+                        "error", blocking=True)]
+    return []
+
+
+def _recommendations(findings: Sequence[Finding]) -> tuple[str, ...]:
+    advice = {
+        "f1_low": "retrain with better labelled validation data or tune contamination",
+        "auc_low": "retrain: the model barely separates anomalies from normal records",
+        "stale": "retrain on recent logs: the model is more than a month old",
+        "old": "consider retraining on recent logs",
+        "version_mismatch": "retrain with the scikit-learn version modeld runs",
+        "few_estimators": "train with more estimators for stabler scores",
+        "few_samples": "train on more records",
+        "no_metrics": "have the training service evaluate on held-out labelled data",
+    }
+    return tuple(dict.fromkeys(advice[f.code] for f in findings if f.code in advice))
+
+
+def _load(loader: ModelLoader, path: Path, what: str) -> tuple[Any, list[Finding]]:
+    """Load one estimator file, turning sklearn's version warnings into findings."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            obj = loader(path)
+        except Exception as exc:  # unpickling runs arbitrary code: any failure is a finding
+            raise ArtifactInvalid(
+                str(path.parent), f"{what} cannot be loaded: {type(exc).__name__}: {exc}"
+            ) from exc
+    found = [
+        Finding("version_mismatch", f"{what}: {str(w.message).splitlines()[0]}", "warning")
+        for w in caught
+        if type(w.message).__name__ == "InconsistentVersionWarning"
+    ]
+    return obj, found
+
+
+def validate_folder(
+    folder: Path,
+    policy: ValidationPolicy,
+    now: datetime,
+    loader: ModelLoader = joblib_loader,
+    quality_gate: bool = True,
+) -> Validation:
+    """Judge the artifact in ``folder`` (already in the daemon's staging) and prepare it to serve.
+
+    Never raises for a bad artifact: every problem becomes a finding. With ``quality_gate``
+    false the score is reported but does not reject; blocking findings always do.
+    """
+    findings: list[Finding] = []
+
+    def finish(meta: ArtifactMetadata | None, servable: ServableModel | None) -> Validation:
+        errors = sum(f.severity == "error" for f in findings)
+        warns = sum(f.severity == "warning" for f in findings)
+        report = ValidationReport(
+            tuple(findings), quality_score(errors, warns), policy.min_quality_score,
+            quality_gate, _recommendations(findings), now.isoformat(),
+        )
+        return Validation(report, meta, servable if report.accepted else None)
+
+    try:
+        meta = parse_metadata(read_metadata(folder), folder)
+    except ArtifactInvalid as exc:
+        findings.append(Finding("metadata", exc.reason, "error", blocking=True))
+        return finish(None, None)
+
+    findings += _metric_findings(meta.metrics)
+    findings += _age_findings(meta.created_at, now, policy)
+    if meta.training_samples is not None and meta.training_samples < 1000:
+        findings.append(Finding("few_samples", f"trained on only {meta.training_samples} "
+                                "samples", "warning"))
+    if meta.sklearn_version and meta.sklearn_version != sklearn.__version__:
+        findings.append(Finding("version_mismatch", f"trained with scikit-learn "
+                                f"{meta.sklearn_version}, modeld runs {sklearn.__version__}",
+                                "warning"))
+
+    model_path = folder / "model.joblib"
+    if not model_path.is_file():
+        findings.append(Finding("no_model_file", "model.joblib is missing", "error",
+                                blocking=True))
+        return finish(meta, None)
+    try:
+        estimator, load_findings = _load(loader, model_path, "model.joblib")
+        findings += load_findings
+        scaler = None
+        if (folder / "scaler.joblib").is_file():
+            scaler, load_findings = _load(loader, folder / "scaler.joblib", "scaler.joblib")
+            findings += load_findings
+    except ArtifactInvalid as exc:
+        findings.append(Finding("load_failed", exc.reason, "error", blocking=True))
+        return finish(meta, None)
+
+    findings += _estimator_findings(estimator, meta, policy)
+    if scaler is not None:
+        findings += _scaler_findings(scaler, len(meta.feature_names))
+    findings = list({(f.code, f.message): f for f in findings}.values())
+    if any(f.blocking for f in findings):
+        return finish(meta, None)
+    try:
+        servable = build_servable(
+            meta.version, type(estimator).__name__, estimator, scaler, meta.feature_names,
+            meta.warmup, policy.warmup_row_count, policy.anomaly_threshold,
+        )
+    except ModelLoadFailed as exc:
+        findings.append(Finding("cannot_score", f"scoring sample rows failed: {exc.reason}",
+                                "error", blocking=True))
+        return finish(meta, None)
+    return finish(meta, servable)
+
+
+def load_servable(
+    folder: Path, policy: ValidationPolicy, loader: ModelLoader = joblib_loader
+) -> ServableModel:
+    """Load an already validated version from the store; raises ModelLoadFailed with the reason.
+
+    Called by the manager when it deploys a version that is not in memory, and at startup.
+    """
+    name = folder.name
+    try:
+        meta = parse_metadata(read_metadata(folder), folder)
+        estimator, _ = _load(loader, folder / "model.joblib", "model.joblib")
+        scaler = None
+        if (folder / "scaler.joblib").is_file():
+            scaler, _ = _load(loader, folder / "scaler.joblib", "scaler.joblib")
+    except ArtifactInvalid as exc:
+        raise ModelLoadFailed(name, exc.reason) from exc
+    return build_servable(
+        meta.version, type(estimator).__name__, estimator, scaler, meta.feature_names,
+        meta.warmup, policy.warmup_row_count, policy.anomaly_threshold,
+    )

@@ -1,0 +1,300 @@
+"""The ``modeld`` command: ``run`` starts the daemon; every other command talks to it over HTTP.
+
+The CLI finds the daemon from the same configuration file (and token) the daemon reads. Exit
+status 0 on success; 1 with one clear line when the daemon refuses or cannot be reached; 2 for a
+wrong configuration or usage. Tables by default, ``--json`` for scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from core.errors import ConfigError
+from daemon.settings import Settings, load_settings
+
+DEFAULT_CONFIG_ENV = "MODELD_CONFIG"
+
+
+class CliError(Exception):
+    """One line for the operator; the exit status."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+def _config_path(args: argparse.Namespace) -> Path | None:
+    given = getattr(args, "config", None) or os.environ.get(DEFAULT_CONFIG_ENV)
+    return Path(given) if given else None
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    try:
+        return load_settings(_config_path(args))
+    except ConfigError as exc:
+        raise CliError(str(exc), 2) from None
+
+
+class Client:
+    """A small HTTP client for the daemon's API."""
+
+    def __init__(self, settings: Settings, timeout: float = 30.0) -> None:
+        host = settings.api.host
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        self.base = f"http://{host}:{settings.api.port}"
+        try:
+            token = settings.api_token()
+        except ConfigError as exc:
+            raise CliError(str(exc), 2) from None
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=self.base, headers=headers, timeout=timeout)
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        try:
+            response = self.http.request(method, path, json=body)
+        except httpx.TransportError as exc:
+            raise CliError(f"modeld is not reachable at {self.base} ({exc}); is it running?") \
+                from None
+        try:
+            data = response.json()
+        except ValueError:
+            data = {"detail": response.text.strip()[:500]}
+        if response.status_code >= 400:
+            detail = data.get("detail") if isinstance(data, dict) else data
+            raise CliError(f"refused ({response.status_code}): {detail}")
+        return data
+
+
+def _table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _print(args: argparse.Namespace, data: Any, render: Callable[[Any], str]) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        print(render(data))
+
+
+def _kv(data: dict[str, Any]) -> str:
+    width = max((len(k) for k in data), default=0)
+    return "\n".join(
+        f"{k.ljust(width)}  {json.dumps(v) if isinstance(v, dict | list) else v}"
+        for k, v in data.items()
+    )
+
+
+# commands -------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from daemon.main import Daemon
+
+    settings = _settings(args)
+    return Daemon(_config_path(args), settings).run()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    data = Client(_settings(args)).call("GET", "/api/v1/status")
+    _print(args, data, _kv)
+    return 0
+
+
+MODEL_COLUMNS = ("version", "status", "quality_score", "model_type", "created_at", "imported_at")
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    data = Client(_settings(args)).call("GET", "/api/v1/models")
+    _print(args, data, lambda rows: _table(rows, MODEL_COLUMNS) if rows else "no models yet")
+    return 0
+
+
+def cmd_models_show(args: argparse.Namespace) -> int:
+    data = Client(_settings(args)).call("GET", f"/api/v1/models/{args.version}")
+    _print(args, data, _kv)
+    return 0
+
+
+def cmd_models_import(args: argparse.Namespace) -> int:
+    client = Client(_settings(args), timeout=300)
+    body = {"validate": not args.no_validate}
+    if args.latest:
+        data = client.call("POST", "/api/v1/models/import-latest", body)
+    elif args.path:
+        data = client.call("POST", "/api/v1/models/import", {"path": args.path, **body})
+    else:
+        raise CliError("give a PATH inside the training service's models folder, or --latest", 2)
+    _print(args, data, lambda d: f"{d['status']}: {d['version']} "
+           f"(quality {d['report']['quality_score'] if d.get('report') else '-'}); "
+           f"serving {d.get('deployed_version')}")
+    return 0
+
+
+def cmd_models_validate(args: argparse.Namespace) -> int:
+    data = Client(_settings(args), timeout=300).call(
+        "POST", f"/api/v1/models/{args.version}/validate")
+    _print(args, data, lambda d: _kv({k: d[k] for k in (
+        "accepted", "quality_score", "errors", "warnings", "recommendations")}))
+    return 0
+
+
+def cmd_models_deploy(args: argparse.Namespace) -> int:
+    data = Client(_settings(args), timeout=300).call(
+        "POST", f"/api/v1/models/{args.version}/deploy")
+    _print(args, data, lambda d: f"serving {d['deployed_version']}")
+    return 0
+
+
+def cmd_models_rollback(args: argparse.Namespace) -> int:
+    path = f"/api/v1/models/{args.version}/rollback" if args.version else "/api/v1/models/rollback"
+    data = Client(_settings(args), timeout=300).call("POST", path)
+    _print(args, data, lambda d: f"serving {d['deployed_version']}")
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    client = Client(_settings(args))
+    path = "/api/v1/transfer-history" if args.transfers else "/api/v1/deployments"
+    data = client.call("GET", path)
+    columns = (("transferred_at", "version", "status", "source_path", "detail")
+               if args.transfers else ("at", "from_version", "to_version", "actor", "reason"))
+    _print(args, data, lambda rows: _table(rows, columns) if rows else "no history yet")
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """JSON lines of records on stdin; one JSON result per line on stdout, in order."""
+    client = Client(_settings(args))
+    batch: list[Any] = []
+
+    def flush() -> None:
+        if not batch:
+            return
+        data = client.call("POST", "/api/v1/score", {"records": batch})
+        for result in data["results"]:
+            print(json.dumps({"model_version": data["model_version"], **result}))
+        batch.clear()
+
+    for number, line in enumerate(sys.stdin, start=1):
+        if not line.strip():
+            continue
+        try:
+            batch.append(json.loads(line))
+        except ValueError as exc:
+            raise CliError(f"stdin line {number} is not JSON: {exc}") from None
+        if len(batch) >= args.batch:
+            flush()
+    flush()
+    return 0
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Send SIGHUP and wait until the daemon reports the reload applied or refused."""
+    client = Client(_settings(args))
+    before = client.call("GET", "/api/v1/status")
+    pid = args.pid
+    if pid is None:
+        raise CliError("--pid is required (systemd passes $MAINPID)", 2)
+    os.kill(pid, signal.SIGHUP)
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        status = client.call("GET", "/api/v1/status")
+        last = status.get("last_reload")
+        if last and last["generation"] > before["config_generation"]:
+            if last["ok"]:
+                print(f"reloaded: configuration generation {last['generation']}")
+                return 0
+            raise CliError(f"reload refused, old configuration kept: {last['error']}")
+        time.sleep(0.05)
+    raise CliError(f"no reload result within {args.timeout:g} s")
+
+
+# the parser -----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS: a subcommand's defaults must not overwrite what was given before it
+    common.add_argument("--config", "-c", default=argparse.SUPPRESS,
+                        help="configuration file (default: $MODELD_CONFIG, else embedded defaults)")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print JSON for scripts")
+    parser = argparse.ArgumentParser(prog="modeld", description=__doc__.splitlines()[0],
+                                     parents=[common])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("run", parents=[common], help="run the daemon in the foreground"
+                   ).set_defaults(func=cmd_run)
+    sub.add_parser("status", parents=[common], help="what serves now").set_defaults(
+        func=cmd_status)
+
+    models = sub.add_parser("models", parents=[common], help="manage model versions")
+    msub = models.add_subparsers(dest="models_command", required=True)
+    msub.add_parser("list", parents=[common]).set_defaults(func=cmd_models_list)
+    show = msub.add_parser("show", parents=[common])
+    show.add_argument("version")
+    show.set_defaults(func=cmd_models_show)
+    imp = msub.add_parser("import", parents=[common])
+    imp.add_argument("path", nargs="?")
+    imp.add_argument("--latest", action="store_true")
+    imp.add_argument("--no-validate", action="store_true",
+                     help="skip the quality gate (never the serving checks)")
+    imp.set_defaults(func=cmd_models_import)
+    val = msub.add_parser("validate", parents=[common])
+    val.add_argument("version")
+    val.set_defaults(func=cmd_models_validate)
+    dep = msub.add_parser("deploy", parents=[common])
+    dep.add_argument("version")
+    dep.set_defaults(func=cmd_models_deploy)
+    rb = msub.add_parser("rollback", parents=[common])
+    rb.add_argument("version", nargs="?")
+    rb.set_defaults(func=cmd_models_rollback)
+
+    hist = sub.add_parser("history", parents=[common], help="deployment history, newest first")
+    hist.add_argument("--transfers", action="store_true", help="the transfer history instead")
+    hist.set_defaults(func=cmd_history)
+
+    score = sub.add_parser("score", parents=[common],
+                           help="score JSON-lines records from stdin")
+    score.add_argument("--batch", type=int, default=100)
+    score.set_defaults(func=cmd_score)
+
+    reload = sub.add_parser("reload", parents=[common],
+                            help="SIGHUP the daemon and wait for the result (ExecReload)")
+    reload.add_argument("--pid", type=int)
+    reload.add_argument("--timeout", type=float, default=30.0)
+    reload.set_defaults(func=cmd_reload)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except CliError as exc:
+        print(f"modeld: {exc}", file=sys.stderr)
+        return exc.status
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""Structured logging: one event per thing that happened, as JSON, console text or journal lines.
+
+Configured once by the main thread at startup (and again after a reload that changes the
+``logging`` section). Every library logger (uvicorn, apscheduler, watchdog) goes through the
+same handlers, so the output has one shape.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import sys
+from typing import Any, TextIO
+
+import structlog
+
+from daemon.settings import LoggingSettings
+
+# syslog priorities, which journald reads from a "<N>" line prefix
+_PRIORITY = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2, "exception": 3}
+
+
+def stderr_is_journal(stream: TextIO, environ: dict[str, str] | os._Environ[str]) -> bool:
+    """True when systemd connected ``stream`` to the journal (``JOURNAL_STREAM=dev:inode``)."""
+    value = environ.get("JOURNAL_STREAM", "")
+    try:
+        dev, inode = (int(part) for part in value.split(":"))
+        st = os.fstat(stream.fileno())
+    except (ValueError, OSError):
+        return False
+    return st.st_dev == dev and st.st_ino == inode
+
+
+class _JournalRenderer:
+    """``<N>event key=value ...``: journald strips the prefix as the priority; no timestamp."""
+
+    def __init__(self) -> None:
+        self._kv = structlog.processors.KeyValueRenderer(
+            key_order=["event"], drop_missing=True, sort_keys=True
+        )
+
+    def __call__(self, logger: Any, method: str, event: dict[str, Any]) -> str:
+        priority = _PRIORITY.get(event.get("level", method), 6)
+        event.pop("timestamp", None)
+        return f"<{priority}>" + self._kv(logger, method, event).replace("\n", "\\n")
+
+
+def configure_logging(
+    settings: LoggingSettings,
+    stream: TextIO | None = None,
+    environ: dict[str, str] | os._Environ[str] = os.environ,
+) -> None:
+    """Route structlog and stdlib logging to stderr (and the rotated file when configured)."""
+    stream = stream or sys.stderr
+    journal = stderr_is_journal(stream, environ)
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+    ]
+    if journal:
+        renderer: Any = _JournalRenderer()
+    elif settings.format == "console" or (settings.format == "auto" and stream.isatty()):
+        renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
+    else:
+        renderer = structlog.processors.JSONRenderer()
+
+    handler: logging.Handler = logging.StreamHandler(stream)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        foreign_pre_chain=shared,
+    ))
+    handlers = [handler]
+    if settings.file is not None:
+        settings.file.parent.mkdir(parents=True, exist_ok=True)
+        rotating = logging.handlers.RotatingFileHandler(
+            settings.file,
+            maxBytes=settings.rotation.max_size,
+            backupCount=settings.rotation.backup_count,
+            encoding="utf-8",
+        )
+        rotating.setFormatter(structlog.stdlib.ProcessorFormatter(
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.JSONRenderer(),
+            ],
+            foreign_pre_chain=shared,
+        ))
+        handlers.append(rotating)
+
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+        old.close()
+    for new in handlers:
+        root.addHandler(new)
+    root.setLevel(settings.level)
+    for noisy in ("apscheduler", "watchdog", "uvicorn.access", "httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )

@@ -1,0 +1,289 @@
+"""``modeld run``: the process lifecycle.
+
+Start in dependency order (logging, registry and store, serving, manager recovery, HTTP,
+poll worker and watcher, scheduler), stop in reverse, each stop bounded by a timeout; a failing
+cleanup is logged and the rest still run. Signal handlers only record the signal; the main
+loop acts on it: SIGHUP reloads the configuration and rescans, SIGTERM/SIGINT stop.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+
+import structlog
+import uvicorn
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from core.errors import ConfigError
+from core.manager import DeploymentPolicy, ModelManager, PollResult, iso
+from core.registry import Registry
+from core.serving import ServingSlot
+from core.store import ModelStore
+from daemon.alerting import Alerter
+from daemon.api import create_app
+from daemon.logs import configure_logging
+from daemon.metrics import DaemonMetrics
+from daemon.runtime import ReloadResult, Runtime
+from daemon.sdnotify import SystemdNotifier
+from daemon.settings import Settings, load_settings
+from daemon.watch import PollWorker
+
+log = structlog.get_logger("modeld.main")
+
+STOP_TIMEOUT = 8.0
+FAULT_ENV = "MODELD_TEST_CRASH_AT"
+
+
+def fault_point_from_env() -> Callable[[str], None]:
+    """Test-only crash points: ``MODELD_TEST_CRASH_AT=step`` SIGKILLs the process at ``step``.
+
+    Production never sets the variable; then this is a no-op.
+    """
+    wanted = os.environ.get(FAULT_ENV)
+    if not wanted:
+        return lambda _step: None
+
+    def crash(step: str) -> None:
+        if step == wanted:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return crash
+
+
+class Daemon:
+    """One modeld process. ``run()`` is called on the main thread and returns an exit status."""
+
+    def __init__(self, config_path: Path | None, settings: Settings) -> None:
+        self.config_path = config_path
+        self.settings = settings
+        self._signals: deque[int] = deque()
+        self._wake = threading.Event()
+        self.notifier = SystemdNotifier.from_env(os.environ)
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self._signals.append(signum)
+        self._wake.set()
+
+    def run(self) -> int:
+        settings = self.settings
+        configure_logging(settings.logging)
+        for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
+        if settings.model.confidence_threshold is not None:
+            log.warning("config_key_has_no_effect", key="model.confidence_threshold",
+                        reason="is_anomaly follows the model's own decision or "
+                        "model.anomaly_threshold; see README")
+        cleanups: list[tuple[str, Callable[[], None]]] = []
+        try:
+            runtime = self._start(cleanups)
+            self._loop(runtime)
+        except ConfigError as exc:
+            log.error("startup_failed", reason=str(exc))
+            return 2
+        except OSError as exc:
+            log.error("startup_failed", reason=str(exc))
+            return 1
+        finally:
+            self.notifier.stopping()
+            for name, cleanup in reversed(cleanups):
+                try:
+                    cleanup()
+                except Exception:
+                    log.exception("cleanup_failed", component=name)
+            log.info("stopped")
+        return 0
+
+    def _start(self, cleanups: list[tuple[str, Callable[[], None]]]) -> Runtime:
+        s = self.settings
+        token = s.api_token()
+        fault = fault_point_from_env()
+        store = ModelStore(s.storage.directory / "store", fault=fault)
+        registry = Registry(s.storage.directory / "registry.sqlite3")
+        cleanups.append(("registry", registry.close))
+        metrics = DaemonMetrics(s.monitoring.resource_monitoring)
+        alerter = Alerter(s.monitoring.alerting)
+        alerter.start()
+        cleanups.append(("alerter", lambda: alerter.stop(2.0)))
+        slot = ServingSlot()
+        manager = ModelManager(
+            registry=registry, store=store, slot=slot,
+            models_dir=s.integration.models_dir.resolve(),
+            validation=s.model.validation_policy(),
+            deployment=DeploymentPolicy(s.integration.auto_deploy),
+            settle_seconds=s.integration.settle_seconds,
+            fault=fault,
+        )
+        runtime = Runtime(settings=s, manager=manager, metrics=metrics, alerter=alerter,
+                          token=token)
+        manager.listener = runtime.on_manager_event
+        slot.on_fallback = manager.scoring_failed
+        manager.start()
+        runtime.on_manager_event("started", {})
+        log.info("starting", config=str(self.config_path), store=str(s.storage.directory),
+                 models_dir=str(manager.models_dir), deployed=runtime.status()["deployed_version"])
+
+        server = uvicorn.Server(uvicorn.Config(
+            create_app(runtime), host=s.api.host, port=s.api.port, log_config=None,
+            access_log=False, lifespan="off", timeout_graceful_shutdown=5,
+        ))
+        http = threading.Thread(target=server.run, name="modeld-http", daemon=True)
+        http.start()
+        deadline = time.monotonic() + 10
+        while not server.started:
+            if not http.is_alive() or time.monotonic() > deadline:
+                raise OSError(f"the HTTP server could not listen on {s.api.host}:{s.api.port}")
+            time.sleep(0.01)
+        log.info("http_listening", host=s.api.host, port=self._bound_port(server))
+
+        def stop_http() -> None:
+            server.should_exit = True
+            http.join(STOP_TIMEOUT)
+
+        cleanups.append(("http", stop_http))
+
+        worker = PollWorker(manager, s.integration.force_polling, s.integration.polling_interval,
+                            on_result=self._poll_result)
+        worker.start()
+        cleanups.append(("poll worker", lambda: worker.stop(STOP_TIMEOUT)))
+        self.worker = worker
+
+        scheduler = BackgroundScheduler(timezone=UTC)
+        self._schedule(scheduler, runtime)
+        scheduler.start()
+        cleanups.append(("scheduler", lambda: scheduler.shutdown(wait=False)))
+        cleanups.append(("flush", runtime.flush_windows))
+        self.scheduler = scheduler
+        self.http_thread = http
+        return runtime
+
+    @staticmethod
+    def _bound_port(server: uvicorn.Server) -> int | None:
+        for srv in getattr(server, "servers", []):
+            for sock in srv.sockets:
+                return int(sock.getsockname()[1])
+        return None
+
+    def _poll_result(self, result: PollResult) -> None:
+        for outcome in result.outcomes:
+            if outcome.status == "failed":
+                log.warning("import_will_retry", path=outcome.path, reason=outcome.reason)
+
+    def _schedule(self, scheduler: BackgroundScheduler, runtime: Runtime) -> None:
+        s = runtime.settings
+        manager = runtime.manager
+        scheduler.add_job(self.worker.request, "interval", id="rescan",
+                          seconds=s.integration.import_interval, coalesce=True, max_instances=1)
+        scheduler.add_job(runtime.flush_windows, "interval", id="flush_metrics",
+                          seconds=s.monitoring.metrics_flush_interval, coalesce=True,
+                          max_instances=1)
+        scheduler.add_job(
+            lambda: manager.retention(s.storage.keep_versions, s.storage.retention_days),
+            "interval", id="retention", seconds=s.storage.retention_interval, coalesce=True,
+            max_instances=1,
+        )
+
+    def _reschedule(self, runtime: Runtime) -> None:
+        for job in self.scheduler.get_jobs():
+            job.remove()
+        self._schedule(self.scheduler, runtime)
+
+    # the main loop ------------------------------------------------------------------------
+
+    def _healthy(self, runtime: Runtime) -> bool:
+        health = {
+            "scheduler": bool(self.scheduler.running),
+            "watcher": self.worker.alive(),
+            "http": self.http_thread.is_alive(),
+        }
+        runtime.health.update(health)
+        return all(health.values())
+
+    def _status_line(self, runtime: Runtime) -> str:
+        state = runtime.slot.state
+        if state.deployed is None:
+            return "Waiting for a valid model; none deployed"
+        fallback = state.fallback.version if state.fallback else "none"
+        return f"Serving {state.deployed.version} (fallback {fallback})"
+
+    def _loop(self, runtime: Runtime) -> None:
+        interval = self.notifier.watchdog_interval()
+        tick = min(interval, 1.0) if interval else 1.0
+        self.notifier.ready()
+        last_status = self._status_line(runtime)
+        self.notifier.status(last_status)
+        log.info("ready", deployed=runtime.status()["deployed_version"])
+        last_ping = 0.0
+        while True:
+            self._wake.wait(tick)
+            self._wake.clear()
+            while self._signals:
+                signum = self._signals.popleft()
+                if signum in (signal.SIGTERM, signal.SIGINT):
+                    log.info("stopping", signal=signal.Signals(signum).name)
+                    self.notifier.stopping()
+                    return
+                if signum == signal.SIGHUP:
+                    self._reload(runtime)
+            status = self._status_line(runtime)
+            if status != last_status:
+                self.notifier.status(status)
+                last_status = status
+            if interval and time.monotonic() - last_ping >= interval:
+                if self._healthy(runtime):
+                    self.notifier.watchdog()
+                    last_ping = time.monotonic()
+                else:
+                    log.error("unhealthy_no_watchdog_ping", health=runtime.health)
+
+    def _reload(self, runtime: Runtime) -> None:
+        """Apply a new configuration, or keep the old one when the new one is refused."""
+        self.notifier.reloading(time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000)
+        generation = runtime.config_generation + 1
+        now = iso(datetime.now(UTC))
+        try:
+            new = load_settings(self.config_path)
+            token = new.api_token()
+        except ConfigError as exc:
+            runtime.last_reload = ReloadResult(generation, False, str(exc), now)
+            log.error("reload_refused", reason=str(exc), kept_generation=runtime.config_generation)
+            self.notifier.ready()
+            self.notifier.status(f"Reload refused: {exc}")
+            return
+        restart_needed = [
+            key for key, old, fresh in (
+                ("api.host", self.settings.api.host, new.api.host),
+                ("api.port", self.settings.api.port, new.api.port),
+                ("storage.directory", self.settings.storage.directory, new.storage.directory),
+                ("integration.training_service_path", self.settings.integration.training_service_path,
+                 new.integration.training_service_path),
+            ) if old != fresh
+        ]
+        if restart_needed:
+            log.warning("reload_needs_restart", keys=restart_needed,
+                        reason="these keys take effect at the next start")
+        manager = runtime.manager
+        with manager.lock:
+            manager.validation = new.model.validation_policy()
+            manager.deployment = DeploymentPolicy(new.integration.auto_deploy)
+            manager.settle_seconds = new.integration.settle_seconds
+            manager.tracker.settle_seconds = new.integration.settle_seconds
+        if new.logging != self.settings.logging:
+            configure_logging(new.logging)
+        self.settings = new
+        runtime.settings = new
+        runtime.token = token
+        self._reschedule(runtime)
+        runtime.config_generation = generation
+        runtime.last_reload = ReloadResult(generation, True, None, now)
+        self.worker.request()
+        log.info("reloaded", generation=generation, config=str(self.config_path))
+        self.notifier.ready()
+        self.notifier.status(self._status_line(runtime))

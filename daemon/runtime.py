@@ -1,0 +1,170 @@
+"""The running daemon's shared state: what the HTTP app, the scheduler and the main loop use.
+
+Built once by :mod:`daemon.main` in dependency order. ``score`` runs on request threads (or
+the event loop); it reads the slot's state once and holds only the tiny monitor lock, never the
+manager's operation lock.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from core.errors import NoModelDeployed, RecordInvalid
+from core.manager import ModelManager, iso
+try:
+    from core.monitor import ScoringWindow
+except ImportError:  # TEMPORARY until core/monitor.py lands
+    class ScoringWindow:  # type: ignore[no-redef]
+        def observe(self, *a, **k): pass
+        def observe_invalid(self, *a, **k): pass
+        def to_state(self): return {}
+        @classmethod
+        def from_state(cls, s): return cls()
+from daemon.alerting import Alert, Alerter
+from daemon.metrics import DaemonMetrics
+from daemon.settings import Settings
+
+log = structlog.get_logger("modeld.runtime")
+
+ALERTED_EVENTS = {
+    "import_rejected": "import rejected",
+    "swap_failed": "swap failed",
+    "fallback_used": "fallback used",
+    "fallback": "fell back to an earlier version",
+    "model_unhealthy": "deployed model failed its health check",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadResult:
+    generation: int
+    ok: bool
+    error: str | None
+    at: str
+
+
+@dataclass(slots=True)
+class Runtime:
+    """Everything a request or job needs, in one place. One per daemon process."""
+
+    settings: Settings
+    manager: ModelManager
+    metrics: DaemonMetrics
+    alerter: Alerter
+    token: str | None
+    started_at: float = field(default_factory=time.time)
+    config_generation: int = 1
+    last_reload: ReloadResult | None = None
+    windows: dict[str, ScoringWindow] = field(default_factory=dict)
+    window_lock: threading.Lock = field(default_factory=threading.Lock)
+    health: dict[str, bool] = field(default_factory=dict)
+    _counters: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+
+    @property
+    def slot(self) -> Any:
+        return self.manager.slot
+
+    def on_manager_event(self, event: str, fields: Mapping[str, Any]) -> None:
+        """The manager's listener: metrics, the deployed-version info, alerts."""
+        self.metrics.on_event(event, fields)
+        state = self.slot.state
+        self.metrics.set_deployed(
+            state.deployed.version if state.deployed else None,
+            state.fallback.version if state.fallback else None,
+        )
+        title = ALERTED_EVENTS.get(event)
+        if title is not None:
+            kind = {"fallback": "fallback_used"}.get(event, event)
+            version = fields.get("version")
+            self.alerter.send(Alert(
+                kind=kind,
+                title=f"{title}: {version}" if version else title,
+                detail=str(fields.get("reason", "")),
+                version=version,
+                fields={k: v if isinstance(v, str | int | float) or v is None else str(v)
+                        for k, v in fields.items()},
+            ))
+
+    def window(self, version: str) -> ScoringWindow:
+        window = self.windows.get(version)
+        if window is None:
+            state = self.manager.registry.load_state("window", version)
+            window = ScoringWindow.from_state(state) if state else ScoringWindow()
+            self.windows[version] = window
+        return window
+
+    def score(self, records: Sequence[object]) -> dict[str, Any]:
+        """Score one batch with whichever model is deployed now; all from one version."""
+        started = time.perf_counter()
+        try:
+            result = self.slot.score(records)
+        except RecordInvalid:
+            self.metrics.errors.labels("invalid_record").inc()
+            deployed = self.slot.state.deployed
+            if deployed is not None:
+                with self.window_lock:
+                    self.window(deployed.version).observe_invalid(1, time.time())
+            raise
+        except NoModelDeployed:
+            self.metrics.errors.labels("no_model").inc()
+            raise
+        latency = time.perf_counter() - started
+        with self.window_lock:
+            self.window(result.version).observe(
+                result.features, result.scores, result.flags, latency, time.time()
+            )
+        counters = self._counters.get(result.version)
+        if counters is None:
+            counters = (self.metrics.records.labels(result.version),
+                        self.metrics.anomalies.labels(result.version))
+            self._counters[result.version] = counters
+        counters[0].inc(len(result.scores))
+        flagged = int(result.flags.sum())
+        if flagged:
+            counters[1].inc(flagged)
+        self.metrics.latency.observe(latency)
+        if result.fallback_reason is not None:
+            self.metrics.fallbacks.inc()
+        return {
+            "model_version": result.version,
+            "results": [
+                {"score": s, "is_anomaly": f}
+                for s, f in zip(result.scores.tolist(), result.flags.tolist(), strict=True)
+            ],
+        }
+
+    def flush_windows(self) -> None:
+        """Persist the monitors' aggregates (scheduled, and at shutdown)."""
+        with self.window_lock:
+            states = {v: w.to_state() for v, w in self.windows.items()}
+        now = iso(self.manager.clock())
+        for version, state in states.items():
+            self.manager.registry.save_state("window", version, state, now)
+
+    def status(self) -> dict[str, Any]:
+        state = self.slot.state
+        deployed = state.deployed
+        return {
+            "deployed_version": deployed.version if deployed else None,
+            "fallback_version": state.fallback.version if state.fallback else None,
+            "ready": deployed is not None,
+            "model_type": deployed.model_type if deployed else None,
+            "feature_names": list(deployed.feature_names) if deployed else [],
+            "uptime_seconds": round(time.time() - self.started_at, 3),
+            "config_generation": self.config_generation,
+            "last_reload": None if self.last_reload is None else {
+                "generation": self.last_reload.generation,
+                "ok": self.last_reload.ok,
+                "error": self.last_reload.error,
+                "at": self.last_reload.at,
+            },
+            "training_models_dir": str(self.manager.models_dir),
+            "auto_deploy": self.manager.deployment.auto_deploy,
+            "health": dict(self.health),
+        }

@@ -1,0 +1,236 @@
+"""modeld's configuration: a YAML file, overridden by ``MODELD_`` environment variables.
+
+The main thread loads it at startup and again on SIGHUP; a configuration that fails to load
+raises :class:`core.errors.ConfigError` naming the first wrong key, and the caller keeps what it
+had (at startup: exit status 2).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from core.errors import ConfigError
+from core.validate import ValidationPolicy
+from daemon.alerting import AlertingSettings
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4}
+
+
+def parse_size(value: int | str) -> int:
+    """Bytes from ``10485760``, ``"10MB"``, ``"10MiB"`` or ``"512k"``."""
+    if isinstance(value, int):
+        return value
+    match = _SIZE.match(value)
+    if match is None:
+        raise ValueError(f"not a size: {value!r} (use e.g. 10MB, 512KiB or a number of bytes)")
+    number, unit = float(match.group(1)), (match.group(2) or "").lower()
+    base = 1024 if "i" in unit else 1
+    scale = _SIZE_UNITS[unit[:1]] if base == 1 else 1024 ** "bkmgt".index(unit[0])
+    return int(number * scale)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSettings(_Section):
+    """How models are judged and how their scores become flags."""
+
+    min_quality_score: float = Field(0.6, ge=0.0, le=1.0)
+    anomaly_threshold: float | None = None
+    confidence_threshold: float | None = Field(None, ge=0.0, le=1.0)
+    warmup_rows: int = Field(16, ge=1, le=10_000)
+    max_age_warning_days: float = Field(7, gt=0)
+    max_age_stale_days: float = Field(30, gt=0)
+    min_estimators: int = Field(50, ge=1)
+
+    def validation_policy(self) -> ValidationPolicy:
+        return ValidationPolicy(
+            min_quality_score=self.min_quality_score,
+            age_warning_days=self.max_age_warning_days,
+            age_stale_days=self.max_age_stale_days,
+            min_estimators=self.min_estimators,
+            warmup_row_count=self.warmup_rows,
+            anomaly_threshold=self.anomaly_threshold,
+        )
+
+
+class StorageSettings(_Section):
+    """The daemon's own store: registry database and imported versions."""
+
+    directory: Path = Path("modeld-state")
+    keep_versions: int = Field(5, ge=1)
+    retention_days: float = Field(30, ge=0)
+    retention_interval: float = Field(3600, gt=0)
+    backup_enabled: bool = False
+    backup_interval: float = Field(86400, gt=0)
+    backup_count: int = Field(7, ge=1)
+    compression: bool = False
+
+    @field_validator("compression")
+    @classmethod
+    def _no_compression(cls, value: bool) -> bool:
+        if value:
+            raise ValueError(
+                "compression is not supported: versions are stored byte for byte as delivered "
+                "so that their recorded checksums stay verifiable; set it to false"
+            )
+        return value
+
+
+class IntegrationSettings(_Section):
+    """Where the training service writes, and how modeld picks its artifacts up."""
+
+    training_service_path: Path = Path("training-service")
+    import_interval: float = Field(60, gt=0)
+    settle_seconds: float = Field(1.0, ge=0, le=60)
+    auto_import: bool = True
+    auto_deploy: bool = True
+    force_polling: bool = False
+    polling_interval: float = Field(1.0, gt=0)
+
+    @property
+    def models_dir(self) -> Path:
+        return self.training_service_path / "models"
+
+
+class MonitoringSettings(_Section):
+    """What is watched while scoring."""
+
+    drift_detection: bool = True
+    drift_threshold: float = Field(0.1, gt=0)
+    drift_interval: float = Field(300, gt=0)
+    baseline_records: int = Field(2000, ge=50)
+    resource_monitoring: bool = True
+    model_health_checks: bool = True
+    health_check_interval: float = Field(300, gt=0)
+    metrics_flush_interval: float = Field(60, gt=0)
+    alerting: AlertingSettings = AlertingSettings()
+
+
+class RotationSettings(_Section):
+    max_size: int = 10 * 1024 * 1024
+    backup_count: int = Field(5, ge=1)
+
+    @field_validator("max_size", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> int:
+        return parse_size(value)
+
+
+class LoggingSettings(_Section):
+    """Where log events go and how they look."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["auto", "json", "console"] = "auto"
+    file: Path | None = None
+    rotation: RotationSettings = RotationSettings()
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+
+class ApiSettings(_Section):
+    """The HTTP API."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    token: str | None = None
+    token_file: Path | None = None
+    max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_records: int = Field(10_000, ge=1)
+
+    @field_validator("max_request_bytes", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> int:
+        return parse_size(value)
+
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+class Settings(BaseSettings):
+    """The whole configuration. Environment variables (``MODELD_API__PORT``) beat the file."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MODELD_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    model: ModelSettings = ModelSettings()
+    storage: StorageSettings = StorageSettings()
+    integration: IntegrationSettings = IntegrationSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
+    logging: LoggingSettings = LoggingSettings()
+    api: ApiSettings = ApiSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The YAML file arrives as init data; the environment must win over it.
+        return env_settings, init_settings
+
+    def api_token(self) -> str | None:
+        """The bearer token, from ``api.token`` or the first line of ``api.token_file``."""
+        if self.api.token:
+            return self.api.token
+        if self.api.token_file is None:
+            return None
+        try:
+            token = self.api.token_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError("api.token_file", f"cannot read {self.api.token_file}: {exc}") from exc
+        if not token:
+            raise ConfigError("api.token_file", f"{self.api.token_file} is empty")
+        return token
+
+
+def load_settings(path: Path | None) -> Settings:
+    """Read the YAML file (when given) and the environment; raise ConfigError on the first fault."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(str(path), f"cannot read the configuration file: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(str(path), f"not valid YAML: {exc}".replace("\n", " ")) from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(str(path), "the file must hold a mapping of sections")
+        data = loaded or {}
+    try:
+        settings = Settings(**data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+        problem = first["msg"]
+        if first["type"] == "extra_forbidden":
+            problem = "unknown key"
+        raise ConfigError(key, problem) from None
+    api = settings.api
+    if not api.is_loopback() and settings.api_token() is None:
+        raise ConfigError(
+            "api.host",
+            f"{api.host} is not a loopback address; set api.token or api.token_file first",
+        )
+    return settings

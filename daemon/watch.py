@@ -1,0 +1,206 @@
+"""Finding artifacts: a watchdog observer whose events only ask for a rescan, and the one
+worker thread that runs the scans.
+
+The observer falls back to polling when inotify cannot be used (watch or instance limit,
+network filesystem) and says so in the log. A missing models folder is waited for: the worker
+keeps rescanning on schedule, and the watch is (re)established once the folder exists, also
+after it was deleted and recreated.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+from watchdog.events import DirMovedEvent, FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
+
+from core.manager import ModelManager, PollResult
+
+log = structlog.get_logger("modeld.watch")
+
+NETWORK_FILESYSTEMS = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "9p",
+                                 "ceph", "glusterfs", "fuse.gcsfuse", "fuse.s3fs", "afs"})
+
+
+def filesystem_type(path: Path, mounts: Path = Path("/proc/mounts")) -> str | None:
+    """The type of the filesystem holding ``path`` (longest matching mount point)."""
+    try:
+        lines = mounts.read_text().splitlines()
+    except OSError:
+        return None
+    target = str(path.resolve())
+    best: tuple[int, str] | None = None
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        point = parts[1].replace("\\040", " ")
+        if (target == point or target.startswith(point.rstrip("/") + "/")) and (
+            best is None or len(point) > best[0]
+        ):
+            best = (len(point), parts[2])
+    return None if best is None else best[1]
+
+
+class _Hint(FileSystemEventHandler):
+    def __init__(self, models_dir: Path, request: Callable[[str | None], None]) -> None:
+        self._models_dir = str(models_dir)
+        self._request = request
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in ("opened", "closed_no_write"):
+            return
+        moved_in = None
+        if isinstance(event, DirMovedEvent):
+            dest = os.fsdecode(event.dest_path)
+            if os.path.dirname(dest) == self._models_dir:
+                moved_in = os.path.basename(dest)
+        self._request(moved_in)
+
+
+class PollWorker:
+    """The one thread that scans and imports; requests coalesce into the next scan.
+
+    ``request()`` is called from the observer thread, the scheduler, SIGHUP handling and the
+    API; it never blocks. A scan that raises is logged and the worker carries on.
+    """
+
+    def __init__(
+        self,
+        manager: ModelManager,
+        force_polling: bool,
+        polling_interval: float,
+        on_result: Callable[[PollResult], None] = lambda _r: None,
+    ) -> None:
+        self.manager = manager
+        self.force_polling = force_polling
+        self.polling_interval = polling_interval
+        self._on_result = on_result
+        self._wake = threading.Condition()
+        self._requested = False
+        self._moved_in: list[str] = []
+        self._deadline: float | None = None
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="modeld-poll", daemon=True)
+        self._observer: BaseObserver | None = None
+        self._watched: tuple[int, int] | None = None
+        self._missing_logged = False
+        self.last_scan_at: float | None = None
+        self.polling = force_polling
+
+    def start(self) -> None:
+        self._thread.start()
+        self.request()
+
+    def request(self, moved_in: str | None = None) -> None:
+        with self._wake:
+            self._requested = True
+            if moved_in is not None:
+                self._moved_in.append(moved_in)
+            self._wake.notify()
+
+    def alive(self) -> bool:
+        observer_ok = self._observer is None or self._observer.is_alive()
+        return self._thread.is_alive() and observer_ok
+
+    def stop(self, timeout: float) -> None:
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.error("poll_worker_stop_timed_out", timeout=timeout)
+        self._unwatch()
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._requested and not self._stopping:
+                    timeout = None
+                    if self._deadline is not None:
+                        timeout = max(0.0, self._deadline - time.time())
+                        if timeout == 0.0:
+                            break
+                    self._wake.wait(timeout)
+                if self._stopping:
+                    return
+                self._requested = False
+                moved_in, self._moved_in = self._moved_in, []
+            for name in moved_in:
+                self.manager.note_moved_in(name)
+            try:
+                self._ensure_watch()
+                result = self.manager.poll_once()
+            except Exception:
+                log.exception("scan_failed", path=str(self.manager.models_dir))
+                self._deadline = time.time() + 5
+                continue
+            self.last_scan_at = time.time()
+            self._deadline = result.next_check
+            self._on_result(result)
+
+    # the observer -------------------------------------------------------------------------
+
+    def _ensure_watch(self) -> None:
+        models_dir = self.manager.models_dir
+        try:
+            st = models_dir.stat()
+        except OSError:
+            if self._watched is not None:
+                log.warning("models_folder_gone", path=str(models_dir))
+                self._unwatch()
+            elif not self._missing_logged:
+                log.warning("models_folder_missing", path=str(models_dir),
+                            reason="waiting for the training service to create it")
+                self._missing_logged = True
+            return
+        identity = (st.st_dev, st.st_ino)
+        if self._watched == identity and self._observer is not None:
+            return
+        self._unwatch()
+        self._missing_logged = False
+        self._observer = self._start_observer(models_dir)
+        self._watched = identity
+
+    def _start_observer(self, models_dir: Path) -> BaseObserver:
+        handler = _Hint(models_dir, self.request)
+        fs_type = filesystem_type(models_dir)
+        reason = None
+        if self.force_polling:
+            reason = "integration.force_polling is set"
+        elif fs_type in NETWORK_FILESYSTEMS:
+            reason = f"{models_dir} is on a network filesystem ({fs_type})"
+        if reason is None:
+            observer: BaseObserver = Observer()
+            try:
+                observer.schedule(handler, str(models_dir), recursive=True)
+                observer.start()
+                self.polling = False
+                log.info("watching", path=str(models_dir), method=type(observer).__name__)
+                return observer
+            except OSError as exc:
+                reason = f"inotify unavailable: {exc}"
+                observer.stop()
+        observer = PollingObserver(timeout=self.polling_interval)
+        observer.schedule(handler, str(models_dir), recursive=True)
+        observer.start()
+        self.polling = True
+        log.warning("watch_fallback_polling", path=str(models_dir), reason=reason,
+                    interval=self.polling_interval)
+        return observer
+
+    def _unwatch(self) -> None:
+        observer, self._observer, self._watched = self._observer, None, None
+        if observer is None:
+            return
+        observer.stop()
+        observer.join(5)
+        if observer.is_alive():
+            log.error("observer_stop_timed_out")

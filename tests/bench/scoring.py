@@ -1,0 +1,163 @@
+"""Scoring speed: scikit-learn's IsolationForest.score_samples against modeld's compiled forest.
+
+Run from the repository root:
+
+    python tests/bench/scoring.py
+
+It trains one model (100 trees, default settings, 20 features, 10,000 training rows), checks
+that both scorers agree, then times both on 1, 64, 1024 and 10,000 records in the same run and
+prints one line per size. The two scorers are timed alternately, repeat by repeat, so that
+load from other processes on a shared machine hits both alike; each figure is the median.
+
+Targets (from the issue): one record at least 50x faster than scikit-learn, and no batch size
+slower than scikit-learn.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+from sklearn.ensemble import IsolationForest
+
+# The script is run as a file, not as a module of an installed package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from core.forest import CompiledIsolationForest, compile_isolation_forest
+
+N_FEATURES = 20
+N_TRAINING_ROWS = 10_000
+BATCH_SIZES = (1, 64, 1024, 10_000)
+# Small batches are fast and noisy, so they get more repeats; big ones are slow and steady.
+REPEATS = {1: 301, 64: 201, 1024: 41, 10_000: 11}
+# Scores must agree this closely (the issue's bound); the run aborts otherwise.
+TOLERANCE = 1e-9
+
+
+@dataclass(frozen=True, slots=True)
+class ScoringTiming:
+    """Median wall time of one score_samples call for one batch size, for both scorers."""
+
+    records: int
+    sklearn_us: float
+    modeld_us: float
+
+    @property
+    def speedup(self) -> float:
+        """How many times faster modeld is than scikit-learn (below 1 means slower)."""
+        return self.sklearn_us / self.modeld_us
+
+    def line(self) -> str:
+        """The one line the benchmark prints for this batch size."""
+        return (
+            f"records={self.records} sklearn={self.sklearn_us:.1f}us "
+            f"modeld={self.modeld_us:.1f}us speedup={self.speedup:.1f}x"
+        )
+
+
+def train_model(rng: np.random.Generator) -> IsolationForest:
+    """Fit the one benchmark model: default settings, as an operator would ship it."""
+    training = rng.normal(size=(N_TRAINING_ROWS, N_FEATURES))
+    return IsolationForest(n_estimators=100, random_state=0).fit(training)
+
+
+def make_records(rng: np.random.Generator, n_records: int) -> npt.NDArray[np.float64]:
+    """Records to score: mostly like the training data, with a share of clear outliers."""
+    records = rng.normal(size=(n_records, N_FEATURES))
+    outliers = rng.random(n_records) < 0.1
+    records[outliers] *= 6.0
+    return records
+
+
+def _call_time_us(call: Callable[[], object], inner: int) -> float:
+    """Wall time of one call in microseconds, averaged over `inner` back-to-back calls.
+
+    Averaging a few calls per sample keeps timer resolution out of microsecond results.
+    """
+    start = time.perf_counter()
+    for _ in range(inner):
+        call()
+    return (time.perf_counter() - start) / inner * 1e6
+
+
+def time_batch(
+    model: IsolationForest,
+    compiled: CompiledIsolationForest,
+    records: npt.NDArray[np.float64],
+    repeats: int,
+) -> ScoringTiming:
+    """Time both scorers on the same records, alternating them on every repeat."""
+
+    def sklearn_call() -> object:
+        return model.score_samples(records)
+
+    def modeld_call() -> object:
+        return compiled.score_samples(records)
+
+    worst = float(np.max(np.abs(sklearn_call() - compiled.score_samples(records))))
+    if worst > TOLERANCE:
+        raise SystemExit(f"scores differ by {worst:.3g} on {records.shape[0]} records")
+
+    # About 1 ms of work per modeld sample, so the timer's resolution does not matter.
+    modeld_inner = max(1, int(1000 // max(_call_time_us(modeld_call, 3), 1.0)))
+    sklearn_samples: list[float] = []
+    modeld_samples: list[float] = []
+    for repeat in range(repeats):
+        # Swap which scorer goes first, so neither always runs right after the other's
+        # cache-warming (or cache-trashing) call.
+        if repeat % 2:
+            modeld_samples.append(_call_time_us(modeld_call, modeld_inner))
+            sklearn_samples.append(_call_time_us(sklearn_call, 1))
+        else:
+            sklearn_samples.append(_call_time_us(sklearn_call, 1))
+            modeld_samples.append(_call_time_us(modeld_call, modeld_inner))
+    return ScoringTiming(
+        records=records.shape[0],
+        sklearn_us=float(np.median(sklearn_samples)),
+        modeld_us=float(np.median(modeld_samples)),
+    )
+
+
+def bench_scoring(
+    model: IsolationForest, compiled: CompiledIsolationForest, rng: np.random.Generator
+) -> list[ScoringTiming]:
+    """scikit-learn vs compiled scoring for every batch size, printing a line per size."""
+    timings = []
+    for n_records in BATCH_SIZES:
+        timing = time_batch(model, compiled, make_records(rng, n_records), REPEATS[n_records])
+        print(timing.line(), flush=True)
+        timings.append(timing)
+    return timings
+
+
+def main() -> int:
+    """Train, compile, benchmark; exit status 1 if a target from the issue is missed."""
+    rng = np.random.default_rng(20240611)
+    model = train_model(rng)
+    compiled = compile_isolation_forest(model)
+    timings = bench_scoring(model, compiled, rng)
+
+    # Further sections (for example the per-record cost of monitoring) go here, reusing
+    # `model`, `compiled` and `rng`, each printing its own lines.
+
+    single = timings[0]
+    missed = []
+    if single.speedup < 50.0:
+        missed.append(f"single record only {single.speedup:.1f}x faster (target 50x)")
+    missed.extend(
+        f"records={timing.records} slower than scikit-learn"
+        for timing in timings
+        if timing.speedup < 1.0
+    )
+    for problem in missed:
+        print(f"target missed: {problem}", flush=True)
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import DaemonProcess
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads() -> Iterator[None]:
+    """A test that leaves a thread of its own running fails (watchdog's tests do the same)."""
+    before = set(threading.enumerate())
+    yield
+    leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()
+              and not t.name.startswith(("asyncio_", "AnyIO", "ThreadPoolExecutor"))]
+    for thread in leaked:
+        thread.join(2)
+    still = [t.name for t in leaked if t.is_alive()]
+    assert not still, f"threads leaked: {still}"
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[DaemonProcess]:
+    """A real modeld process on temporary folders, stopped after the test."""
+    proc = DaemonProcess(tmp_path)
+    proc.models_dir.mkdir(parents=True)
+    yield proc
+    if proc.proc is not None:
+        proc.stop()

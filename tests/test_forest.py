@@ -1,0 +1,277 @@
+"""The compiled IsolationForest must score exactly like scikit-learn's score_samples.
+
+Every check compares against scikit-learn itself (the installed version), within 1e-9, on
+forests and inputs drawn by hypothesis: several forest shapes, row and feature subsampling,
+bootstrap on and off, duplicated and constant columns, missing values, and query values on,
+just beside, and far outside the split thresholds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sklearn.ensemble import IsolationForest
+from sklearn.ensemble._iforest import _average_path_length
+from sklearn.tree import ExtraTreeRegressor
+
+from core.forest import (
+    CompiledIsolationForest,
+    average_path_length,
+    compile_isolation_forest,
+)
+
+TOLERANCE = 1e-9
+# A float64 value that overflows float32: both scorers must see it as +/-inf.
+BEYOND_FLOAT32 = 1e39
+
+Matrix = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True, slots=True)
+class ForestCase:
+    """A fitted forest, its compiled twin, and the rows to score with both."""
+
+    model: IsolationForest
+    compiled: CompiledIsolationForest
+    training: Matrix
+    queries: Matrix
+
+
+def sklearn_scores(model: IsolationForest, X: Matrix) -> npt.NDArray[np.float64]:
+    # scikit-learn warns when its float32 cast overflows; the inf it produces is the point.
+    with np.errstate(over="ignore"):
+        return model.score_samples(X)
+
+
+def sklearn_decision(model: IsolationForest, X: Matrix) -> npt.NDArray[np.float64]:
+    with np.errstate(over="ignore"):
+        return model.decision_function(X)
+
+
+def split_points(model: IsolationForest) -> list[tuple[int, float]]:
+    """(input column, float64 threshold) of every split in the forest."""
+    points = []
+    n_features = model.n_features_in_
+    for estimator, chosen in zip(model.estimators_, model.estimators_features_, strict=True):
+        tree = estimator.tree_
+        internal = tree.children_left != -1
+        columns = tree.feature[internal]
+        if len(chosen) != n_features:
+            columns = np.asarray(chosen)[columns]
+        points.extend(zip(columns.tolist(), tree.threshold[internal].tolist(), strict=True))
+    return points
+
+
+def threshold_neighbours(threshold: float) -> list[float]:
+    """The threshold itself and the float32 and float64 values right around it.
+
+    The trees compare a float32 cast of the input against a float64 threshold, so these are
+    the values where a wrong rounding would send a record down the other branch.
+    """
+    as_float32 = np.float32(threshold)
+    return [
+        threshold,
+        float(as_float32),
+        float(np.nextafter(as_float32, np.float32(np.inf))),
+        float(np.nextafter(as_float32, np.float32(-np.inf))),
+        float(np.nextafter(threshold, np.inf)),
+        float(np.nextafter(threshold, -np.inf)),
+    ]
+
+
+def make_training(draw: Any, rng: np.random.Generator) -> Matrix:
+    n_rows = draw(st.integers(2, 80), label="n_rows")
+    n_features = draw(st.integers(1, 6), label="n_features")
+    kind = draw(st.sampled_from(["normal", "small_integers", "mixed_scales"]), label="kind")
+    if kind == "normal":
+        training = rng.normal(size=(n_rows, n_features))
+    elif kind == "small_integers":
+        # Many ties: several rows land on the same values, some splits separate nothing.
+        training = rng.integers(-3, 4, size=(n_rows, n_features)).astype(np.float64)
+    else:
+        scales = 10.0 ** rng.uniform(-4, 7, size=n_features)
+        training = rng.normal(size=(n_rows, n_features)) * scales
+    if n_features >= 2 and draw(st.booleans(), label="duplicate_column"):
+        source, target = rng.choice(n_features, size=2, replace=False)
+        training[:, target] = training[:, source]
+    if draw(st.booleans(), label="constant_column"):
+        training[:, rng.integers(n_features)] = rng.normal()
+    if draw(st.booleans(), label="missing_in_training"):
+        training[rng.random(training.shape) < 0.1] = np.nan
+    return training
+
+
+def make_queries(
+    draw: Any, rng: np.random.Generator, model: IsolationForest, training: Matrix
+) -> Matrix:
+    n_rows, n_features = training.shape
+    parts = [
+        training[rng.integers(n_rows, size=8)],
+        rng.normal(size=(8, n_features)) * np.nanstd(np.nan_to_num(training), axis=0),
+        # Far outside the training range, on both sides, up to float32 overflow.
+        rng.choice(
+            np.array([-BEYOND_FLOAT32, -1e30, -1e6, 1e6, 1e30, BEYOND_FLOAT32, np.inf, -np.inf]),
+            size=(8, n_features),
+        ),
+        rng.choice(np.array([0.0, -0.0, 1e-45, -1e-45, 1e-300]), size=(2, n_features)),
+    ]
+    points = split_points(model)
+    if points:
+        picked = rng.choice(len(points), size=min(len(points), 12), replace=False)
+        for index in picked.tolist():
+            column, threshold = points[index]
+            rows = training[rng.integers(n_rows, size=6)].copy()
+            rows[:, column] = threshold_neighbours(threshold)
+            parts.append(rows)
+    queries = np.concatenate(parts)
+    if draw(st.booleans(), label="missing_in_queries"):
+        queries[rng.random(queries.shape) < 0.15] = np.nan
+    return np.ascontiguousarray(queries)
+
+
+@st.composite
+def forest_cases(draw: Any) -> ForestCase:
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1), label="seed"))
+    training = make_training(draw, rng)
+    n_rows, n_features = training.shape
+    max_samples = draw(
+        st.one_of(
+            st.just("auto"),
+            st.integers(1, n_rows),
+            st.floats(0.5, 1.0),
+        ),
+        label="max_samples",
+    )
+    max_features = draw(
+        st.one_of(st.integers(1, n_features), st.floats(0.05, 1.0)), label="max_features"
+    )
+    model = IsolationForest(
+        n_estimators=draw(st.integers(1, 8), label="n_estimators"),
+        max_samples=max_samples,
+        max_features=max_features,
+        bootstrap=draw(st.booleans(), label="bootstrap"),
+        contamination=draw(st.sampled_from(["auto", 0.05, 0.3]), label="contamination"),
+        random_state=int(rng.integers(2**31)),
+    ).fit(training)
+    queries = make_queries(draw, rng, model, training)
+    return ForestCase(model, compile_isolation_forest(model), training, queries)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=forest_cases())
+def test_batch_scores_match_sklearn(case: ForestCase) -> None:
+    np.testing.assert_allclose(
+        case.compiled.score_samples(case.queries),
+        sklearn_scores(case.model, case.queries),
+        rtol=0,
+        atol=TOLERANCE,
+    )
+    np.testing.assert_allclose(
+        case.compiled.decision_function(case.queries),
+        sklearn_decision(case.model, case.queries),
+        rtol=0,
+        atol=TOLERANCE,
+    )
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=forest_cases(), data=st.data())
+def test_single_record_scores_match_sklearn(case: ForestCase, data: st.DataObject) -> None:
+    # One record takes its own, leaner code path; check it record by record.
+    rows = data.draw(
+        st.lists(st.integers(0, case.queries.shape[0] - 1), min_size=1, max_size=6),
+        label="rows",
+    )
+    for row in rows:
+        record = case.queries[row : row + 1]
+        np.testing.assert_allclose(
+            case.compiled.score_samples(record),
+            sklearn_scores(case.model, record),
+            rtol=0,
+            atol=TOLERANCE,
+        )
+
+
+def test_batches_larger_than_one_chunk_match_sklearn() -> None:
+    # 100 trees and 2,000 records: several scratch-bounded chunks plus a partial last one.
+    rng = np.random.default_rng(7)
+    training = rng.normal(size=(3_000, 12))
+    training[:, 5] = training[:, 2]
+    model = IsolationForest(n_estimators=100, max_features=0.6, random_state=3).fit(training)
+    compiled = compile_isolation_forest(model)
+    queries = rng.normal(size=(2_000, 12)) * 3.0
+    queries[rng.random(queries.shape) < 0.01] = np.nan
+    np.testing.assert_allclose(
+        compiled.score_samples(queries), sklearn_scores(model, queries), rtol=0, atol=TOLERANCE
+    )
+
+
+def test_one_sample_trees_score_like_sklearn() -> None:
+    # max_samples=1: every tree is a single leaf and c(1) = 0, so scikit-learn's denominator
+    # is zero and it falls back to a ratio of 1 (score -0.5) for every record.
+    rng = np.random.default_rng(11)
+    training = rng.normal(size=(30, 3))
+    model = IsolationForest(n_estimators=5, max_samples=1, random_state=0).fit(training)
+    queries = rng.normal(size=(4, 3))
+    compiled = compile_isolation_forest(model)
+    np.testing.assert_allclose(
+        compiled.score_samples(queries), sklearn_scores(model, queries), rtol=0, atol=TOLERANCE
+    )
+    np.testing.assert_allclose(
+        compiled.score_samples(queries[:1]),
+        sklearn_scores(model, queries[:1]),
+        rtol=0,
+        atol=TOLERANCE,
+    )
+
+
+def test_average_path_length_matches_sklearn() -> None:
+    sizes = np.array([0, 1, 2, 3, 4, 5, 17, 255, 256, 257, 10_000, 2**31], dtype=np.int64)
+    np.testing.assert_array_equal(average_path_length(sizes), _average_path_length(sizes))
+
+
+@pytest.mark.parametrize("width", [3, 5])
+def test_wrong_width_names_expected_and_received(width: int) -> None:
+    rng = np.random.default_rng(0)
+    model = IsolationForest(n_estimators=2, random_state=0).fit(rng.normal(size=(20, 4)))
+    compiled = compile_isolation_forest(model)
+    records = rng.normal(size=(2, width))
+    with pytest.raises(ValueError, match=rf"4 feature columns, got shape \(2, {width}\)"):
+        compiled.score_samples(records)
+    with pytest.raises(ValueError, match="4 feature columns"):
+        compiled.decision_function(records[:1])
+
+
+def test_one_dimensional_input_is_rejected() -> None:
+    rng = np.random.default_rng(0)
+    model = IsolationForest(n_estimators=2, random_state=0).fit(rng.normal(size=(20, 4)))
+    compiled = compile_isolation_forest(model)
+    with pytest.raises(ValueError, match=r"got shape \(4,\)"):
+        compiled.score_samples(rng.normal(size=4))
+
+
+def test_unfitted_forest_is_rejected() -> None:
+    with pytest.raises(ValueError, match="not fitted"):
+        compile_isolation_forest(IsolationForest())
+
+
+def test_other_estimators_are_rejected() -> None:
+    rng = np.random.default_rng(0)
+    tree = ExtraTreeRegressor(random_state=0).fit(rng.normal(size=(10, 2)), rng.normal(size=10))
+    with pytest.raises(ValueError, match="got ExtraTreeRegressor"):
+        compile_isolation_forest(tree)  # type: ignore[arg-type]
+
+
+def test_compiled_arrays_are_read_only() -> None:
+    # One compiled model is shared by every request thread; nothing may change it in place.
+    rng = np.random.default_rng(0)
+    model = IsolationForest(n_estimators=2, random_state=0).fit(rng.normal(size=(20, 4)))
+    compiled = compile_isolation_forest(model)
+    with pytest.raises(ValueError, match="read-only"):
+        compiled.threshold[0] = 0.0
