@@ -263,7 +263,8 @@ def process_name(process: str) -> str:
     """Normalize a record's ``process``: ``"/usr/sbin/hostapd[812]:"`` -> ``"hostapd"``.
 
     Surrounding whitespace is removed, then everything up to the last ``/``, then a trailing
-    ``:`` together with a ``[digits]`` right before it, then the rest is lower-cased.
+    ``[digits]:``, ``[digits]`` or ``:`` (the brackets may hold no digit), then the rest is
+    lower-cased.
     """
     name = process.strip().rsplit("/", 1)[-1]
     return _PROCESS_SUFFIX_RE.sub("", name, count=1).lower()

@@ -348,3 +348,15 @@ class Registry:
                 self._conn.backup(dest)
             finally:
                 dest.close()
+
+
+def backup_registry(registry: Registry, folder: Path, keep: int, stamp: str) -> Path:
+    """Write ``registry-<stamp>.sqlite3`` with the online backup API; keep the newest ``keep``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"registry-{stamp}.sqlite3"
+    partial = target.with_suffix(".partial")
+    registry.backup(partial)
+    partial.replace(target)
+    for old in sorted(folder.glob("registry-*.sqlite3"))[:-keep]:
+        old.unlink()
+    return target

@@ -24,7 +24,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from core.errors import ConfigError
 from core.manager import DeploymentPolicy, ModelManager, PollResult, iso
-from core.registry import Registry
+from core.registry import Registry, backup_registry
 from core.serving import ServingSlot
 from core.store import ModelStore
 from daemon.alerting import Alerter
@@ -189,6 +189,16 @@ class Daemon:
             "interval", id="retention", seconds=s.storage.retention_interval, coalesce=True,
             max_instances=1,
         )
+        if s.storage.backup_enabled:
+            scheduler.add_job(self._backup, "interval", id="backup", args=[runtime],
+                              seconds=s.storage.backup_interval, coalesce=True, max_instances=1)
+
+    def _backup(self, runtime: Runtime) -> None:
+        storage = runtime.settings.storage
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        target = backup_registry(runtime.manager.registry, storage.directory / "backups",
+                                 storage.backup_count, stamp)
+        log.info("registry_backed_up", path=str(target), keep=storage.backup_count)
 
     def _reschedule(self, runtime: Runtime) -> None:
         for job in self.scheduler.get_jobs():

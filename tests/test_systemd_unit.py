@@ -126,7 +126,11 @@ def test_unit_sets(key: str, expected: str) -> None:
 def test_unit_has_no_writable_path_but_its_state() -> None:
     for key in ("ReadWritePaths", "BindPaths", "LogsDirectory", "CacheDirectory"):
         assert _values(key) == []
+
+
+def test_system_calls_are_the_system_service_set_at_most() -> None:
     assert _values("SystemCallFilter")[0] == "@system-service"
+    assert _value("SystemCallArchitectures") == "native"
 
 
 def test_reload_is_the_waiting_command_within_systemds_limit() -> None:
@@ -139,6 +143,14 @@ def test_reload_is_the_waiting_command_within_systemds_limit() -> None:
     assert reload[reload.index("--config") + 1] == "/etc/modeld/modeld.yaml"
     give_up_after = float(reload[reload.index("--timeout") + 1])
     assert give_up_after < float(_value("TimeoutStartSec"))
+
+
+def test_install_guide_quotes_the_units_reload_command() -> None:
+    guide = (SYSTEMD / "INSTALL.md").read_text()
+
+    assert f"\n{_value('ExecReload')}\n" in guide
+    assert "systemctl enable --now modeld" in guide
+    assert "journalctl -u modeld" in guide
 
 
 def test_watchdog_is_armed() -> None:
