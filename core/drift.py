@@ -286,7 +286,20 @@ class _RankTransform:
         # arctan is monotone but rounding must not break the sort order searchsorted relies on.
         self._keys = np.maximum.accumulate(keys.ravel())
         self._column_index = np.arange(columns, dtype=np.intp)
+        self._key_one = np.empty(columns)
         self.fill = centre.copy()
+
+    def flat_codes_one(self, values: FloatArray) -> IntArray:
+        """``flat_codes`` for one record (F,), into preallocated buffers."""
+        keys = self._key_one
+        np.multiply(values, self._inv_scale, out=keys)
+        np.subtract(keys, self._shift, out=keys)
+        np.arctan(keys, out=keys)
+        np.add(keys, self._offset, out=keys)
+        codes = self._keys.searchsorted(keys, side="left")
+        codes += self._keys.searchsorted(keys, side="right")
+        codes += self._column_index
+        return codes
 
     def flat_codes(self, values: FloatArray) -> IntArray:
         """Index ``column * (2Q + 1) + m`` for finite values of shape (n, columns)."""
@@ -825,6 +838,7 @@ class DriftReport:
     baseline_progress: tuple[int, int] | None
     records_seen: int
     invalid_seen: int
+    missing_counts: Mapping[str, int]
     signals: tuple[SignalResult, ...]
     alarms: tuple[DriftAlarm, ...]
     last_alarm_at: float | None
@@ -844,6 +858,7 @@ class DriftReport:
                                   else list(self.baseline_progress)),
             "records_seen": self.records_seen,
             "invalid_seen": self.invalid_seen,
+            "missing_counts": dict(self.missing_counts),
             "signals": [s.to_dict() for s in self.signals],
             "alarms": [a.to_dict() for a in self.alarms],
             "last_alarm_at": self.last_alarm_at,
@@ -920,7 +935,7 @@ class _Engine:
             for suffix, power, a, b in designs:
                 keys.append(f"{column_names[c]}:{suffix}")
                 signal_of.append(column_names[c])
-                stat_index.append(int(c) + power * columns)
+                stat_index.append(int(c) if power == 0 else columns + int(c) * (columns + 1))
                 coef_a.append(a)
                 coef_b.append(b)
                 col1.append(int(c))
@@ -955,14 +970,14 @@ class _Engine:
             for sign, suffix in ((1.0, "corr+"), (-1.0, "corr-")):
                 keys.append(f"correlation:{names[pair_i[p]]}~{names[pair_j[p]]}:{suffix}")
                 signal_of.append("correlation")
-                stat_index.append(2 * columns + p)
+                stat_index.append(columns + pair_i[p] * columns + pair_j[p])
                 coef_a.append(sign * step / s)
                 coef_b.append(-sign * step * pair_r[p] / s - step * step / 2.0)
                 col1.append(pair_i[p])
                 col2.append(pair_j[p])
 
         # Rate streams: Bernoulli likelihood ratios against the reference rate.
-        flag_stat = 2 * columns + pairs
+        flag_stat = columns + columns * columns
         rate_streams: list[tuple[float, int, float, float]] = []  # events, n, A, B
         if reference.anomaly_rate is not None:
             ref = reference.anomaly_rate
@@ -1003,9 +1018,7 @@ class _Engine:
         self.col1 = np.asarray(col1, dtype=np.intp)
         self.col2 = np.asarray(col2, dtype=np.intp)
         self.columns = columns
-        self.n_stats = 2 * columns + pairs + 2
-        self.invalid_increment = (coef_a[self.invalid_stream] + coef_b[self.invalid_stream]
-                                  if self.invalid_stream >= 0 else 0.0)
+        self.n_stats = flag_stat + 2
 
         # Thresholds: split the false-alarm budget, then calibrate each group.
         total_rate = 1.0 / config.target_arl0_records
@@ -1037,6 +1050,14 @@ class _Engine:
             thresholds.append(_calibrate(values, log_w, np.zeros_like(probs), _NODE_WEIGHTS,
                                          np.full(len(values), marginal_rate)))
         self.thresholds = (np.concatenate(thresholds) if thresholds else np.zeros(0))
+        # Every CUSUM is kept in units of its own threshold, so that all cross at 1.0.
+        self.coef_a = self.coef_a / self.thresholds
+        self.coef_b = self.coef_b / self.thresholds
+        self.invalid_increment = (float(self.coef_a[self.invalid_stream]
+                                        + self.coef_b[self.invalid_stream])
+                                  if self.invalid_stream >= 0 else 0.0)
+        self._stat_one = np.zeros(self.n_stats)
+        self._outer_one = self._stat_one[columns:flag_stat].reshape(columns, columns)
         self.signal_streams: dict[str, IntArray] = {}
         for k, signal in enumerate(self.signal_of):
             self.signal_streams.setdefault(signal, np.zeros(0, dtype=np.intp))
@@ -1074,22 +1095,19 @@ class _Engine:
 
     def increments(self, values: FloatArray, flags: NDArray[np.bool_],
                    missing: BoolArray | None, finite: BoolArray | None) -> FloatArray:
-        """CUSUM increments (n, streams) for one batch; ``missing`` rows hold a non-finite value."""
+        """CUSUM increments (n, streams), in threshold units, for finite ``values`` (n, F).
+
+        ``finite`` marks which original values were finite; streams that read a non-finite value
+        get a zero increment for that record (the value is counted, not judged).
+        """
         y = self.normal_scores(values)
-        n = y.shape[0]
-        cols = self.columns
+        n, cols = y.shape
         stat = np.empty((n, self.n_stats))
         stat[:, :cols] = y
-        np.multiply(y, y, out=stat[:, cols:2 * cols])
-        pairs = self.pair_i.size
-        if pairs:
-            np.multiply(y.take(self.pair_i, axis=1), y.take(self.pair_j, axis=1),
-                        out=stat[:, 2 * cols:2 * cols + pairs])
+        np.multiply(y[:, :, None], y[:, None, :],
+                    out=stat[:, cols:cols + cols * cols].reshape(n, cols, cols))
         stat[:, -2] = flags
-        if missing is None:
-            stat[:, -1] = 0.0
-        else:
-            stat[:, -1] = missing
+        stat[:, -1] = 0.0 if missing is None else missing
         inc = stat.take(self.stat_index, axis=1)
         inc *= self.coef_a
         inc += self.coef_b
@@ -1097,8 +1115,20 @@ class _Engine:
             bad = np.ones((n, cols + 1), dtype=bool)
             np.logical_not(finite, out=bad[:, :cols])
             bad[:, cols] = False
-            skip = bad.take(self.col1, axis=1) | bad.take(self.col2, axis=1)
-            inc[skip] = 0.0
+            inc[bad.take(self.col1, axis=1) | bad.take(self.col2, axis=1)] = 0.0
+        return inc
+
+    def increments_one(self, values: FloatArray, flag: bool) -> FloatArray:
+        """Increments (streams,) for one record of finite values (F,): the lean scoring path."""
+        y = self.table.take(self.transform.flat_codes_one(values))
+        stat = self._stat_one
+        cols = y.size
+        stat[:cols] = y
+        np.multiply.outer(y, y, out=self._outer_one)
+        stat[-2] = flag
+        inc = stat.take(self.stat_index)
+        np.multiply(inc, self.coef_a, out=inc)
+        np.add(inc, self.coef_b, out=inc)
         return inc
 
 
@@ -1155,6 +1185,7 @@ class DriftDetector:
         self._lat_ring = np.zeros(w)
         self._lat_pos = 0
         self._lat_fill = 0
+        self._one = np.empty(d + 1)
         self._rebuild()
 
     # ---- public API
@@ -1183,28 +1214,10 @@ class DriftDetector:
         alarms: list[DriftAlarm] = []
         if invalid_count:
             self._observe_invalid(int(invalid_count), now, alarms)
-        if n:
-            values = np.empty((n, d + 1))
-            values[:, :d] = features
-            values[:, d] = scores
-            finite = np.isfinite(values)
-            if finite.all():
-                missing = None
-                finite_or_none = None
-            else:
-                missing = ~finite.all(axis=1)
-                finite_or_none = finite
-                self._missing_counts += n - finite.sum(axis=0)
-                values = np.where(finite, values, self._fill)
-            engine = self._engine
-            if engine is not None and engine.keys:
-                inc = engine.increments(values, flags, missing, finite_or_none)
-                self._advance(inc, now, alarms)
-            if finite_or_none is not None:
-                values = np.where(finite_or_none, values, np.nan)
-            self._write_rows(values, flags, missing)
-            self._position += n
-            self.records_seen += n
+        if n == 1:
+            self._observe_one(features, scores, flags, now, alarms)
+        elif n:
+            self._observe_rows(features, scores, flags, now, alarms)
         if latency_s is not None:
             self._lat_ring[self._lat_pos] = latency_s
             self._lat_pos = (self._lat_pos + 1) % self._lat_ring.size
@@ -1277,7 +1290,10 @@ class DriftDetector:
         return DriftReport(
             evaluated_at=now, status=status, reference_source=source,
             baseline_progress=progress, records_seen=self.records_seen,
-            invalid_seen=self.invalid_seen, signals=tuple(signals), alarms=alarms,
+            invalid_seen=self.invalid_seen,
+            missing_counts=dict(zip([*self.feature_names, "score"],
+                                    map(int, self._missing_counts), strict=True)),
+            signals=tuple(signals), alarms=alarms,
             last_alarm_at=max(last) if last else None)
 
     def thresholds(self) -> dict[str, float]:
@@ -1345,6 +1361,62 @@ class DriftDetector:
 
     # ---- streaming internals
 
+    def _observe_one(self, features: FloatArray, scores: FloatArray, flags: NDArray[np.bool_],
+                     now: float, alarms: list[DriftAlarm]) -> None:
+        """One record: the common case on the scoring path, kept to a few numpy calls."""
+        values = self._one
+        values[:-1] = features[0]
+        values[-1] = scores[0]
+        if not math.isfinite(float(np.add.reduce(values))):
+            self._observe_rows(features, scores, flags, now, alarms)
+            return
+        flag = bool(flags[0])
+        engine = self._engine
+        if engine is not None and engine.keys:
+            cusum = self._cusum
+            cusum += engine.increments_one(values, flag)
+            np.maximum(cusum, 0.0, out=cusum)
+            if cusum.max() > 1.0:
+                for k in np.flatnonzero(cusum > 1.0):
+                    self._crossing(int(k), self._position, now, float(cusum[k]), alarms)
+                    cusum[k] = 0.0
+        pos = self._ring_pos
+        self._ring[pos] = values
+        self._ring_flags[pos] = flag
+        self._ring_pos = (pos + 1) % self._ring_flags.size
+        if self._ring_fill < self._ring_flags.size:
+            self._ring_fill += 1
+        self._miss_ring[self._miss_pos] = False
+        self._miss_pos = (self._miss_pos + 1) % self._miss_ring.size
+        if self._miss_fill < self._miss_ring.size:
+            self._miss_fill += 1
+        self._position += 1
+        self.records_seen += 1
+
+    def _observe_rows(self, features: FloatArray, scores: FloatArray, flags: NDArray[np.bool_],
+                      now: float, alarms: list[DriftAlarm]) -> None:
+        n, d = features.shape
+        values = np.empty((n, d + 1))
+        values[:, :d] = features
+        values[:, d] = scores
+        finite = np.isfinite(values)
+        missing: BoolArray | None = None
+        finite_or_none: BoolArray | None = None
+        if not finite.all():
+            missing = ~finite.all(axis=1)
+            finite_or_none = finite
+            self._missing_counts += n - np.count_nonzero(finite, axis=0)
+            values = np.where(finite, values, self._fill)
+        engine = self._engine
+        if engine is not None and engine.keys:
+            self._advance(engine.increments(values, flags, missing, finite_or_none), now, alarms)
+        if finite_or_none is not None:
+            values = np.where(finite_or_none, values, np.nan)
+        self._write_rows(values, flags, missing)
+        self._position += n
+        self.records_seen += n
+
+
     def _rebuild(self) -> None:
         old = dict(zip(self._engine.keys, self._cusum, strict=True)) if self._engine else {}
         ref = self._reference
@@ -1371,57 +1443,42 @@ class DriftDetector:
             # Consecutive positive increments: the CUSUM is their running sum, so count the
             # crossings in closed form.
             total = self._cusum[k] + count * engine.invalid_increment
-            h = engine.thresholds[k]
-            if total > h:
-                self._crossing(k, self._position, now, float(total / h), alarms)
+            if total > 1.0:
+                self._crossing(k, self._position, now, float(total), alarms)
                 total = 0.0
             self._cusum[k] = total
         self._position += count
 
     def _advance(self, inc: FloatArray, now: float, alarms: list[DriftAlarm]) -> None:
-        engine = self._engine
-        assert engine is not None
-        h = engine.thresholds
+        """Lindley's recursion S = max(0, S + x), row by row (a row is a vector op over all
+        streams; numpy's accumulate along the batch is slower here), then replays the few
+        streams whose peak crossed 1 to place each crossing on its record."""
         cusum = self._cusum
-        if inc.shape[0] == 1:
-            cusum += inc[0]
+        start = cusum.copy()
+        peak = np.zeros_like(cusum)
+        for row in inc:
+            cusum += row
             np.maximum(cusum, 0.0, out=cusum)
-            over = cusum > h
-            if over.any():
-                for k in np.flatnonzero(over):
-                    self._crossing(int(k), self._position, now, float(cusum[k] / h[k]), alarms)
-                    cusum[k] = 0.0
-            return
-        # Lindley's recursion S_t = max(0, S_{t-1} + x_t) in closed form for the whole batch:
-        # S_t = C_t - min(-S_0, min_{j<=t} C_j), C the cumulative sum of increments.
-        total = np.cumsum(inc, axis=0)
-        floor = np.minimum.accumulate(total, axis=0)
-        np.minimum(floor, -cusum, out=floor)
-        path = total - floor
-        crossed = np.flatnonzero((path > h).any(axis=0))
-        before = cusum[crossed].copy()
-        cusum[:] = path[-1]
-        for k, level in zip(crossed, before, strict=True):
-            cusum[k] = self._replay(int(k), inc[:, k], float(level), now, alarms)
+            np.maximum(peak, cusum, out=peak)
+        if peak.max() > 1.0:
+            for k in np.flatnonzero(peak > 1.0):
+                cusum[k] = self._replay(int(k), inc[:, k], float(start[k]), now, alarms)
 
     def _replay(self, k: int, inc: FloatArray, level: float, now: float,
                 alarms: list[DriftAlarm]) -> float:
         """Walk one stream through a batch, restarting at 0 after each crossing."""
-        assert self._engine is not None
-        h = float(self._engine.thresholds[k])
-        start = 0
+        begin = 0
         n = inc.shape[0]
-        while start < n:
-            total = np.cumsum(inc[start:])
-            floor = np.minimum(np.minimum.accumulate(total), -level)
-            path = total - floor
-            over = np.flatnonzero(path > h)
+        while begin < n:
+            total = np.cumsum(inc[begin:])
+            path = total - np.minimum(np.minimum.accumulate(total), -level)
+            over = np.flatnonzero(path > 1.0)
             if over.size == 0:
                 return float(path[-1])
             t = int(over[0])
-            self._crossing(k, self._position + start + t, now, float(path[t] / h), alarms)
+            self._crossing(k, self._position + begin + t, now, float(path[t]), alarms)
             level = 0.0
-            start += t + 1
+            begin += t + 1
         return 0.0
 
     def _crossing(self, k: int, record: int, now: float, level: float,
@@ -1488,8 +1545,7 @@ class DriftDetector:
         engine = self._engine
         if engine is None or signal not in engine.signal_streams:
             return None
-        idx = engine.signal_streams[signal]
-        return float(np.max(self._cusum[idx] / engine.thresholds[idx]))
+        return float(np.max(self._cusum[engine.signal_streams[signal]]))
 
     def _base_result(self, signal: str, kind: str, method: str) -> dict[str, Any]:
         return {"name": signal, "kind": kind, "method": method, "statistic": None,

@@ -44,8 +44,8 @@ from core.source import (
 from core.store import ModelStore, StagedArtifact
 from core.validate import (
     ModelLoader,
-    ValidationPolicy,
     Validation,
+    ValidationPolicy,
     joblib_loader,
     load_servable,
     parse_timestamp,

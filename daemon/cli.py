@@ -207,17 +207,25 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def cmd_reload(args: argparse.Namespace) -> int:
     """Send SIGHUP and wait until the daemon reports the reload applied or refused."""
-    client = Client(_settings(args))
-    before = client.call("GET", "/api/v1/status")
     pid = args.pid
     if pid is None:
         raise CliError("--pid is required (systemd passes $MAINPID)", 2)
+    try:
+        settings = load_settings(_config_path(args))
+    except ConfigError as exc:
+        # The daemon will refuse this file too (and say so in its log); it keeps the old one.
+        os.kill(pid, signal.SIGHUP)
+        raise CliError(f"reload refused, old configuration kept: {exc}") from None
+    client = Client(settings)
+    before = client.call("GET", "/api/v1/status")
+    tried = (before.get("last_reload") or {}).get("generation", 0)
+    baseline = max(before["config_generation"], tried)
     os.kill(pid, signal.SIGHUP)
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
         status = client.call("GET", "/api/v1/status")
         last = status.get("last_reload")
-        if last and last["generation"] > before["config_generation"]:
+        if last and last["generation"] > baseline:
             if last["ok"]:
                 print(f"reloaded: configuration generation {last['generation']}")
                 return 0

@@ -150,7 +150,10 @@ class Daemon:
         cleanups.append(("http", stop_http))
 
         worker = PollWorker(manager, s.integration.force_polling, s.integration.polling_interval,
-                            on_result=self._poll_result)
+                            on_result=self._poll_result, enabled=s.integration.auto_import)
+        if not s.integration.auto_import:
+            log.info("auto_import_off", reason="integration.auto_import is false; import with "
+                     "the API or `modeld models import`")
         worker.start()
         cleanups.append(("poll worker", lambda: worker.stop(STOP_TIMEOUT)))
         self.worker = worker
@@ -256,7 +259,10 @@ class Daemon:
     def _reload(self, runtime: Runtime) -> None:
         """Apply a new configuration, or keep the old one when the new one is refused."""
         self.notifier.reloading(time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000)
-        generation = runtime.config_generation + 1
+        # every attempt gets a fresh number, refused ones included, so `modeld reload` never
+        # mistakes an earlier refusal for the answer to its own SIGHUP
+        tried = runtime.last_reload.generation if runtime.last_reload else 0
+        generation = max(runtime.config_generation, tried) + 1
         now = iso(datetime.now(UTC))
         try:
             new = load_settings(self.config_path)
@@ -291,6 +297,7 @@ class Daemon:
         runtime.settings = new
         runtime.token = token
         self._reschedule(runtime)
+        self.worker.enabled = new.integration.auto_import
         runtime.config_generation = generation
         runtime.last_reload = ReloadResult(generation, True, None, now)
         self.worker.request()

@@ -17,6 +17,7 @@ import structlog
 
 from core.errors import NoModelDeployed, RecordInvalid
 from core.manager import ModelManager, iso
+
 try:
     from core.monitor import ScoringWindow
 except ImportError:  # TEMPORARY until core/monitor.py lands

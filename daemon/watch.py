@@ -78,8 +78,10 @@ class PollWorker:
         force_polling: bool,
         polling_interval: float,
         on_result: Callable[[PollResult], None] = lambda _r: None,
+        enabled: bool = True,
     ) -> None:
         self.manager = manager
+        self.enabled = enabled  # integration.auto_import: off means operators import by hand
         self.force_polling = force_polling
         self.polling_interval = polling_interval
         self._on_result = on_result
@@ -133,6 +135,10 @@ class PollWorker:
                     return
                 self._requested = False
                 moved_in, self._moved_in = self._moved_in, []
+            if not self.enabled:
+                self._deadline = None
+                self._unwatch()
+                continue
             for name in moved_in:
                 self.manager.note_moved_in(name)
             try:

@@ -15,7 +15,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEMD = ROOT / "systemd"
@@ -136,13 +135,18 @@ def test_system_calls_are_the_system_service_set_at_most() -> None:
 def test_reload_is_the_waiting_command_within_systemds_limit() -> None:
     # systemd 252 ends a reload job when ExecReload= exits, and kills it after TimeoutStartSec=:
     # the command must wait for the outcome, and give up (and say so) before systemd does.
+    from daemon.cli import build_parser, cmd_reload
+
     reload = _value("ExecReload").split()
-    assert reload[:2] == [INSTALLED_MODELD, "reload"]
-    assert "--wait" in reload
+    assert reload[0] == INSTALLED_MODELD
     assert reload[reload.index("--pid") + 1] == "$MAINPID"
-    assert reload[reload.index("--config") + 1] == "/etc/modeld/modeld.yaml"
-    give_up_after = float(reload[reload.index("--timeout") + 1])
-    assert give_up_after < float(_value("TimeoutStartSec"))
+    as_systemd_runs_it = [("4242" if word == "$MAINPID" else word) for word in reload[1:]]
+    args = build_parser().parse_args(as_systemd_runs_it)
+
+    assert args.func is cmd_reload
+    assert args.pid == 4242
+    assert args.config == "/etc/modeld/modeld.yaml"
+    assert args.timeout < float(_value("TimeoutStartSec"))
 
 
 def test_install_guide_quotes_the_units_reload_command() -> None:
@@ -192,14 +196,15 @@ def test_sysusers_and_tmpfiles_create_what_the_unit_runs_as(tmp_path: Path) -> N
     assert config.stat().st_mode & 0o7777 == 0o750
 
 
-def test_example_config_points_where_the_unit_allows() -> None:
-    config = yaml.safe_load((SYSTEMD / "modeld.yaml").read_text())
+def test_example_config_loads_and_points_where_the_unit_allows() -> None:
+    from daemon.settings import load_settings
 
-    training = Path(config["integration"]["training_service_path"])
-    state = Path(config["storage"]["directory"])
+    settings = load_settings(SYSTEMD / "modeld.yaml")
+
+    training = settings.integration.training_service_path
     assert f"-{training}" in _values("ReadOnlyPaths")
-    assert state.is_relative_to(Path("/var/lib") / _value("StateDirectory"))
-    assert config["api"]["host"] == "127.0.0.1"
+    assert settings.storage.directory == Path("/var/lib") / _value("StateDirectory")
+    assert settings.api.is_loopback()
     assert _value("IPAddressAllow") == "localhost"
 
 
