@@ -150,7 +150,7 @@ def test_reload_is_the_waiting_command_within_systemds_limit() -> None:
 
 
 def test_install_guide_quotes_the_units_reload_command() -> None:
-    guide = (SYSTEMD / "INSTALL.md").read_text()
+    guide = (SYSTEMD.parent / "README.md").read_text()
 
     assert f"\n{_value('ExecReload')}\n" in guide
     assert "systemctl enable --now modeld" in guide
