@@ -224,7 +224,7 @@ class Rate:
         return self.events / self.n if self.n else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rate": self.rate, "n": self.n, "source": self.source}
+        return {"rate": self.rate, "events": self.events, "n": self.n, "source": self.source}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Rate:
@@ -232,7 +232,8 @@ class Rate:
         rate = float(data["rate"])
         if not 0.0 <= rate <= 1.0 or n < 1:
             raise ValueError("a rate needs 0 <= rate <= 1 and n >= 1")
-        return cls(rate * n, n, str(data.get("source", "summary")))
+        events = float(data["events"]) if "events" in data else rate * n
+        return cls(events, n, str(data.get("source", "summary")))
 
 
 @dataclass(frozen=True, slots=True)

@@ -80,8 +80,10 @@ PREDICATE_V1: Final = "https://model_signing/signature/v1.0"
 PREDICATE_V01: Final = "https://model_signing/Digests/v0.1"
 MAX_SIGNATURE_BYTES: Final = 8 * 1024 * 1024
 MAX_SKOPS_SCHEMA_BYTES: Final = 64 * 1024 * 1024
-SUPPORTED_CURVES: Final = {"secp256r1": hashes.SHA256, "secp384r1": hashes.SHA384,
-                           "secp521r1": hashes.SHA512}
+SUPPORTED_CURVES: Final[Mapping[str, Callable[[], hashes.HashAlgorithm]]] = {
+    # The hash model-signing pairs with each curve (as Sigstore's protobuf specs do).
+    "secp256r1": hashes.SHA256, "secp384r1": hashes.SHA384, "secp521r1": hashes.SHA512,
+}
 PICKLE_FREE_SUFFIXES: Final = frozenset({".skops"})
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
@@ -168,8 +170,8 @@ def check_manifest(
                 where, "metadata.json has no files manifest and security.require_manifest is true"
             )
         return
-    if not isinstance(manifest, Mapping) or not manifest:
-        raise ArtifactUntrusted(where, "files manifest: must be a non-empty object")
+    if not isinstance(manifest, Mapping):
+        raise ArtifactUntrusted(where, "files manifest: must be an object")
     missing, altered, malformed = [], [], []
     for name, entry in sorted(manifest.items()):
         if not isinstance(entry, Mapping):

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
+import structlog
 from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -34,6 +35,8 @@ from core.manager import describe_folder
 from core.registry import VersionRow
 from core.source import scan_models_folder
 from daemon.runtime import Runtime
+
+log = structlog.get_logger("modeld.api")
 
 INLINE_BATCH = 64
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
@@ -179,6 +182,13 @@ def create_app(runtime: Runtime) -> FastAPI:
             return orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             raise HTTPException(400, f"body is not valid JSON: {exc}") from exc
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("request_failed", path=request.url.path, method=request.method,
+                      reason=f"{type(exc).__name__}: {exc}")
+        return error(500, f"internal error ({type(exc).__name__}); the daemon logged it as "
+                     "request_failed")
 
     @app.exception_handler(HTTPException)
     async def http_error(_request: Request, exc: HTTPException) -> Response:

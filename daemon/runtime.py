@@ -18,15 +18,7 @@ import structlog
 from core.errors import NoModelDeployed, RecordInvalid
 from core.manager import ModelManager, iso
 
-try:
-    from core.monitor import ScoringWindow
-except ImportError:  # TEMPORARY until core/monitor.py lands
-    class ScoringWindow:  # type: ignore[no-redef]
-        def observe(self, *a, **k): pass
-        def observe_invalid(self, *a, **k): pass
-        def to_state(self): return {}
-        @classmethod
-        def from_state(cls, s): return cls()
+from core.monitor import ScoringWindow
 from daemon.alerting import Alert, Alerter
 from daemon.metrics import DaemonMetrics
 from daemon.settings import Settings
@@ -92,11 +84,13 @@ class Runtime:
                         for k, v in fields.items()},
             ))
 
-    def window(self, version: str) -> ScoringWindow:
+    def window(self, version: str, width: int) -> ScoringWindow:
+        """The version's scoring window, restored from the registry on first use."""
         window = self.windows.get(version)
         if window is None:
             state = self.manager.registry.load_state("window", version)
-            window = ScoringWindow.from_state(state) if state else ScoringWindow()
+            window = (ScoringWindow.from_state(state) if state else
+                      ScoringWindow(version, n_features=width, started_at=time.time()))
             self.windows[version] = window
         return window
 
@@ -110,14 +104,15 @@ class Runtime:
             deployed = self.slot.state.deployed
             if deployed is not None:
                 with self.window_lock:
-                    self.window(deployed.version).observe_invalid(1, time.time())
+                    self.window(deployed.version, len(deployed.feature_names)).observe_invalid(
+                        1, time.time())
             raise
         except NoModelDeployed:
             self.metrics.errors.labels("no_model").inc()
             raise
         latency = time.perf_counter() - started
         with self.window_lock:
-            self.window(result.version).observe(
+            self.window(result.version, result.features.shape[1]).observe(
                 result.features, result.scores, result.flags, latency, time.time()
             )
         counters = self._counters.get(result.version)
