@@ -238,10 +238,11 @@ class Rate:
 
 @dataclass(frozen=True, slots=True)
 class Correlation:
-    """Reference correlation of the features' normal scores (a Gaussian-copula correlation).
+    """Reference rank (Spearman) correlation of the features.
 
     The entry ``[i, j]`` is the mean over the reference rows of the product of the two features'
-    standardised normal scores, the same quantity the streaming detector watches.
+    standardised uniform scores (mid-ranks against the reference quantiles), the quantity the
+    streaming detector watches; for continuous features it is Spearman's rho.
     """
 
     matrix: FloatArray
@@ -425,17 +426,18 @@ def _pair_lattice() -> tuple[FloatArray, FloatArray]:
     return mids, np.diff(cdf)
 
 
-def _pair_null_atoms(correlation: FloatArray, clip: float) -> tuple[FloatArray, FloatArray]:
-    """Null atoms (u, M) and log-weights (1, 1, M) of the product of two standardised normal
-    scores with the given correlations (Gaussian copula, clipped like the normal scores)."""
+def _pair_null_atoms(spearman: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """Null atoms (u, M) and log-weights (1, 1, M) of the product of two standardised uniform
+    scores with the given Spearman correlations (under a Gaussian copula)."""
     mids, probs = _pair_lattice()
     first, second = (a.ravel() for a in np.meshgrid(mids, mids, indexing="ij"))
     weights = np.outer(probs, probs).ravel()
-    r = correlation[:, None]
-    x = np.clip(first[None, :], -clip, clip)
-    y = np.clip(r * first[None, :] + np.sqrt(1.0 - r * r) * second[None, :], -clip, clip)
+    r = 2.0 * np.sin(np.pi * spearman[:, None] / 6.0)  # Gaussian-copula correlation
+    x = math.sqrt(3.0) * (2.0 * special.ndtr(first[None, :]) - 1.0)
+    y = math.sqrt(3.0) * (2.0 * special.ndtr(r * first[None, :]
+                                             + np.sqrt(1.0 - r * r) * second[None, :]) - 1.0)
     product = x * y
-    product += r - (product * weights).sum(axis=1, keepdims=True)
+    product += spearman[:, None] - (product * weights).sum(axis=1, keepdims=True)
     return product, np.log(weights)[None, None, :]
 
 
@@ -654,18 +656,31 @@ def _reference_from_summary(summary: Mapping[str, Any], names: tuple[str, ...],
                      rates.get("invalid_rate"), latency)
 
 
-def _column_tables(grids: FloatArray, present: BoolArray) -> tuple[FloatArray, FloatArray,
-                                                                    FloatArray]:
-    """Per column: code pmf (F, 2Q+1), standardised normal-score table (F, 2Q+1), score sd."""
+@dataclass(frozen=True, slots=True)
+class _ColumnTables:
+    """Per column, per mid-rank code: the null pmf and the two standardised scores."""
+
+    pmf: FloatArray  # (F, 2Q+1)
+    normal: FloatArray  # (F, 2Q+1) normal scores, mean 0 and sd 1 under the reference
+    uniform: FloatArray  # (F, 2Q+1) uniform (Spearman) scores, mean 0 and sd 1
+    normal_sd: FloatArray  # (F,) sd of the raw normal score; 0 for a constant column
+
+
+def _standardise(table: FloatArray, pmf: FloatArray) -> tuple[FloatArray, FloatArray]:
+    mean = pmf @ table
+    sd = np.sqrt(np.maximum(pmf @ table**2 - mean**2, 0.0))
+    return (table[None, :] - mean[:, None]) / np.where(sd > 1e-9, sd, 1.0)[:, None], sd
+
+
+def _column_tables(grids: FloatArray, present: BoolArray) -> _ColumnTables:
     columns, q = grids.shape
-    table = _normal_score_table(q)
     pmf = np.zeros((columns, 2 * q + 1))
     for c in np.flatnonzero(present):
         pmf[c] = _code_pmf(grids[c])
-    mean = pmf @ table
-    sd = np.sqrt(np.maximum(pmf @ table**2 - mean**2, 0.0))
-    standard = (table[None, :] - mean[:, None]) / np.where(sd > 1e-9, sd, 1.0)[:, None]
-    return pmf, standard, sd
+    normal, sd = _standardise(_normal_score_table(q), pmf)
+    codes = np.arange(2 * q + 1, dtype=np.float64)
+    uniform, _ = _standardise((codes + 1.0) / (q + 1.0) - 1.0, pmf)
+    return _ColumnTables(pmf, normal, uniform, sd)
 
 
 def _correlation_from_rows(reference: Reference, matrix: FloatArray, levels: int,
@@ -678,10 +693,10 @@ def _correlation_from_rows(reference: Reference, matrix: FloatArray, levels: int
         return None
     grids = np.stack([dist.resampled(levels).quantiles for dist in reference.features
                       if dist is not None])
-    _, standard, _ = _column_tables(grids, np.ones(d, dtype=bool))
+    tables = _column_tables(grids, np.ones(d, dtype=bool))
     transform = _RankTransform(grids)
-    normal = standard.ravel().take(transform.flat_codes(complete))
-    corr = normal.T @ normal / complete.shape[0]
+    scores = tables.uniform.ravel().take(transform.flat_codes(complete))
+    corr = scores.T @ scores / complete.shape[0]
     corr = np.clip((corr + corr.T) / 2.0, -1.0, 1.0)
     np.fill_diagonal(corr, 1.0)
     return Correlation(_frozen(corr), int(complete.shape[0]), source)
@@ -904,11 +919,12 @@ class _Engine:
         self.grids = grids
         self.present = present
         self.transform = _RankTransform(grids)
-        pmf, standard, sd = _column_tables(grids, present)
+        tables = _column_tables(grids, present)
+        pmf, standard = tables.pmf, tables.normal
         self.table = standard.ravel()
-        enabled = present & (sd > 1e-9)
+        self.utable = tables.uniform.ravel()
+        enabled = present & (tables.normal_sd > 1e-9)
         self.enabled = enabled
-        clip = float(_normal_score_table(q)[-1])
 
         keys: list[str] = []
         signal_of: list[str] = []
@@ -936,7 +952,7 @@ class _Engine:
             for suffix, power, a, b in designs:
                 keys.append(f"{column_names[c]}:{suffix}")
                 signal_of.append(column_names[c])
-                stat_index.append(int(c) if power == 0 else columns + int(c) * (columns + 1))
+                stat_index.append(int(c) + power * columns)
                 coef_a.append(a)
                 coef_b.append(b)
                 col1.append(int(c))
@@ -964,21 +980,20 @@ class _Engine:
         self.pair_j = np.asarray(pair_j, dtype=np.intp)
         self.pair_r = np.asarray(pair_r)
         pairs = len(pair_i)
-        pair_streams_start = len(keys)
         for p in range(pairs):
             s = math.sqrt(1.0 + pair_r[p] ** 2)
             step = config.correlation_shift_design / s
             for sign, suffix in ((1.0, "corr+"), (-1.0, "corr-")):
                 keys.append(f"correlation:{names[pair_i[p]]}~{names[pair_j[p]]}:{suffix}")
                 signal_of.append("correlation")
-                stat_index.append(columns + pair_i[p] * columns + pair_j[p])
+                stat_index.append(2 * columns + pair_i[p] * columns + pair_j[p])
                 coef_a.append(sign * step / s)
                 coef_b.append(-sign * step * pair_r[p] / s - step * step / 2.0)
                 col1.append(pair_i[p])
                 col2.append(pair_j[p])
 
         # Rate streams: Bernoulli likelihood ratios against the reference rate.
-        flag_stat = columns + columns * columns
+        flag_stat = 2 * columns + columns * columns
         rate_streams: list[tuple[float, int, float, float]] = []  # events, n, A, B
         if reference.anomaly_rate is not None:
             ref = reference.anomaly_rate
@@ -1041,8 +1056,7 @@ class _Engine:
             thresholds.append(_calibrate(values, log_w, shifts, _NODE_WEIGHTS,
                                          np.full(len(values), marginal_rate)))
         if pairs:
-            thresholds.append(self._pair_thresholds(config, clip, pair_rate,
-                                                    pair_streams_start, coef_a, coef_b))
+            thresholds.append(self._pair_thresholds(config, pair_rate))
         if rate_streams:
             values = np.asarray([[a + b, b] for _, _, a, b in rate_streams])
             probs = np.stack([_jeffreys_nodes(events, n) for events, n, _, _ in rate_streams])
@@ -1058,18 +1072,17 @@ class _Engine:
                                         + self.coef_b[self.invalid_stream])
                                   if self.invalid_stream >= 0 else 0.0)
         self._stat_one = np.zeros(self.n_stats)
-        self._outer_one = self._stat_one[columns:flag_stat].reshape(columns, columns)
+        self._outer_one = self._stat_one[2 * columns:flag_stat].reshape(columns, columns)
         self.signal_streams: dict[str, IntArray] = {}
         for k, signal in enumerate(self.signal_of):
             self.signal_streams.setdefault(signal, np.zeros(0, dtype=np.intp))
             self.signal_streams[signal] = np.append(self.signal_streams[signal], k)
 
-    def _pair_thresholds(self, config: DriftConfig, clip: float, pair_rate: float, start: int,
-                         coef_a: list[float], coef_b: list[float]) -> FloatArray:
+    def _pair_thresholds(self, config: DriftConfig, pair_rate: float) -> FloatArray:
         # Pairs with (nearly) the same reference correlation share one calibration.
         rounded = np.round(self.pair_r, 2)
         unique, inverse = np.unique(rounded, return_inverse=True)
-        atoms, log_w = _pair_null_atoms(unique, clip)  # (u, M), (1, 1, M)
+        atoms, log_w = _pair_null_atoms(unique)  # (u, M), (1, 1, M)
         n = max(self.correlation_n, 1)
         result = np.empty(2 * self.pair_r.size)
         for sign_index in (0, 1):
@@ -1090,9 +1103,9 @@ class _Engine:
             result[sign_index::2] = h[inverse]
         return result
 
-    def normal_scores(self, values: FloatArray) -> FloatArray:
-        """Standardised normal scores (n, F) of finite values (n, F)."""
-        return self.table.take(self.transform.flat_codes(values))
+    def uniform_scores(self, values: FloatArray) -> FloatArray:
+        """Standardised uniform (rank) scores (n, F) of finite values (n, F)."""
+        return self.utable.take(self.transform.flat_codes(values))
 
     def increments(self, values: FloatArray, flags: NDArray[np.bool_],
                    missing: BoolArray | None, finite: BoolArray | None) -> FloatArray:
@@ -1101,12 +1114,15 @@ class _Engine:
         ``finite`` marks which original values were finite; streams that read a non-finite value
         get a zero increment for that record (the value is counted, not judged).
         """
-        y = self.normal_scores(values)
+        codes = self.transform.flat_codes(values)
+        y = self.table.take(codes)
+        u = self.utable.take(codes)
         n, cols = y.shape
         stat = np.empty((n, self.n_stats))
         stat[:, :cols] = y
-        np.multiply(y[:, :, None], y[:, None, :],
-                    out=stat[:, cols:cols + cols * cols].reshape(n, cols, cols))
+        np.multiply(y, y, out=stat[:, cols:2 * cols])
+        np.multiply(u[:, :, None], u[:, None, :],
+                    out=stat[:, 2 * cols:2 * cols + cols * cols].reshape(n, cols, cols))
         stat[:, -2] = flags
         stat[:, -1] = 0.0 if missing is None else missing
         inc = stat.take(self.stat_index, axis=1)
@@ -1121,11 +1137,14 @@ class _Engine:
 
     def increments_one(self, values: FloatArray, flag: bool) -> FloatArray:
         """Increments (streams,) for one record of finite values (F,): the lean scoring path."""
-        y = self.table.take(self.transform.flat_codes_one(values))
+        codes = self.transform.flat_codes_one(values)
+        y = self.table.take(codes)
+        u = self.utable.take(codes)
         stat = self._stat_one
         cols = y.size
         stat[:cols] = y
-        np.multiply.outer(y, y, out=self._outer_one)
+        np.multiply(y, y, out=stat[cols:2 * cols])
+        np.multiply.outer(u, u, out=self._outer_one)
         stat[-2] = flag
         inc = stat.take(self.stat_index)
         np.multiply(inc, self.coef_a, out=inc)
@@ -1230,6 +1249,10 @@ class DriftDetector:
                 self._reference = self._reference.completed_by(built)
                 self._baseline = None
                 self._rebuild()
+                # The baseline's records are the reference now: judging them against
+                # themselves would hide drift, so the evaluation windows start afresh.
+                self._ring_fill = self._miss_fill = self._lat_fill = 0
+                self._ring_pos = self._miss_pos = self._lat_pos = 0
         if alarms:
             self._pending.extend(alarms)
         return tuple(alarms)
@@ -1260,7 +1283,7 @@ class DriftDetector:
         results.append(self._rate_test("invalid_rate", ref.invalid_rate,
                                        int(np.count_nonzero(miss)), miss.size))
         if len(self.feature_names) >= 2:
-            results.append(self._correlation_test(window, engine))
+            results.append(self._correlation_test(window, engine, now))
         # Holm across the data signals that produced a p-value.
         tested = [r for r in results if r["p_value"] is not None]
         adjusted = _holm(np.asarray([r["p_value"] for r in tested]))
@@ -1484,10 +1507,22 @@ class DriftDetector:
 
     def _crossing(self, k: int, record: int, now: float, level: float,
                   alarms: list[DriftAlarm]) -> None:
-        assert self._engine is not None
-        signal = self._engine.signal_of[k]
+        engine = self._engine
+        assert engine is not None
+        signal = engine.signal_of[k]
+        if signal == "correlation" and self._marginal_active(int(engine.col1[k]),
+                                                             int(engine.col2[k]), now, record):
+            return  # a drifting marginal moves every pair it is in; it alarmed already
         self._signal_crossed(signal, record, now, "cusum", level,
-                             f"stream {self._engine.keys[k]}", alarms)
+                             f"stream {engine.keys[k]}", alarms)
+
+    def _marginal_active(self, i: int, j: int, now: float, record: int | None = None) -> bool:
+        at = self._position if record is None else record
+        for c in (i, j):
+            state = self._signals[f"feature:{self.feature_names[c]}"]
+            if state.last_crossing_record is not None and not self._cooled_down(state, at, now):
+                return True
+        return False
 
     def _signal_crossed(self, signal: str, record: int, now: float, detector: str,
                         statistic: float, detail: str, alarms: list[DriftAlarm]) -> None:
@@ -1615,7 +1650,8 @@ class DriftDetector:
                  detail=f"window rate {rate:.4g}, reference {ref.rate:.4g}")
         return r
 
-    def _correlation_test(self, window: FloatArray, engine: _Engine | None) -> dict[str, Any]:
+    def _correlation_test(self, window: FloatArray, engine: _Engine | None,
+                          now: float) -> dict[str, Any]:
         r = self._base_result("correlation", "correlation", "fisher_z")
         r["signal"] = "correlation"
         ref = self._reference.correlation
@@ -1632,17 +1668,24 @@ class DriftDetector:
             return r
         filled = rows.copy()
         filled[:, d] = np.where(np.isfinite(filled[:, d]), filled[:, d], engine.transform.fill[d])
-        y = engine.normal_scores(filled)[:, :d]
-        y = (y - y.mean(axis=0)) / np.maximum(y.std(axis=0), 1e-12)
-        corr_w = np.clip((y[:, engine.pair_i] * y[:, engine.pair_j]).mean(axis=0),
-                         -0.999, 0.999)
-        corr_r = np.clip(engine.pair_r, -0.999, 0.999)
-        se = math.sqrt(1.0 / max(rows.shape[0] - 3, 1) + 1.0 / max(ref.n - 3, 1))
+        u = engine.uniform_scores(filled)[:, :d]
+        u = (u - u.mean(axis=0)) / np.maximum(u.std(axis=0), 1e-12)
+        # Pairs with a drifting member are not judged: their rank correlation is not comparable.
+        usable = np.flatnonzero([not self._marginal_active(int(i), int(j), now)
+                                 for i, j in zip(engine.pair_i, engine.pair_j, strict=True)])
+        if usable.size == 0:
+            r["detail"] = "every pair has a drifting feature"
+            return r
+        pi, pj = engine.pair_i[usable], engine.pair_j[usable]
+        corr_w = np.clip((u[:, pi] * u[:, pj]).mean(axis=0), -0.999, 0.999)
+        corr_r = np.clip(engine.pair_r[usable], -0.999, 0.999)
+        # Fieller, Hartley and Pearson: var(atanh(spearman)) ~ 1.06 / (n - 3).
+        se = math.sqrt(1.06 / max(rows.shape[0] - 3, 1) + 1.06 / max(ref.n - 3, 1))
         z = (np.arctanh(corr_w) - np.arctanh(corr_r)) / se
         p = 2.0 * special.ndtr(-np.abs(z))
         p_holm = _holm(p)
         worst = int(np.argmin(p_holm))
-        i, j = engine.pair_i[worst], engine.pair_j[worst]
+        i, j = pi[worst], pj[worst]
         r.update(statistic=float(z[worst]), p_value=float(p_holm[worst]),
                  effect_size=float(abs(corr_w[worst] - corr_r[worst])),
                  detail=(f"{self.feature_names[i]}~{self.feature_names[j]}: "

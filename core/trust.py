@@ -77,7 +77,6 @@ BUNDLE_MEDIA_TYPE: Final = "application/vnd.dev.sigstore.bundle.v0.3+json"
 DSSE_PAYLOAD_TYPE: Final = "application/vnd.in-toto+json"
 IN_TOTO_STATEMENT: Final = "https://in-toto.io/Statement/v1"
 PREDICATE_V1: Final = "https://model_signing/signature/v1.0"
-PREDICATE_V01: Final = "https://model_signing/Digests/v0.1"
 MAX_SIGNATURE_BYTES: Final = 8 * 1024 * 1024
 MAX_SKOPS_SCHEMA_BYTES: Final = 64 * 1024 * 1024
 SUPPORTED_CURVES: Final[Mapping[str, Callable[[], hashes.HashAlgorithm]]] = {
@@ -341,14 +340,11 @@ def _signed_files(payload: bytes) -> tuple[str, str, dict[str, str]]:
     ):
         raise _Refused("the in-toto statement has no subject")
     predicate_type = statement.get("predicateType")
-    files: dict[str, str] = {}
-    if predicate_type == PREDICATE_V01:
-        # model-signing 0.2: one subject per file.
-        for subject in subjects:
-            files[str(subject.get("name"))] = str(subject["digest"].get("sha256", "")).lower()
-        return "", PREDICATE_V01, files
     if predicate_type != PREDICATE_V1:
-        raise _Refused(f"unsupported predicate type {predicate_type!r}")
+        # Signatures of model-signing before 1.0 (predicate .../Digests/v0.1) were made over a
+        # malformed DSSE encoding; they are refused rather than verified by a second scheme.
+        raise _Refused(f"unsupported predicate type {predicate_type!r} (sign with "
+                       "model-signing 1.0 or later)")
     predicate = statement.get("predicate")
     if not isinstance(predicate, dict):
         raise _Refused("the in-toto statement has no predicate")
@@ -362,6 +358,7 @@ def _signed_files(payload: bytes) -> tuple[str, str, dict[str, str]]:
     resources = predicate.get("resources")
     if not isinstance(resources, list):
         raise _Refused("the predicate has no resources")
+    files: dict[str, str] = {}
     root = hashlib.sha256()
     for resource in resources:
         if not isinstance(resource, dict) or resource.get("algorithm") != "sha256":
@@ -371,6 +368,8 @@ def _signed_files(payload: bytes) -> tuple[str, str, dict[str, str]]:
             digest.lower()
         ):
             raise _Refused("a signed resource has no name or no valid digest")
+        if name in files:
+            raise _Refused(f"{name} is signed twice")
         files[name] = digest.lower()
         root.update(bytes.fromhex(digest))
     if len(subjects) != 1 or subjects[0]["digest"].get("sha256") != root.hexdigest():

@@ -211,18 +211,19 @@ class ReferenceScores:
 
 def score_histogram(live: np.ndarray, reference: np.ndarray | None,
                     bins: int = HISTOGRAM_BINS) -> dict[str, Any]:
-    """Densities of live and reference scores on shared bins.
+    """The share of live and of reference scores in each of ``bins`` shared bins.
 
     The bins span the bulk of the reference (0.5-99.5 %) widened to the middle 90 % of the live
-    scores; anomaly scores are heavy-tailed (a LocalOutlierFactor's reach 50 times the median),
-    so values beyond the ends are counted in the end bins (``clipped`` says how many) rather
-    than squeezing the bulk into one bar.
+    scores; values beyond the ends are counted in the end bins (``clipped`` says how many live
+    ones) rather than squeezing the bulk into one bar. Anomaly scores can be heavy-tailed (a
+    LocalOutlierFactor's reach fifty times their median): when all are positive and the range
+    spans more than a factor of ten above the median, the bins are logarithmic (``scale``).
     """
     live = live[np.isfinite(live)]
     ref = reference[np.isfinite(reference)] if reference is not None else np.zeros(0)
     if not live.size and not ref.size:
         return {"edges": [], "live": [], "reference": None, "live_count": 0,
-                "reference_count": 0, "clipped": 0}
+                "reference_count": 0, "clipped": 0, "scale": "linear"}
     spans = []
     if ref.size:
         spans.append(np.quantile(ref, [0.005, 0.995]))
@@ -232,20 +233,22 @@ def score_histogram(live: np.ndarray, reference: np.ndarray | None,
     high = float(max(s[1] for s in spans))
     if not high > low:
         low, high = low - 0.05, high + 0.05
-    edges = np.linspace(low, high, bins + 1)
-    width = float(edges[1] - edges[0])
+    median = float(np.median(ref if ref.size else live))
+    logarithmic = low > 0 and median > 0 and high / median > 10
+    edges = np.geomspace(low, high, bins + 1) if logarithmic else np.linspace(low, high, bins + 1)
 
-    def density(values: np.ndarray) -> list[float]:
+    def share(values: np.ndarray) -> list[float]:
         counts, _ = np.histogram(np.clip(values, low, high), bins=edges)
-        return [round(float(c) / (values.size * width), 6) for c in counts]
+        return [round(float(c) / values.size, 6) for c in counts]
 
     return {
         "edges": [round(float(e), 6) for e in edges],
-        "live": density(live) if live.size else [],
-        "reference": density(ref) if ref.size else None,
+        "live": share(live) if live.size else [],
+        "reference": share(ref) if ref.size else None,
         "live_count": int(live.size),
         "reference_count": int(ref.size),
         "clipped": int(np.count_nonzero((live < low) | (live > high))),
+        "scale": "log" if logarithmic else "linear",
     }
 
 

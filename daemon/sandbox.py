@@ -48,7 +48,7 @@ log = structlog.get_logger("modeld.sandbox")
 
 MAX_RESULT_BYTES = 4 * 1024 * 1024
 MAX_CHILD_WRITE_BYTES = 64 * 1024 * 1024
-LOG_TAIL_BYTES = 4096
+LOG_TAIL_BYTES = 64 * 1024
 _ONE_THREAD = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 
@@ -122,13 +122,11 @@ def canary_load(
                 stdin=subprocess.DEVNULL, stdout=child_log, stderr=subprocess.STDOUT,
                 cwd=work, env=_child_env(), start_new_session=True,
             )
-            timed_out = False
             try:
-                returncode = proc.wait(timeout=time_limit)
-            except subprocess.TimeoutExpired:
-                timed_out = True
+                timed_out = not _wait_unreaped(proc.pid, time_limit)
             finally:
-                # Also ends anything the child started; the group outlives a dead leader.
+                # Ends the child and anything it started. Its group id cannot have been reused:
+                # the child is not reaped yet, so it still holds its pid.
                 _kill_group(proc.pid)
                 returncode = proc.wait()
         took = time.monotonic() - started
@@ -141,7 +139,7 @@ def canary_load(
     reason = _failure(answer, returncode, timed_out, time_limit, memory_limit_bytes, tail)
     if reason is not None:
         log.warning("canary_failed", path=where, reason=reason, returncode=returncode,
-                    took_s=round(took, 3), child_output=tail[-500:])
+                    took_s=round(took, 3), child_output=tail)
         if answer is not None and answer.get("status") == "untrusted":
             raise ArtifactUntrusted(where, reason)
         raise ArtifactInvalid(where, reason)
@@ -175,6 +173,19 @@ def _child_env() -> dict[str, str]:
     return env
 
 
+def _wait_unreaped(pid: int, timeout: float) -> bool:
+    """Wait for the child to exit without reaping it; False when ``timeout`` passed first."""
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        time.sleep(min(delay, remaining))
+        delay = min(delay * 2, 0.05)
+    return True
+
+
 def _kill_group(pgid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):  # nothing left in it
         os.killpg(pgid, signal.SIGKILL)
@@ -197,12 +208,14 @@ def _read_result(path: Path) -> dict[str, Any] | None:
 
 
 def _log_tail(path: Path) -> str:
+    """The end of the child's output (faulthandler's traceback, not its module list)."""
     try:
         with path.open("rb") as fh:
             fh.seek(max(0, path.stat().st_size - LOG_TAIL_BYTES))
-            return fh.read().decode("utf-8", "replace").strip()
+            tail = fh.read().decode("utf-8", "replace")
     except OSError:
         return ""
+    return tail.split("\nExtension modules:", 1)[0].strip()[-2000:]
 
 
 def _changed_files(folder: Path, expected: Mapping[str, str]) -> list[str]:

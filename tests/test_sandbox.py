@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
 import pathlib
 import resource
 import signal
@@ -113,8 +114,8 @@ def test_a_skops_model_passes_with_pickle_refused(tmp_path: Path) -> None:
 def test_a_model_whose_load_hangs_is_killed_at_the_time_limit(tmp_path: Path) -> None:
     folder = write_artifact(tmp_path / "a", Reduces(time.sleep, 600))
     started = time.monotonic()
-    with pytest.raises(ArtifactInvalid, match=r"^.*: timed out after 4 s$"):
-        canary_load(folder, loader_spec=LoadPolicy(), time_limit=4, memory_limit_bytes=GIB)
+    with pytest.raises(ArtifactInvalid, match=r"^.*: timed out after 3 s$"):
+        canary_load(folder, loader_spec=LoadPolicy(), time_limit=3, memory_limit_bytes=GIB)
     assert time.monotonic() - started < 15
 
 
@@ -175,3 +176,24 @@ def _digests(folder: Path) -> dict[str, str]:
     import hashlib
 
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+
+
+def test_processes_the_model_starts_are_killed_with_the_child(tmp_path: Path) -> None:
+    pid_file = tmp_path / "grandchild.pid"
+    folder = write_artifact(tmp_path / "a", Reduces(os.system, f"sleep 600 & echo $! > {pid_file}"))
+    with pytest.raises(ArtifactInvalid, match=r"load failed: int has no score_samples\(\)"):
+        canary_load(folder, loader_spec=LoadPolicy(), **LIMITS)
+    pid = int(pid_file.read_text())
+    deadline = time.monotonic() + 5
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid)
+
+
+def _alive(pid: int) -> bool:
+    """Running, as opposed to gone or a zombie waiting for init to reap it."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status

@@ -404,6 +404,20 @@ def test_model_signing_signatures_verify_and_ours_verify_with_model_signing(
          .verify(ours, ours / SIGNATURE_FILE))
 
 
+def test_sharded_model_signing_signatures_are_refused_with_the_reason(
+    make_folder: Callable[..., Path], keys: dict[str, Path]
+) -> None:
+    model_signing = pytest.importorskip("model_signing")
+    folder = make_folder()
+    hashing = (model_signing.hashing.Config().use_shard_serialization()
+               .set_ignored_paths(paths=[SIGNATURE_FILE]))
+    (model_signing.signing.Config().use_elliptic_key_signer(private_key=keys["private"])
+     .set_hashing_config(hashing).sign(folder, folder / SIGNATURE_FILE))
+    with pytest.raises(ArtifactUntrusted, match=r"does not verify: signed with serialization "
+                       r"'shards'/'sha256'; modeld verifies per-file sha256"):
+        verify_signature(folder, keys["public"], {p.name: _sha256(p) for p in folder.iterdir()})
+
+
 # --------------------------------------------------------------------------- skops
 
 

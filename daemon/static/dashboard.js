@@ -107,6 +107,7 @@
 
   function empty(svg, message) {
     clear(svg);
+    legend(svg, []);
     svg.dataset.points = "0";
     svg.appendChild(el("text", { x: W / 2, y: H / 2, "text-anchor": "middle", class: "empty" },
       message));
@@ -199,45 +200,58 @@
         }
       }
     });
-    const labelled = series.filter((s) => s.label && s.points.length);
-    labelled.slice(0, 6).forEach((s, i) => {
-      const color = s.color || COLORS[series.indexOf(s) % COLORS.length];
-      const y = M.t + 10 + i * 12;
-      const x = W - M.r - 138;
-      svg.appendChild(el("rect", { x, y: y - 6, width: 9, height: 3, fill: color }));
-      svg.appendChild(el("text", { x: x + 13, y: y - 2 }, s.label.slice(0, 24)));
-    });
+    legend(svg, series.map((s, i) => ({ label: s.label, color: s.color || COLORS[i % COLORS.length],
+      shown: s.points.length > 0 })).filter((s) => s.label && s.shown));
     svg.dataset.points = String(count);
+  }
+
+  // The legend is HTML under the plot, so that it never hides a line.
+  function legend(svg, items) {
+    const box = svg.parentElement.querySelector(".legend");
+    if (!box) return;
+    box.replaceChildren(...items.map((item) => {
+      const span = document.createElement("span");
+      const key = document.createElement("i");
+      key.style.background = item.color;
+      span.append(key, item.label);
+      return span;
+    }));
   }
 
   function histogram(svg, scores) {
     const edges = scores.edges || [];
     const live = scores.live || [];
     const ref = scores.reference || [];
+    const caption = document.getElementById("scores-caption");
     if (edges.length < 2 || (!live.length && !ref.length)) {
-      empty(svg, scores.version ? "no scores yet for " + scores.version : "no model deployed");
+      caption.textContent = "";
+      empty(svg, scores.version ? `no scores yet for ${scores.version}` : "no model deployed");
       return;
     }
     clear(svg);
-    const x0 = edges[0], x1 = edges[edges.length - 1];
+    const log = scores.scale === "log";
+    const pos = log ? (v) => Math.log10(v) : (v) => v;
+    const x0 = pos(edges[0]), x1 = pos(edges[edges.length - 1]);
     const y1 = Math.max(...live, ...ref) * 1.1 || 1;
-    const fmt = (v) => (Math.abs(v) >= 10 ? v.toFixed(0) : Math.abs(v) >= 1 ? v.toFixed(1)
-      : v.toFixed(2));
-    const { sx, sy } = frame(svg, x0, x1, 0, y1, fmt, fmt);
+    const num = (v) => (Math.abs(v) >= 100 ? v.toFixed(0) : Math.abs(v) >= 10 ? v.toFixed(1)
+      : Math.abs(v) >= 1 ? v.toFixed(2) : v.toFixed(3));
+    const fmtX = log ? (v) => num(10 ** v) : num;
+    const { sx, sy } = frame(svg, x0, x1, 0, y1, fmtX, (v) => `${(v * 100).toFixed(0)} %`);
     const step = (values, color, fill) => {
       if (!values.length) return;
-      let d = `M${sx(edges[0])},${sy(0)}`;
-      values.forEach((v, i) => { d += `L${sx(edges[i])},${sy(v)}L${sx(edges[i + 1])},${sy(v)}`; });
+      let d = `M${sx(x0)},${sy(0)}`;
+      values.forEach((v, i) => {
+        d += `L${sx(pos(edges[i]))},${sy(v)}L${sx(pos(edges[i + 1]))},${sy(v)}`;
+      });
       d += `L${sx(x1)},${sy(0)}`;
       svg.appendChild(el("path", { d, fill, stroke: color, "stroke-width": 1.5 }));
     };
     step(ref, "#9aa5b1", "rgba(154,165,177,.25)");
     step(live, "#2364d2", "rgba(35,100,210,.12)");
     svg.appendChild(el("text", { x: W - M.r, y: M.t + 8, "text-anchor": "end" },
-      "score: higher is more anomalous"));
+      `score${log ? " (log scale)" : ""}: higher is more anomalous`));
     svg.dataset.points = String(live.filter((v) => v > 0).length);
-    document.getElementById("scores-caption").textContent =
-      `${scores.version}: ${scores.live_count} recent records` +
+    caption.textContent = `${scores.version}: ${scores.live_count} recent records` +
       (scores.clipped ? ` (${scores.clipped} beyond the range, in the end bins)` : "") +
       (ref.length ? `, ${scores.reference_count} reference` : ", no reference in the artifact");
   }
