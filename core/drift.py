@@ -174,7 +174,8 @@ class Distribution:
         return cls(_frozen(quantiles), int(finite.size), source)
 
     @classmethod
-    def from_quantiles(cls, quantiles: Sequence[float], *, n: int, source: str, levels: int,
+    def from_quantiles(cls, quantiles: Sequence[float] | FloatArray, *, n: int, source: str,
+                       levels: int,
                        at: Sequence[float] | None = None) -> Distribution:
         """Resample given quantiles (at levels ``at``, default evenly spaced) to ``levels`` points."""
         q = np.asarray(quantiles, dtype=np.float64)
@@ -574,13 +575,11 @@ class Reference:
                            self.anomaly_rate or other.anomaly_rate,
                            self.invalid_rate or other.invalid_rate,
                            self.latency or other.latency)
-        correlation = self.correlation
-        # A correlation measured against other marginals is not comparable: only reuse the
-        # other's when every feature marginal comes from the same place as it.
-        if correlation is None and other.correlation is not None:
-            correlation = other.correlation
-        return Reference(merged.feature_names, merged.features, merged.scores, correlation,
-                         merged.anomaly_rate, merged.invalid_rate, merged.latency)
+        # A rank correlation does not depend on which marginal reference ranked the values, so
+        # a baseline's correlation completes an artifact's marginals.
+        return Reference(merged.feature_names, merged.features, merged.scores,
+                         self.correlation or other.correlation, merged.anomaly_rate,
+                         merged.invalid_rate, merged.latency)
 
     def to_dict(self) -> dict[str, Any]:
         def opt(part: Any) -> Any:
@@ -726,7 +725,7 @@ class BaselineCollector:
         """Take as many leading records as still fit; returns how many were taken."""
         if self.complete:
             return 0
-        take = min(features.shape[0], self.size - self.filled)
+        take = int(min(features.shape[0], self.size - self.filled))
         end = self.filled + take
         self._features[self.filled:end] = features[:take]
         self._scores[self.filled:end] = scores[:take]
@@ -947,19 +946,19 @@ class _Engine:
             ("spread+", 1, 0.5 * (1.0 - 1.0 / ratio), -0.5 * math.log(ratio)),
             ("spread-", 1, 0.5 * (1.0 - ratio), 0.5 * math.log(ratio)),
         )
-        for c in np.flatnonzero(enabled):
-            y = standard[c]
+        for col in map(int, np.flatnonzero(enabled)):
+            y = standard[col]
             for suffix, power, a, b in designs:
-                keys.append(f"{column_names[c]}:{suffix}")
-                signal_of.append(column_names[c])
-                stat_index.append(int(c) + power * columns)
+                keys.append(f"{column_names[col]}:{suffix}")
+                signal_of.append(column_names[col])
+                stat_index.append(col + power * columns)
                 coef_a.append(a)
                 coef_b.append(b)
-                col1.append(int(c))
+                col1.append(col)
                 col2.append(columns)
                 marginal_values.append(a * (y if power == 0 else y * y) + b)
-                marginal_pmf.append(pmf[c])
-                marginal_n.append(float(sizes[c]))
+                marginal_pmf.append(pmf[col])
+                marginal_n.append(float(sizes[col]))
 
         # Pair streams: correlation up/down on the product of two standardised normal scores.
         pair_i: list[int] = []
@@ -1293,12 +1292,12 @@ class DriftDetector:
         for r in results:
             signals.append(self._judge(r, now))
         signals.append(self._latency_result())
-        data = [s for s in signals if s.kind != "latency"]
-        if any(s.status == "drift" for s in data):
+        data = [s.status for s in signals if s.kind != "latency"]
+        if "drift" in data:
             status = "drift"
-        elif any(s.status == "warning" for s in signals):
+        elif "warning" in data or signals[-1].status == "warning":
             status = "warning"
-        elif any(s.status == "ok" for s in signals):
+        elif "ok" in data:
             status = "ok"
         else:
             status = "insufficient_data"
@@ -1427,7 +1426,7 @@ class DriftDetector:
         missing: BoolArray | None = None
         finite_or_none: BoolArray | None = None
         if not finite.all():
-            missing = ~finite.all(axis=1)
+            missing = np.logical_not(np.all(finite, axis=1))
             finite_or_none = finite
             self._missing_counts += n - np.count_nonzero(finite, axis=0)
             values = np.where(finite, values, self._fill)
@@ -1719,7 +1718,7 @@ class DriftDetector:
     def _latency_result(self) -> SignalResult:
         ref = self._reference.latency
         lat = self._lat_ring[: self._lat_fill]
-        base = {"name": "latency", "kind": "latency", "method": "ks", "statistic": None,
+        base: dict[str, Any] = {"name": "latency", "kind": "latency", "method": "ks", "statistic": None,
                 "p_value": None, "p_adjusted": None, "effect_size": None, "psi": None,
                 "window_size": int(lat.size), "reference_size": 0, "reference_source": "none",
                 "missing": 0, "cusum_level": None}

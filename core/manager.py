@@ -19,12 +19,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
 from core.errors import (
     ArtifactIncomplete,
+    ArtifactInvalid,
     ArtifactUntrusted,
     ModelLoadFailed,
     PathOutsideModels,
@@ -37,17 +38,18 @@ from core.source import (
     ArtifactFolder,
     SettleTracker,
     inspect_folder,
-    manifest_mismatches,
     read_manifest,
     scan_models_folder,
 )
 from core.store import ModelStore, StagedArtifact
+from core.trust import check_manifest, verify_signature
 from core.validate import (
+    DEFAULT_LOADER,
     ModelLoader,
     Validation,
     ValidationPolicy,
-    joblib_loader,
     load_servable,
+    parse_metadata,
     parse_timestamp,
     read_metadata,
     validate_folder,
@@ -72,6 +74,23 @@ class DeploymentPolicy:
     """What auto-deployment may do (from ``integration.auto_deploy``)."""
 
     auto_deploy: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class TrustPolicy:
+    """What an artifact must prove before any of its files is unpickled (``security``)."""
+
+    require_manifest: bool = False
+    verify_key: Path | None = None
+
+
+class FirstLoad(Protocol):
+    """Loads a staged artifact once somewhere safe (the daemon: a limited child process).
+
+    Raises ArtifactInvalid or ArtifactUntrusted with the reason; called without the lock.
+    """
+
+    def __call__(self, folder: Path, digests: Mapping[str, str]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +195,9 @@ class ModelManager:
     validation: ValidationPolicy
     deployment: DeploymentPolicy
     settle_seconds: float
-    loader: ModelLoader = joblib_loader
+    loader: ModelLoader = DEFAULT_LOADER
+    trust: TrustPolicy = field(default_factory=TrustPolicy)
+    first_load: FirstLoad = lambda _folder, _digests: None
     clock: Clock = utc_now
     listener: Listener = lambda _event, _fields: None
     fault: Callable[[str], None] = lambda _step: None
@@ -325,23 +346,23 @@ class ModelManager:
     def _import_folder(
         self, folder: ArtifactFolder, quality_gate: bool, actor: Actor
     ) -> ImportOutcome:
-        with self.lock:
-            started = time.perf_counter()
-            try:
-                staged = self.store.stage(folder.path)
-            except ArtifactIncomplete as exc:
-                return ImportOutcome(str(folder.path), "incomplete", reason=exc.reason)
-            except ArtifactUntrusted as exc:
-                return self._reject(folder, None, exc.reason, None)
-            except OSError as exc:
-                log.error("staging_failed", path=str(folder.path), reason=str(exc))
-                self._emit("import_failed", path=str(folder.path), reason=str(exc))
-                return ImportOutcome(str(folder.path), "failed", reason=f"staging failed: {exc}")
-            self.fault("staged")
-            try:
-                return self._import_staged(folder, staged, quality_gate, actor, started)
-            finally:
-                self.store.discard(staged)
+        """Stage, check and validate without the lock; commit and deploy under it."""
+        started = time.perf_counter()
+        try:
+            staged = self.store.stage(folder.path)
+        except ArtifactIncomplete as exc:
+            return ImportOutcome(str(folder.path), "incomplete", reason=exc.reason)
+        except ArtifactUntrusted as exc:
+            return self._reject(folder, None, exc.reason, None)
+        except OSError as exc:
+            log.error("staging_failed", path=str(folder.path), reason=str(exc))
+            self._emit("import_failed", path=str(folder.path), reason=str(exc))
+            return ImportOutcome(str(folder.path), "failed", reason=f"staging failed: {exc}")
+        self.fault("staged")
+        try:
+            return self._import_staged(folder, staged, quality_gate, actor, started)
+        finally:
+            self.store.discard(staged)
 
     def _import_staged(
         self,
@@ -357,15 +378,31 @@ class ModelManager:
             return ImportOutcome(str(folder.path), "incomplete", reason="the folder disappeared")
         if after.fingerprint != folder.fingerprint:
             return ImportOutcome(str(folder.path), "incomplete", reason="changed while copying")
-        manifest = read_manifest(staged.path)
-        if manifest is not None:
-            sizes = {n: d.size for n, d in staged.files.items()}
-            problems = manifest_mismatches(manifest, sizes, lambda n: staged.files[n].sha256)
-            if problems:
-                return self._reject(folder, None, "files manifest: " + "; ".join(problems), None)
+        digests = {name: d.sha256 for name, d in staged.files.items()}
+        try:
+            # Everything here reads the staged copy, which the producer cannot touch: what is
+            # checked is what is loaded. Nothing is unpickled before the signature passes.
+            check_manifest(staged.files, read_manifest(staged.path),
+                           self.trust.require_manifest, str(folder.path))
+            if self.trust.verify_key is not None:
+                verify_signature(staged.path, self.trust.verify_key, digests)
+            self.first_load(staged.path, digests)
+        except (ArtifactUntrusted, ArtifactInvalid) as exc:
+            return self._reject(folder, peek_version(staged.path), exc.reason, None)
         validation = validate_folder(
             staged.path, self.validation, self.clock(), self.loader, quality_gate
         )
+        with self.lock:
+            return self._commit(folder, staged, validation, actor, started)
+
+    def _commit(
+        self,
+        folder: ArtifactFolder,
+        staged: StagedArtifact,
+        validation: Validation,
+        actor: Actor,
+        started: float,
+    ) -> ImportOutcome:
         meta = validation.metadata
         if meta is not None:
             existing = self.registry.get_version(meta.version)
@@ -609,6 +646,14 @@ class ModelManager:
                 log.info("version_removed", version=row.version, reason="retention",
                          created_at=row.created_at)
             return removed
+
+
+def peek_version(folder: Path) -> str | None:
+    """The version metadata.json names, read without judging it (for rejection records)."""
+    try:
+        return parse_metadata(read_metadata(folder), folder).version
+    except ArtifactInvalid:
+        return None
 
 
 def describe_folder(folder: ArtifactFolder) -> dict[str, Any]:

@@ -216,7 +216,8 @@ class ScoringWindow:
         size = ring.shape[0]
         count = min(last, written, size)
         idx = (pos - count + np.arange(count)) % size
-        return ring[idx]
+        recent: NDArray[Any] = ring[idx]
+        return recent
 
     def recent_scores(self, last: int | None = None) -> NDArray[np.float64]:
         return self._recent(self._scores, self._pos, self._written, last or self.capacity)

@@ -50,6 +50,7 @@ __all__ = [
     "DEFAULT_CONTAMINATION",
     "DEFAULT_FEATURES",
     "MODEL_TYPES",
+    "ModelFormat",
     "TrainedArtifact",
     "read_jsonl",
     "simulate_wifi_logs",

@@ -19,9 +19,10 @@ from typing import Any, Literal, Protocol
 
 import sklearn
 
-from core.errors import ArtifactInvalid, ModelLoadFailed
+from core.errors import ArtifactInvalid, ArtifactUntrusted, ModelLoadFailed
 from core.serving import ServableModel, build_servable
 from core.source import MAX_METADATA_BYTES, METADATA_FILE
+from core.trust import LoadPolicy, estimator_files
 
 SUPPORTED_TYPES = ("IsolationForest", "LocalOutlierFactor")
 VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -131,10 +132,7 @@ class ModelLoader(Protocol):
     def __call__(self, path: Path) -> Any: ...
 
 
-def joblib_loader(path: Path) -> Any:
-    import joblib
-
-    return joblib.load(path)
+DEFAULT_LOADER: ModelLoader = LoadPolicy().loader()
 
 
 def quality_score(errors: int, warnings_count: int) -> float:
@@ -354,6 +352,8 @@ def _load(loader: ModelLoader, path: Path, what: str) -> tuple[Any, list[Finding
         warnings.simplefilter("always")
         try:
             obj = loader(path)
+        except ArtifactUntrusted:
+            raise
         except Exception as exc:  # unpickling runs arbitrary code: any failure is a finding
             raise ArtifactInvalid(
                 str(path.parent), f"{what} cannot be loaded: {type(exc).__name__}: {exc}"
@@ -370,7 +370,7 @@ def validate_folder(
     folder: Path,
     policy: ValidationPolicy,
     now: datetime,
-    loader: ModelLoader = joblib_loader,
+    loader: ModelLoader = DEFAULT_LOADER,
     quality_gate: bool = True,
 ) -> Validation:
     """Judge the artifact in ``folder`` (already in the daemon's staging) and prepare it to serve.
@@ -405,19 +405,15 @@ def validate_folder(
                                 f"{meta.sklearn_version}, modeld runs {sklearn.__version__}",
                                 "warning"))
 
-    model_path = folder / "model.joblib"
-    if not model_path.is_file():
-        findings.append(Finding("no_model_file", "model.joblib is missing", "error",
-                                blocking=True))
-        return finish(meta, None)
     try:
-        estimator, load_findings = _load(loader, model_path, "model.joblib")
+        model_path, scaler_path = estimator_files(folder)
+        estimator, load_findings = _load(loader, model_path, model_path.name)
         findings += load_findings
         scaler = None
-        if (folder / "scaler.joblib").is_file():
-            scaler, load_findings = _load(loader, folder / "scaler.joblib", "scaler.joblib")
+        if scaler_path is not None:
+            scaler, load_findings = _load(loader, scaler_path, scaler_path.name)
             findings += load_findings
-    except ArtifactInvalid as exc:
+    except (ArtifactInvalid, ArtifactUntrusted) as exc:
         findings.append(Finding("load_failed", exc.reason, "error", blocking=True))
         return finish(meta, None)
 
@@ -440,7 +436,7 @@ def validate_folder(
 
 
 def load_servable(
-    folder: Path, policy: ValidationPolicy, loader: ModelLoader = joblib_loader
+    folder: Path, policy: ValidationPolicy, loader: ModelLoader = DEFAULT_LOADER
 ) -> ServableModel:
     """Load an already validated version from the store; raises ModelLoadFailed with the reason.
 
@@ -449,11 +445,12 @@ def load_servable(
     name = folder.name
     try:
         meta = parse_metadata(read_metadata(folder), folder)
-        estimator, _ = _load(loader, folder / "model.joblib", "model.joblib")
+        model_path, scaler_path = estimator_files(folder)
+        estimator, _ = _load(loader, model_path, model_path.name)
         scaler = None
-        if (folder / "scaler.joblib").is_file():
-            scaler, _ = _load(loader, folder / "scaler.joblib", "scaler.joblib")
-    except ArtifactInvalid as exc:
+        if scaler_path is not None:
+            scaler, _ = _load(loader, scaler_path, scaler_path.name)
+    except (ArtifactInvalid, ArtifactUntrusted) as exc:
         raise ModelLoadFailed(name, exc.reason) from exc
     return build_servable(
         meta.version, type(estimator).__name__, estimator, scaler, meta.feature_names,

@@ -271,7 +271,7 @@ def build_series(runtime: Runtime, sampler: SeriesSampler, references: Reference
     sampler.sample(runtime, now)
     state = runtime.slot.state
     deployed = state.deployed.version if state.deployed else None
-    intervals: dict[str, list[Mapping[str, Any]]] = {}
+    intervals: dict[str, list[dict[str, Any]]] = {}
     live = np.zeros(0)
     with runtime.window_lock:
         for version, window in list(runtime.windows.items()):

@@ -44,6 +44,7 @@ from core.errors import ModeldError
 from core.training import (
     DEFAULT_FEATURES,
     MODEL_TYPES,
+    ModelFormat,
     TrainedArtifact,
     read_jsonl,
     simulate_wifi_logs,
@@ -93,15 +94,14 @@ def add_train_command(subparsers: Any) -> None:
 
 
 def train_into(path: Path, models_dir: Path, *, model_type: str = "IsolationForest",
-               version: str | None = None, fmt: str = "joblib",
+               version: str | None = None, fmt: ModelFormat = "joblib",
                feature_names: Sequence[str] | None = None, n_estimators: int = 100,
                seed: int = 0, now: datetime | None = None) -> tuple[TrainedArtifact, Path]:
     """Read ``path``, train, write into ``models_dir``; what ``modeld train`` does."""
     records = read_jsonl(path)
     artifact = train_artifact(
         records, model_type=model_type, feature_names=feature_names, version=version,
-        n_estimators=n_estimators, seed=seed, fmt=fmt,  # type: ignore[arg-type]
-        now=now or datetime.now(UTC),
+        n_estimators=n_estimators, seed=seed, fmt=fmt, now=now or datetime.now(UTC),
     )
     return artifact, write_artifact(artifact, models_dir)
 
@@ -540,10 +540,10 @@ class Demo:
         self._events()
         if self.stopped_by:
             self.term.line(f"stopping ({self.stopped_by})", "phase")
-        t = self.tally
-        self.term.line(f"done: {t.records:,} records scored, {t.anomalies:,} anomalies, "
-                       f"{t.swaps} hot swap{'s' * (t.swaps != 1)}, {t.drift_alarms} drift "
-                       f"alarm{'s' * (t.drift_alarms != 1)}", "ok")
+        tally = self.tally
+        self.term.line(f"done: {tally.records:,} records scored, {tally.anomalies:,} anomalies, "
+                       f"{tally.swaps} hot swap{'s' * (tally.swaps != 1)}, {tally.drift_alarms} "
+                       f"drift alarm{'s' * (tally.drift_alarms != 1)}", "ok")
         return 0
 
     def _progress_every(self) -> float:

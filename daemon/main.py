@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -24,7 +24,14 @@ import uvicorn
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from core.errors import ConfigError
-from core.manager import DeploymentPolicy, ModelManager, PollResult, iso
+from core.manager import (
+    DeploymentPolicy,
+    FirstLoad,
+    ModelManager,
+    PollResult,
+    TrustPolicy,
+    iso,
+)
 from core.registry import Registry, backup_registry
 from core.serving import ServingSlot
 from core.store import ModelStore
@@ -33,6 +40,7 @@ from daemon.api import create_app
 from daemon.logs import configure_logging
 from daemon.metrics import DaemonMetrics
 from daemon.runtime import ReloadResult, Runtime
+from daemon.sandbox import CanaryPool, canary_load
 from daemon.sdnotify import SystemdNotifier
 from daemon.settings import Settings, load_settings
 from daemon.watch import PollWorker
@@ -109,7 +117,8 @@ class Daemon:
         s = self.settings
         token = s.api_token()
         fault = fault_point_from_env()
-        store = ModelStore(s.storage.directory / "store", fault=fault)
+        store = ModelStore(s.storage.directory / "store", s.security.max_artifact_bytes,
+                           fault=fault)
         registry = Registry(s.storage.directory / "registry.sqlite3")
         cleanups.append(("registry", registry.close))
         metrics = DaemonMetrics(s.monitoring.resource_monitoring)
@@ -123,8 +132,15 @@ class Daemon:
             validation=s.model.validation_policy(),
             deployment=DeploymentPolicy(s.integration.auto_deploy),
             settle_seconds=s.integration.settle_seconds,
+            loader=s.security.load_policy().loader(),
+            trust=TrustPolicy(s.security.require_manifest, s.security.verify_key),
             fault=fault,
         )
+        if s.security.isolate_first_load:
+            pool = CanaryPool()
+            pool.warm()
+            cleanups.append(("canary pool", pool.close))
+            manager.first_load = self._canary(pool)
         runtime = Runtime(settings=s, manager=manager, metrics=metrics, alerter=alerter,
                           token=token)
         manager.listener = runtime.on_manager_event
@@ -170,6 +186,17 @@ class Daemon:
         self.scheduler = scheduler
         self.http_thread = http
         return runtime
+
+    def _canary(self, pool: CanaryPool) -> FirstLoad:
+        def first_load(folder: Path, digests: Mapping[str, str]) -> None:
+            security = self.settings.security
+            canary_load(folder, time_limit=security.canary_time_limit,
+                        memory_limit_bytes=security.canary_memory_limit,
+                        loader_spec=security.load_policy(),
+                        sample_rows=self.settings.model.warmup_rows,
+                        expected_digests=digests, pool=pool)
+
+        return first_load
 
     @staticmethod
     def _bound_port(server: uvicorn.Server) -> int | None:
@@ -295,6 +322,8 @@ class Daemon:
             manager.deployment = DeploymentPolicy(new.integration.auto_deploy)
             manager.settle_seconds = new.integration.settle_seconds
             manager.tracker.settle_seconds = new.integration.settle_seconds
+            manager.loader = new.security.load_policy().loader()
+            manager.trust = TrustPolicy(new.security.require_manifest, new.security.verify_key)
         if new.logging != self.settings.logging:
             configure_logging(new.logging)
         self.settings = new

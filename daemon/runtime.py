@@ -17,7 +17,6 @@ import structlog
 
 from core.errors import NoModelDeployed, RecordInvalid
 from core.manager import ModelManager, iso
-
 from core.monitor import ScoringWindow
 from daemon.alerting import Alert, Alerter
 from daemon.metrics import DaemonMetrics

@@ -11,7 +11,8 @@ a separate, freshly started Python process under limits, before the daemon itsel
   when it expires (the child also arms ``alarm`` and ``RLIMIT_CPU`` in case the parent dies);
 * no core dumps, bounded file writes (``RLIMIT_FSIZE``), one BLAS/OpenMP thread.
 
-The child is started with ``subprocess`` (``python -m daemon.sandbox REQUEST RESULT``): a fresh
+The child is started with ``subprocess`` (``python -m daemon.sandbox RESULT``, the request on
+stdin): a fresh
 interpreter by fork+exec, never a bare ``fork`` of the multithreaded daemon. It answers with a
 small JSON file, never a pickle, so nothing it says is ever unpickled by the daemon.
 
@@ -29,10 +30,12 @@ import json
 import math
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -77,6 +80,7 @@ def canary_load(
     sample_rows: int = 16,
     expected_digests: Mapping[str, str] | None = None,
     python: str = sys.executable,
+    pool: CanaryPool | None = None,
 ) -> CanaryResult:
     """Load and canary-score the artifact in ``folder`` (the staged copy) in a child process.
 
@@ -91,6 +95,9 @@ def canary_load(
     folder is checked afterwards to be exactly as it was, so that what the daemon loads next is
     what the child loaded.
 
+    With a ``pool``, the child is the pool's spare, started earlier and already past its
+    imports, so the canary costs the load and the scoring, not an interpreter's start.
+
     Returns a :class:`CanaryResult`. Raises ArtifactInvalid with the reason ``timed out after
     X s``, ``killed by signal SIGSEGV`` (or another signal), ``ran out of memory (limit N
     bytes)``, ``scored non-finite values`` or ``load failed: ...``; ArtifactUntrusted when the
@@ -103,35 +110,34 @@ def canary_load(
         refused = None if path is None else loader_spec.refuses(path)
         if refused is not None:
             raise ArtifactUntrusted(where, refused)
+    request = json.dumps({
+        "folder": str(folder.resolve()),
+        "policy": loader_spec.to_dict(),
+        "sample_rows": sample_rows,
+        "time_limit": time_limit,
+        "memory_limit_bytes": memory_limit_bytes,
+    }).encode()
+    child = pool.take() if pool is not None else CanaryChild.start(python)
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="modeld-canary-") as tmp:
-        work = Path(tmp)
-        request = work / "request.json"
-        result_path = work / "result.json"
-        log_path = work / "child.log"
-        request.write_text(json.dumps({
-            "folder": str(folder.resolve()),
-            "policy": loader_spec.to_dict(),
-            "sample_rows": sample_rows,
-            "time_limit": time_limit,
-            "memory_limit_bytes": memory_limit_bytes,
-        }), encoding="utf-8")
-        with log_path.open("wb") as child_log:
-            proc = subprocess.Popen(
-                [python, "-m", "daemon.sandbox", str(request), str(result_path)],
-                stdin=subprocess.DEVNULL, stdout=child_log, stderr=subprocess.STDOUT,
-                cwd=work, env=_child_env(), start_new_session=True,
-            )
-            try:
-                timed_out = not _wait_unreaped(proc.pid, time_limit)
-            finally:
-                # Ends the child and anything it started. Its group id cannot have been reused:
-                # the child is not reaped yet, so it still holds its pid.
-                _kill_group(proc.pid)
-                returncode = proc.wait()
+    try:
+        try:
+            assert child.proc.stdin is not None
+            child.proc.stdin.write(request)
+            child.proc.stdin.close()
+        except OSError:
+            pass  # the child died before reading: how it ended tells why
+        try:
+            timed_out = not _wait_unreaped(child.proc.pid, time_limit)
+        finally:
+            # Ends the child and anything it started. Its group id cannot have been reused:
+            # the child is not reaped yet, so it still holds its pid.
+            _kill_group(child.proc.pid)
+            returncode = child.proc.wait()
         took = time.monotonic() - started
-        answer = _read_result(result_path)
-        tail = _log_tail(log_path)
+        answer = _read_result(child.result_path)
+        tail = _log_tail(child.log_path)
+    finally:
+        child.discard()
     if expected_digests is not None:
         changed = _changed_files(folder, expected_digests)
         if changed:
@@ -158,6 +164,80 @@ def canary_load(
     log.info("canary_passed", path=where, model_type=result.model_type, rows=result.rows,
              took_s=result.took_s, peak_rss_bytes=result.peak_rss_bytes)
     return result
+
+
+@dataclass(slots=True)
+class CanaryChild:
+    """One started child interpreter, waiting for its request on stdin (used once)."""
+
+    proc: subprocess.Popen[bytes]
+    work: Path
+    log: Any
+
+    @property
+    def result_path(self) -> Path:
+        return self.work / "result.json"
+
+    @property
+    def log_path(self) -> Path:
+        return self.work / "child.log"
+
+    @classmethod
+    def start(cls, python: str = sys.executable) -> CanaryChild:
+        work = Path(tempfile.mkdtemp(prefix="modeld-canary-"))
+        log_file = (work / "child.log").open("wb")
+        proc = subprocess.Popen(
+            [python, "-m", "daemon.sandbox", str(work / "result.json")],
+            stdin=subprocess.PIPE, stdout=log_file, stderr=subprocess.STDOUT,
+            cwd=work, env=_child_env(), start_new_session=True,
+        )
+        return cls(proc, work, log_file)
+
+    def discard(self) -> None:
+        if self.proc.poll() is None:
+            _kill_group(self.proc.pid)
+            self.proc.wait()
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+        self.log.close()
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+class CanaryPool:
+    """Keeps one spare canary child started ahead of need.
+
+    Called by the manager's import thread (``take``) and by the daemon at shutdown
+    (``close``). A child is used for one artifact only and then discarded, since what it
+    unpickled may have changed it; ``take`` starts the next spare at once, which warms up
+    while the daemon does other work. A spare that died meanwhile is replaced.
+    """
+
+    def __init__(self, python: str = sys.executable) -> None:
+        self._python = python
+        self._lock = threading.Lock()
+        self._spare: CanaryChild | None = None
+
+    def take(self) -> CanaryChild:
+        with self._lock:
+            child, self._spare = self._spare, None
+            if child is None or child.proc.poll() is not None:
+                if child is not None:
+                    child.discard()
+                child = CanaryChild.start(self._python)
+            self._spare = CanaryChild.start(self._python)
+            return child
+
+    def warm(self) -> None:
+        with self._lock:
+            if self._spare is None:
+                self._spare = CanaryChild.start(self._python)
+
+    def close(self) -> None:
+        with self._lock:
+            spare, self._spare = self._spare, None
+        if spare is not None:
+            spare.discard()
 
 
 def _child_env() -> dict[str, str]:
@@ -333,7 +413,10 @@ def _canary(folder: Path, policy: LoadPolicy, count: int) -> dict[str, Any]:
             return {"status": "failed", "detail": f"{path.name}: {type(exc).__name__}: {exc}"}
     model = loaded[model_path]
     scaler = loaded.get(scaler_path) if scaler_path is not None else None
-    width = len(meta.feature_names) if meta is not None else getattr(model, "n_features_in_", 0)
+    # The model's own width: a metadata mismatch is validation's to report, in its words.
+    width = getattr(model, "n_features_in_", 0) or (len(meta.feature_names) if meta else 0)
+    if meta is not None and len(meta.feature_names) != width:
+        meta = None
     if not width:
         return {"status": "failed", "detail": "the model has no n_features_in_ and "
                 "metadata.json names no features"}
@@ -365,19 +448,36 @@ def _canary(folder: Path, policy: LoadPolicy, count: int) -> dict[str, Any]:
     }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """The child's entry point: ``python -m daemon.sandbox REQUEST RESULT``.
+def _preimport() -> None:
+    """What every canary needs, imported before the request arrives (a spare waits warm)."""
+    import joblib  # noqa: F401
+    import numpy  # noqa: F401
+    import sklearn.ensemble
+    import sklearn.neighbors
+    import sklearn.preprocessing  # noqa: F401
 
-    Reads the request JSON, limits itself, loads and scores, and writes the answer JSON to
-    RESULT (via a temporary file and a rename, so the parent never reads half of it). Returns
-    the exit status; a crash, a signal or a timeout is read by the parent from how it ended.
+    import core.features
+    import core.validate  # noqa: F401
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The child's entry point: ``python -m daemon.sandbox RESULT`` with the request on stdin.
+
+    Imports what it needs, reads the request JSON from stdin (the parent may send it much
+    later), limits itself, loads and scores, and writes the answer JSON to RESULT (via a
+    temporary file and a rename, so the parent never reads half of it). Returns the exit
+    status; a crash, a signal or a timeout is read by the parent from how it ended.
     """
     args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 2:
-        print("usage: python -m daemon.sandbox REQUEST_JSON RESULT_JSON", file=sys.stderr)
+    if len(args) != 1:
+        print("usage: python -m daemon.sandbox RESULT_JSON < REQUEST_JSON", file=sys.stderr)
         return 2
-    request = json.loads(Path(args[0]).read_text(encoding="utf-8"))
-    result_path = Path(args[1])
+    _preimport()
+    raw = sys.stdin.buffer.read()
+    if not raw:
+        return 0  # a spare the daemon never used
+    request = json.loads(raw)
+    result_path = Path(args[0])
     _set_limits(float(request["time_limit"]), int(request["memory_limit_bytes"]))
     try:
         answer = _canary(Path(request["folder"]), LoadPolicy.from_dict(request["policy"]),

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from core.errors import ConfigError
+from core.trust import DEFAULT_TRUSTED_TYPES, LoadPolicy, load_public_key
 from core.validate import ValidationPolicy
 from daemon.alerting import AlertingSettings
 
@@ -164,6 +165,36 @@ class ApiSettings(_Section):
             return False
 
 
+class SecuritySettings(_Section):
+    """What an artifact must prove, and how its files may be loaded (README "Trust")."""
+
+    max_artifact_bytes: int = 2 * 1024**3
+    require_manifest: bool = False
+    verify_key: Path | None = None
+    allow_pickle: bool = True
+    trusted_types: tuple[str, ...] = DEFAULT_TRUSTED_TYPES
+    isolate_first_load: bool = True
+    canary_time_limit: float = Field(60, gt=0)
+    canary_memory_limit: int = 4 * 1024**3
+
+    @field_validator("max_artifact_bytes", "canary_memory_limit", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> int:
+        return parse_size(value)
+
+    @field_validator("trusted_types")
+    @classmethod
+    def _dotted(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if "." not in name or any(c.isspace() for c in name):
+                raise ValueError(f"{name!r} is not a dotted type name like "
+                                 "sklearn.ensemble._iforest.IsolationForest")
+        return value
+
+    def load_policy(self) -> LoadPolicy:
+        return LoadPolicy(self.allow_pickle, self.trusted_types)
+
+
 class Settings(BaseSettings):
     """The whole configuration. Environment variables (``MODELD_API__PORT``) beat the file."""
 
@@ -177,6 +208,7 @@ class Settings(BaseSettings):
     monitoring: MonitoringSettings = MonitoringSettings()
     logging: LoggingSettings = LoggingSettings()
     api: ApiSettings = ApiSettings()
+    security: SecuritySettings = SecuritySettings()
 
     @classmethod
     def settings_customise_sources(
@@ -227,6 +259,8 @@ def load_settings(path: Path | None) -> Settings:
         if first["type"] == "extra_forbidden":
             problem = "unknown key"
         raise ConfigError(key, problem) from None
+    if settings.security.verify_key is not None:
+        load_public_key(settings.security.verify_key)  # raises ConfigError naming the key
     api = settings.api
     if not api.is_loopback() and settings.api_token() is None:
         raise ConfigError(

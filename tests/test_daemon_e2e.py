@@ -116,7 +116,7 @@ def test_bad_artifacts_never_displace_the_deployed_model(daemon: DaemonProcess) 
     rejected = [t for t in transfers(daemon) if t["status"] == "rejected"]
     assert len(rejected) == 4
     reasons = {Path(t["source_path"]).name: t["detail"] for t in rejected}
-    assert "cannot be loaded" in reasons["random-bytes"]
+    assert "load failed: model.joblib" in reasons["random-bytes"]  # from the canary child
     assert "quality score" in reasons["low-quality"]
     assert "2 feature names" in reasons["width-mismatch"]
     assert "not valid JSON" in reasons["broken-json"]

@@ -5,7 +5,9 @@
 
   const root = document.getElementById("modeld");
   const tokenRequired = root.dataset.tokenRequired === "true";
-  const refreshMs = Number(root.dataset.refreshMs) || 3000;
+  // ?refresh=SECONDS overrides the daemon's default refresh interval (at least one second)
+  const asked = Number(new URLSearchParams(window.location.search).get("refresh"));
+  const refreshMs = asked >= 1 ? asked * 1000 : Number(root.dataset.refreshMs) || 3000;
   const TOKEN_KEY = "modeld.token";
   const SVG = "http://www.w3.org/2000/svg";
   const W = 480, H = 220, M = { l: 46, r: 12, t: 12, b: 26 };

@@ -27,8 +27,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from core.drift import DriftConfig, DriftDetector, Reference  # noqa: E402
-from core.monitor import ScoringWindow  # noqa: E402
+from core.drift import DriftConfig, DriftDetector, Reference
+from core.monitor import ScoringWindow
 
 FEATURES = [
     "f0_normal", "f1_normal", "f2_normal", "f3_pair", "f4_pair", "f5_normal", "f6_normal",
@@ -246,9 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     seed_alarms = 0
     modeld: dict[str, list[tuple[int, str]]] = {"artifact": [], "baseline": []}
     for seed in range(seeds):
-        for mode in modeld:
+        for mode, found in modeld.items():
             alarms, scores = run_stream(mode, seed, stationary_length, None, config)
-            modeld[mode].extend(alarms)
+            found.extend(alarms)
             if mode == "artifact":
                 seed_alarms += seed_rule_alarms(scores).size
     print(f"  {'detector':<30}{'alarms':>8}{'per 10k records':>18}")
