@@ -37,8 +37,6 @@ BoolArray = NDArray[np.bool_]
 REFERENCE_FORMAT: Final = "modeld.reference/1"
 STATE_FORMAT: Final = "modeld.drift/1"
 
-SOURCES: Final = ("artifact", "summary", "baseline")
-STATUSES: Final = ("ok", "warning", "drift", "insufficient_data")
 
 # Siegmund's correction for the overshoot of a CUSUM over its threshold, in units of the
 # increment's standard deviation (2 * 0.583; exact for Gaussian increments, conservative for
@@ -267,53 +265,58 @@ class _RankTransform:
     """Maps values of F columns to mid-rank codes ``m = #(grid < x) + #(grid <= x)`` in [0, 2Q].
 
     All columns are searched at once: each column's values are squeezed into its own band of one
-    sorted key array by a monotone map (``arctan`` of the value standardised by the column's
-    median and interquartile range, plus ``4 * column``), so one ``searchsorted`` serves a record
-    of any width. The map is exact for ties (equal values give equal keys) and only merges
-    distinct values closer than about 1e-14 of the column's spread.
+    sorted key array by a monotone map (``arctan`` of the value's distance from the column's
+    median in units of its interquartile range, plus ``4 * column``), so one ``searchsorted``
+    serves a record of any width. Each band ends with a sentinel key above every value, so that
+    ``left + right`` is directly ``column * stride + m`` with ``stride = 2Q + 2``. The map is
+    exact for ties (equal values give equal keys) and only merges distinct values closer than
+    about 1e-14 of the column's spread.
     """
 
     def __init__(self, grids: FloatArray) -> None:
         columns, q = grids.shape
         self.columns = columns
         self.levels = q
-        centre = grids[:, q // 2]
+        self.stride = 2 * q + 2
+        centre = grids[:, q // 2].copy()
         scale = grids[:, (3 * q) // 4] - grids[:, q // 4]
         spread = grids[:, -1] - grids[:, 0]
-        scale = np.where(scale > 0, scale, np.where(spread > 0, spread, 1.0))
-        self._inv_scale = 1.0 / scale
-        self._shift = centre / scale
+        self._centre = centre
+        self._scale = np.where(scale > 0, scale, np.where(spread > 0, spread, 1.0))
         self._offset = 4.0 * np.arange(columns, dtype=np.float64)
-        keys = np.arctan(grids * self._inv_scale[:, None] - self._shift[:, None])
+        keys = np.empty((columns, q + 1))
+        keys[:, :q] = np.arctan2(grids - centre[:, None], self._scale[:, None])
+        keys[:, q] = 2.0  # the sentinel: above arctan's range, below the next band
         keys += self._offset[:, None]
         # arctan is monotone but rounding must not break the sort order searchsorted relies on.
         self._keys = np.maximum.accumulate(keys.ravel())
-        self._column_index = np.arange(columns, dtype=np.intp)
         self._key_one = np.empty(columns)
         self.fill = centre.copy()
 
+    def flat_table(self, table: FloatArray) -> FloatArray:
+        """A per-column table (F, 2Q+1) laid out for indexing by ``flat_codes``."""
+        padded = np.zeros((self.columns, self.stride))
+        padded[:, : self.stride - 1] = table
+        return padded.ravel()
+
     def flat_codes_one(self, values: FloatArray) -> IntArray:
-        """``flat_codes`` for one record (F,), into preallocated buffers."""
+        """``flat_codes`` for one record (F,), into a preallocated buffer."""
         keys = self._key_one
-        np.multiply(values, self._inv_scale, out=keys)
-        np.subtract(keys, self._shift, out=keys)
-        np.arctan(keys, out=keys)
+        np.subtract(values, self._centre, out=keys)
+        np.arctan2(keys, self._scale, out=keys)
         np.add(keys, self._offset, out=keys)
         codes = self._keys.searchsorted(keys, side="left")
         codes += self._keys.searchsorted(keys, side="right")
-        codes += self._column_index
         return codes
 
     def flat_codes(self, values: FloatArray) -> IntArray:
-        """Index ``column * (2Q + 1) + m`` for finite values of shape (n, columns)."""
-        keys = np.arctan(values * self._inv_scale - self._shift)
+        """Index ``column * stride + m`` for finite values of shape (n, columns)."""
+        keys = np.arctan2(values - self._centre, self._scale)
         keys += self._offset
         flat = keys.ravel()
-        left = np.searchsorted(self._keys, flat, side="left")
-        left += np.searchsorted(self._keys, flat, side="right")
-        codes = left.reshape(values.shape)
-        codes += self._column_index
-        return codes
+        codes = np.searchsorted(self._keys, flat, side="left")
+        codes += np.searchsorted(self._keys, flat, side="right")
+        return codes.reshape(values.shape)
 
 
 def _normal_score_table(levels: int) -> FloatArray:
@@ -694,7 +697,7 @@ def _correlation_from_rows(reference: Reference, matrix: FloatArray, levels: int
                       if dist is not None])
     tables = _column_tables(grids, np.ones(d, dtype=bool))
     transform = _RankTransform(grids)
-    scores = tables.uniform.ravel().take(transform.flat_codes(complete))
+    scores = transform.flat_table(tables.uniform).take(transform.flat_codes(complete))
     corr = scores.T @ scores / complete.shape[0]
     corr = np.clip((corr + corr.T) / 2.0, -1.0, 1.0)
     np.fill_diagonal(corr, 1.0)
@@ -770,10 +773,6 @@ class BaselineCollector:
 def _json_float(value: float) -> float | None:
     value = float(value)
     return value if math.isfinite(value) else None
-
-
-def _json_floats(row: Sequence[Any]) -> FloatArray:
-    return np.asarray([np.nan if v is None else v for v in row], dtype=np.float64)
 
 
 # --------------------------------------------------------------------------- results
@@ -903,8 +902,6 @@ class _Engine:
         d = len(names)
         columns = d + 1  # features, then the anomaly score
         q = config.reference_levels
-        self.d = d
-        self.levels = q
         self.correlation_n = reference.correlation.n if reference.correlation else 1
         dists: list[Distribution | None] = [*reference.features, reference.scores]
         grids = np.zeros((columns, q))
@@ -915,15 +912,12 @@ class _Engine:
                 grids[c] = dist.resampled(q).quantiles
                 present[c] = True
                 sizes[c] = dist.n
-        self.grids = grids
-        self.present = present
         self.transform = _RankTransform(grids)
         tables = _column_tables(grids, present)
         pmf, standard = tables.pmf, tables.normal
-        self.table = standard.ravel()
-        self.utable = tables.uniform.ravel()
+        self.table = self.transform.flat_table(standard)
+        self.utable = self.transform.flat_table(tables.uniform)
         enabled = present & (tables.normal_sd > 1e-9)
-        self.enabled = enabled
 
         keys: list[str] = []
         signal_of: list[str] = []
@@ -1070,8 +1064,13 @@ class _Engine:
         self.invalid_increment = (float(self.coef_a[self.invalid_stream]
                                         + self.coef_b[self.invalid_stream])
                                   if self.invalid_stream >= 0 else 0.0)
+        # Buffers of the one-record path (views into one stat vector; the result is reused).
         self._stat_one = np.zeros(self.n_stats)
+        self._y_one = self._stat_one[:columns]
+        self._y2_one = self._stat_one[columns:2 * columns]
         self._outer_one = self._stat_one[2 * columns:flag_stat].reshape(columns, columns)
+        self._u_one = np.empty(columns)
+        self._inc_one = np.empty(self.stat_index.size)
         self.signal_streams: dict[str, IntArray] = {}
         for k, signal in enumerate(self.signal_of):
             self.signal_streams.setdefault(signal, np.zeros(0, dtype=np.intp))
@@ -1135,17 +1134,17 @@ class _Engine:
         return inc
 
     def increments_one(self, values: FloatArray, flag: bool) -> FloatArray:
-        """Increments (streams,) for one record of finite values (F,): the lean scoring path."""
+        """Increments (streams,) for one record of finite values (F,): the lean scoring path.
+
+        Returns a buffer that the next call overwrites."""
         codes = self.transform.flat_codes_one(values)
-        y = self.table.take(codes)
-        u = self.utable.take(codes)
-        stat = self._stat_one
-        cols = y.size
-        stat[:cols] = y
-        np.multiply(y, y, out=stat[cols:2 * cols])
+        y = self.table.take(codes, out=self._y_one)
+        np.multiply(y, y, out=self._y2_one)
+        u = self.utable.take(codes, out=self._u_one)
         np.multiply.outer(u, u, out=self._outer_one)
+        stat = self._stat_one
         stat[-2] = flag
-        inc = stat.take(self.stat_index)
+        inc = stat.take(self.stat_index, out=self._inc_one)
         np.multiply(inc, self.coef_a, out=inc)
         np.add(inc, self.coef_b, out=inc)
         return inc

@@ -206,12 +206,14 @@ class SettleTracker:
             self._first_seen[folder.name] = seen
         if folder.in_progress:
             return Readiness(False, "the folder holds work in progress (.tmp/.part/dot files)")
-        if not folder.has_required_files:
-            return Readiness(False, "metadata.json or model file not there yet")
-        if folder.name in self._moved_in:
-            return Readiness(True, "renamed into place")
+        # A marker or a rename proves the producer is done, even with files missing: then
+        # the import rejects it with the reason rather than waiting for ever.
         if folder.has_marker:
             return Readiness(True, "_SUCCESS marker present")
+        if folder.name in self._moved_in:
+            return Readiness(True, "renamed into place")
+        if not folder.has_required_files:
+            return Readiness(False, "metadata.json or model file not there yet")
         manifest = read_manifest(folder.path)
         if manifest is not None:
             sizes = {f.name: f.size for f in folder.files}

@@ -518,7 +518,7 @@ def train_artifact(
                                     random_state=seed)
         estimator.fit(fit_rows)
     else:
-        # Distances need comparable units; the scaler ships with the model (scaler.joblib).
+        # Distances need comparable units; the scaler ships with the model (scaler.<fmt>).
         # Log lines repeat exactly: with more than n_neighbors identical rows the local density
         # is infinite and scores explode to 1e9, so LOF is fitted on the distinct rows.
         scaler = StandardScaler().fit(fit_rows)
@@ -559,10 +559,12 @@ def train_artifact(
     reference_rows = matrix[reference_idx]
     warmup_idx = rng.choice(normal_held, min(WARMUP_RECORDS, len(normal_held)), replace=False)
 
-    model_file = "model.skops" if fmt == "skops" else "model.joblib"
+    # with fmt="skops" nothing in the folder is a pickle: modeld can load it with
+    # security.allow_pickle false
+    model_file = f"model.{fmt}"
     files: dict[str, bytes] = {model_file: _dump(estimator, fmt)}
     if scaler is not None:
-        files["scaler.joblib"] = _dump(scaler, "joblib")
+        files[f"scaler.{fmt}"] = _dump(scaler, fmt)
     files["reference.npz"] = _npz(features=reference_rows, scores=score(reference_rows))
 
     if version is None:

@@ -279,6 +279,11 @@ def _age_findings(created_at: datetime, now: datetime, policy: ValidationPolicy)
                 blocking=True,
             )
         ]
+    if created_at.year < 2000:
+        return [
+            Finding("created_implausible", f"created_at {created_at.isoformat()} is before "
+                    "2000: not a real training time", "error", blocking=True)
+        ]
     days = age.total_seconds() / 86400
     if days > policy.age_stale_days:
         return [Finding("stale", f"the model is {days:.0f} days old (> {policy.age_stale_days:g})",

@@ -331,6 +331,16 @@ def create_app(runtime: Runtime) -> FastAPI:
             for t in registry.transfers(max(1, min(limit, 10_000)))
         ]
 
+    @app.get("/api/v1/quarantine", summary="Folders rejected as they stand, with the reason; "
+             "each is reconsidered when its content changes")
+    async def quarantine() -> list[dict[str, Any]]:
+        return [
+            {"folder": f.name, "version": f.version, "outcome": f.outcome, "reason": f.reason,
+             "at": f.at, "fingerprint": f.fingerprint}
+            for f in sorted(registry.folders().values(), key=lambda f: f.at, reverse=True)
+            if f.outcome in ("rejected", "conflict")
+        ]
+
     @app.get("/api/v1/training-service/models",
              summary="What the training service's models folder holds now")
     async def training_models() -> list[dict[str, Any]]:

@@ -68,10 +68,11 @@ WATCHED_EVENTS: Final = frozenset({
 # --------------------------------------------------------------------------- modeld train
 
 
-def add_train_command(subparsers: Any) -> None:
-    """Register ``modeld train`` on the CLI's subparsers."""
+def add_train_command(subparsers: Any,
+                      parents: Sequence[argparse.ArgumentParser] = ()) -> None:
+    """Register ``modeld train`` on the CLI's subparsers (``parents``: shared options)."""
     train = subparsers.add_parser(
-        "train", help="train a model from JSON-lines WiFi log records into a models folder",
+        "train", parents=list(parents), help="train a model from JSON-lines WiFi log records into a models folder",
         description="Train an IsolationForest (or a LocalOutlierFactor with novelty=True) with "
         "modeld's own feature extraction and write a complete artifact (model, metadata with "
         "a files manifest, drift reference, warmup records) into MODELS_DIR, renamed into place. "
@@ -227,6 +228,17 @@ class DaemonLog:
             return "\n".join(self.path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+def _term_with_parent() -> None:
+    """In the daemon's child process before exec: SIGTERM it if the demo dies (Linux), so that
+    even a killed demo leaves no daemon running."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM))
 
 
 def free_port() -> int:
@@ -391,6 +403,8 @@ class Demo:
             # its own session: a Ctrl-C in the terminal reaches the demo only, which then stops
             # the daemon in order
             start_new_session=True,
+            # the demo has no other thread yet (the log reader starts below)
+            preexec_fn=_term_with_parent,  # noqa: PLW1509
         )
         self.log = DaemonLog(self.proc.stdout, log_path)
         self.log.start()
@@ -684,10 +698,11 @@ class DemoStopped(Exception):
 # --------------------------------------------------------------------------- modeld demo
 
 
-def add_demo_command(subparsers: Any) -> None:
-    """Register ``modeld demo`` on the CLI's subparsers."""
+def add_demo_command(subparsers: Any,
+                     parents: Sequence[argparse.ArgumentParser] = ()) -> None:
+    """Register ``modeld demo`` on the CLI's subparsers (``parents``: shared options)."""
     demo = subparsers.add_parser(
-        "demo", help="simulate WiFi logs, run a daemon, swap models, raise a drift alarm",
+        "demo", parents=list(parents), help="simulate WiFi logs, run a daemon, swap models, raise a drift alarm",
         description="One command that shows modeld at work on temporary folders: simulated "
         "WiFi logs, a first model, a real daemon on 127.0.0.1 with its dashboard, a second model "
         "hot-swapped in, then shifted traffic until drift monitoring fires. Ends after "

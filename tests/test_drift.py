@@ -77,7 +77,7 @@ def test_rank_codes_equal_per_column_mid_ranks(data: st.DataObject, columns: int
     for c in range(columns):
         g = grids[c]
         expected[:, c] = (np.searchsorted(g, probes[:, c], "left")
-                          + np.searchsorted(g, probes[:, c], "right") + c * (2 * levels + 1))
+                          + np.searchsorted(g, probes[:, c], "right") + c * (2 * levels + 2))
     np.testing.assert_array_equal(transform.flat_codes(probes), expected)
     np.testing.assert_array_equal(transform.flat_codes_one(probes[0].copy()), expected[0])
 

@@ -29,6 +29,7 @@ from core.training import (
     train_artifact,
     write_artifact,
 )
+from core.trust import LoadPolicy
 from core.validate import ValidationPolicy, validate_folder
 from daemon.demo import add_train_command
 
@@ -202,9 +203,7 @@ def test_reference_holds_features_and_served_scores_of_held_out_normal_records(
 def test_explicit_version_skops_format_and_own_feature_names(logs: list[dict[str, Any]],
                                                              tmp_path: Path) -> None:
     pytest.importorskip("skops")
-    import skops.io
-
-    artifact = train_artifact(logs[:800], version="wifi-v7", fmt="skops", now=NOW,
+    artifact = train_artifact(logs, version="wifi-v7", fmt="skops", now=NOW,
                               feature_names=["hour_of_day", "is_deauth", "reason_code"],
                               n_estimators=60)
     folder = written(artifact, tmp_path)
@@ -212,11 +211,25 @@ def test_explicit_version_skops_format_and_own_feature_names(logs: list[dict[str
     assert sorted(p.name for p in folder.iterdir()) == ["metadata.json", "model.skops",
                                                         "reference.npz"]
     model_bytes = (folder / "model.skops").read_bytes()
-    trusted = skops.io.get_untrusted_types(data=model_bytes)
-    model = skops.io.loads(model_bytes, trusted=trusted)
-    assert model.n_features_in_ == 3
     assert artifact.metadata["files"]["model.skops"]["sha256"] == \
         hashlib.sha256(model_bytes).hexdigest()
+    validation = validate_folder(folder, ValidationPolicy(), NOW,
+                                 loader=LoadPolicy(allow_pickle=False).loader())
+    assert validation.report.accepted, validation.report.to_dict()
+    assert validation.servable is not None
+    assert validation.servable.feature_names == ("hour_of_day", "is_deauth", "reason_code")
+
+
+def test_a_skops_local_outlier_factor_holds_no_pickle_at_all(logs: list[dict[str, Any]],
+                                                             tmp_path: Path) -> None:
+    pytest.importorskip("skops")
+    artifact = train_artifact(logs, model_type="LocalOutlierFactor", fmt="skops", now=NOW)
+    folder = written(artifact, tmp_path)
+    assert sorted(p.name for p in folder.iterdir()) == ["metadata.json", "model.skops",
+                                                        "reference.npz", "scaler.skops"]
+    validation = validate_folder(folder, ValidationPolicy(), NOW,
+                                 loader=LoadPolicy(allow_pickle=False).loader())
+    assert validation.report.accepted, validation.report.to_dict()
 
 
 def test_refuses_what_it_cannot_train(logs: list[dict[str, Any]]) -> None:

@@ -14,6 +14,7 @@
   const COLORS = ["#2364d2", "#d97706", "#1f8a4c", "#7c3aed", "#c53030", "#0e7490", "#9d174d"];
 
   let busy = false;
+  let tokenWanted = false; // a token was refused or not given: wait for the "API token" button
   let driftAvailable = null; // null: not asked yet; false: the daemon has no drift API
   let lastSeries = null;
 
@@ -25,6 +26,7 @@
     const given = window.prompt(`${why}\n\nAPI token (kept in this browser tab only):`, "");
     if (given === null) return false;
     sessionStorage.setItem(TOKEN_KEY, given.trim());
+    tokenWanted = false;
     return true;
   }
 
@@ -38,12 +40,14 @@
         method, headers, cache: "no-store",
         body: body === undefined ? undefined : JSON.stringify(body),
       });
-      if (response.status === 401 && attempt === 0) {
+      if (response.status === 401) {
         document.getElementById("token-button").hidden = false;
-        if (!askToken(getToken() ? "The token was refused." : "This daemon requires a token.")) {
-          throw new ApiError(401, "an API token is required");
-        }
-        continue;
+        // another request may have asked for the token meanwhile: then just retry with it
+        const retry = attempt === 0 && !tokenWanted && (getToken() !== token
+          || askToken(token ? "The token was refused." : "This daemon requires a token."));
+        if (retry) continue;
+        tokenWanted = true;
+        throw new ApiError(401, "the API token is missing or wrong; use the API token button");
       }
       let data = null;
       try { data = await response.json(); } catch (_) { data = null; }
@@ -53,7 +57,7 @@
       }
       return data;
     }
-    throw new ApiError(401, "an API token is required");
+    throw new ApiError(401, "the API token is missing or wrong; use the API token button");
   }
 
   class ApiError extends Error {
@@ -154,12 +158,15 @@
 
   function markers(svg, sx, items, cls, x0, x1) {
     let lastX = -Infinity;
-    for (const m of items) {
+    let lastLabel = "";
+    for (const m of [...items].sort((a, b) => a.t - b.t)) {
       if (m.t < x0 || m.t > x1) continue;
       const x = sx(m.t);
       svg.appendChild(el("line", { x1: x, x2: x, y1: M.t, y2: H - M.b, class: cls }));
-      if (m.label && x - lastX > 60) {
-        // labels sit at the bottom of the plot: the legend has the top right
+      // one label per run of the same marker, never on top of the previous label
+      if (m.label && m.label !== lastLabel && x - lastX > 110) {
+        lastLabel = m.label;
+        // labels sit at the bottom of the plot, clear of the lines that matter most
         const anchor = x > W - 110 ? "end" : "start";
         svg.appendChild(el("text", {
           x: anchor === "end" ? x - 3 : x + 3, y: H - M.b - 4 - (cls === "alarm" ? 11 : 0),
@@ -390,6 +397,11 @@
 
   async function refresh() {
     if (busy) return;
+    if (tokenWanted) {
+      setRefreshState("paused: no valid API token");
+      banner("This daemon needs its API token: use the API token button.");
+      return;
+    }
     busy = true;
     try {
       const [sections, series] = await Promise.all([
@@ -424,7 +436,8 @@
       ? `Deploy ${version}? It serves every scoring request from the next one on.`
       : `Roll back from ${version} to the previously deployed version?`;
     if (!window.confirm(question)) return;
-    if (tokenRequired && !getToken() && !askToken("Deploying needs the API token.")) return;
+    if ((tokenWanted || (tokenRequired && !getToken()))
+        && !askToken("Deploying needs the API token.")) return;
     button.disabled = true;
     try {
       const path = action === "deploy"
@@ -457,7 +470,7 @@
 
   if (tokenRequired) {
     document.getElementById("token-button").hidden = false;
-    if (!getToken()) askToken("This daemon requires an API token.");
+    if (!getToken() && !askToken("This daemon requires an API token.")) tokenWanted = true;
   }
   loop();
 })();
