@@ -469,3 +469,32 @@ def test_report_is_stored_with_the_version(tmp_path: Path) -> None:
     assert set(stored.checksums) == {"model.joblib", "metadata.json"}
     assert json.loads((manager.store.path_of("v1") / "metadata.json").read_text())[
         "model_info"]["version"] == "v1"
+
+
+class FullDiskStore(ModelStore):
+    """A disk that is full once: a fault we cannot cause on the test machine's disk."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.fail = True
+
+    def _copy_file(self, src: Path, dst: Path) -> Any:
+        if self.fail:
+            self.fail = False
+            import errno
+            import os
+
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
+        return super()._copy_file(src, dst)
+
+
+def test_disk_full_while_staging_fails_cleanly_and_is_retried(tmp_path: Path) -> None:
+    manager = make_manager(tmp_path)
+    manager.store = FullDiskStore(tmp_path / "store")
+    drop(manager, "v1", artifact_files("v1", created_at=created(1)))
+    [outcome] = manager.poll_once().outcomes
+    assert outcome.status == "failed" and "No space left" in outcome.reason
+    assert not any(manager.store.staging.iterdir())
+    assert manager.registry.folder("v1") is None  # not judged: it will be tried again
+    [retry] = manager.poll_once().outcomes
+    assert retry.status == "imported" and manager.slot.state.deployed.version == "v1"

@@ -9,6 +9,7 @@ parses the body, answers ``{}``: the floor of the HTTP stack) and to ``POST /api
 Printed: requests/s, records/s, p50/p99 latency, and scoring as a ratio of the floor.
 """
 
+# ruff: noqa: I001  (the path must be set before the imports below)
 from __future__ import annotations
 
 import sys
