@@ -607,6 +607,21 @@ class ModelManager:
         log.error("fallback_used", version=deployed, fallback=fallback, reason=reason)
         self._emit("fallback_used", version=deployed, fallback=fallback, reason=reason)
 
+    def check_health(self) -> str | None:
+        """Re-score the deployed model's warmup rows; replace it when they differ or fail.
+
+        Called by the daemon's scheduler (``monitoring.model_health_checks``). Returns the
+        problem found, or None when the model is healthy (or none is deployed).
+        """
+        deployed = self.slot.state.deployed
+        if deployed is None:
+            return None
+        problem = deployed.health_check()
+        if problem is None:
+            return None
+        self.replace_unhealthy(deployed.version, problem)
+        return problem
+
     def replace_unhealthy(self, version: str, reason: str) -> str | None:
         """Take an unhealthy deployed model out of service in favour of the fallback."""
         with self.lock:

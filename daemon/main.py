@@ -223,6 +223,10 @@ class Daemon:
             "interval", id="retention", seconds=s.storage.retention_interval, coalesce=True,
             max_instances=1,
         )
+        if s.monitoring.model_health_checks:
+            scheduler.add_job(manager.check_health, "interval", id="health_check",
+                              seconds=s.monitoring.health_check_interval, coalesce=True,
+                              max_instances=1)
         if s.storage.backup_enabled:
             scheduler.add_job(self._backup, "interval", id="backup", args=[runtime],
                               seconds=s.storage.backup_interval, coalesce=True, max_instances=1)

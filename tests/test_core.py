@@ -498,3 +498,20 @@ def test_disk_full_while_staging_fails_cleanly_and_is_retried(tmp_path: Path) ->
     assert manager.registry.folder("v1") is None  # not judged: it will be tried again
     [retry] = manager.poll_once().outcomes
     assert retry.status == "imported" and manager.slot.state.deployed.version == "v1"
+
+
+def test_health_check_replaces_a_model_that_stops_scoring(tmp_path: Path) -> None:
+    manager = make_manager(tmp_path)
+    drop(manager, "v1", artifact_files("v1", created_at=created(2)))
+    manager.poll_once()
+    drop(manager, "v2", artifact_files("v2", model=RaisingForest(train_forest(seed=3)),
+                                       created_at=created(1)))
+    manager.poll_once()
+    assert manager.check_health() is None
+    deployed = manager.slot.state.deployed
+    deployed.scorer.__closure__[0].cell_contents.__self__.armed = True
+    problem = manager.check_health()
+    assert problem is not None and "boom" in problem
+    assert manager.slot.state.deployed.version == "v1"
+    newest = manager.registry.deployments()[0]
+    assert (newest.from_version, newest.to_version, newest.actor) == ("v2", "v1", "fallback")

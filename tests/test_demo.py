@@ -125,7 +125,7 @@ def test_keep_keeps_the_workspace_even_when_stopped_during_setup(tmp_path: Path)
     try:
         for line in proc.stdout:
             lines.append(line)
-            if "daemon running" in line:
+            if "trained IsolationForest" in line:
                 os.killpg(proc.pid, signal.SIGINT)
                 break
         lines += proc.stdout.readlines()
@@ -137,10 +137,11 @@ def test_keep_keeps_the_workspace_even_when_stopped_during_setup(tmp_path: Path)
         proc.stdout.close()
     out = "".join(lines)
     assert "stopping (SIGINT)" in out
+    assert "streaming" not in out
     (workspace,) = tmp.iterdir()
     assert f"kept {workspace}" in out
-    assert (workspace / "daemon.log").stat().st_size > 0
-    assert (workspace / "logs" / "week1.jsonl").is_file()
-    assert len(list((workspace / "training" / "models").iterdir())) == 1
-    assert (workspace / "state" / "registry.sqlite3").is_file()
-    assert_gone(daemon_pid(out))
+    assert (workspace / "logs" / "week1.jsonl").stat().st_size > 0
+    (model,) = (workspace / "training" / "models").iterdir()
+    assert (model / "metadata.json").is_file()
+    if "daemon running" in out:  # the signal came while the daemon was starting
+        assert_gone(daemon_pid(out))
