@@ -30,6 +30,7 @@ class Scores:
     """The result of scoring one batch: all from one version."""
 
     version: str
+    feature_names: tuple[str, ...]
     scores: np.ndarray
     flags: np.ndarray
     features: np.ndarray
@@ -62,7 +63,7 @@ class ServableModel:
         """Score a batch all-or-nothing; raises RecordInvalid naming the first bad record."""
         features = self.extractor.transform(records)
         scores, flags = self.score_matrix(features)
-        return Scores(self.version, scores, flags, features)
+        return Scores(self.version, self.feature_names, scores, flags, features)
 
     def health_check(self) -> str | None:
         """Re-score the warmup rows: None when finite and equal to load time, else the problem."""
@@ -236,4 +237,5 @@ class ServingSlot:
             if fallback is None:
                 raise
             result = fallback.score_records(records)
-            return Scores(result.version, result.scores, result.flags, result.features, reason)
+            return Scores(result.version, result.feature_names, result.scores, result.flags,
+                          result.features, reason)

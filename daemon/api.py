@@ -331,6 +331,23 @@ def create_app(runtime: Runtime) -> FastAPI:
             for t in registry.transfers(max(1, min(limit, 10_000)))
         ]
 
+    @app.get("/api/v1/drift", summary="The current drift report of the deployed version")
+    async def drift() -> dict[str, Any]:
+        state = runtime.slot.state
+        deployed = state.deployed
+        if deployed is None:
+            return {"deployed_version": None, "reports": {}}
+        report = await run_in_threadpool(runtime.monitors.report, deployed.version,
+                                         deployed.feature_names)
+        return {"deployed_version": deployed.version, "reports": {deployed.version: report}}
+
+    @app.get("/api/v1/drift/history",
+             summary="Drift evaluations and alarms, newest first")
+    async def drift_history(limit: int = 200) -> dict[str, Any]:
+        limit = max(1, min(limit, 5000))
+        return {"evaluations": registry.events("drift_evaluation", limit),
+                "alarms": registry.events("drift_alarm", limit)}
+
     @app.get("/api/v1/quarantine", summary="Folders rejected as they stand, with the reason; "
              "each is reconsidered when its content changes")
     async def quarantine() -> list[dict[str, Any]]:

@@ -205,6 +205,28 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_drift(args: argparse.Namespace) -> int:
+    client = Client(_settings(args))
+    data = client.call("GET", "/api/v1/drift")
+
+    def render(d: dict[str, Any]) -> str:
+        if not d["reports"]:
+            return "no model deployed"
+        lines = []
+        for version, report in d["reports"].items():
+            progress = report.get("baseline_progress")
+            lines.append(f"{version}: {report['status']} (reference: "
+                         f"{report['reference_source']}"
+                         + (f", baseline {progress[0]}/{progress[1]}" if progress else "")
+                         + f"; last alarm: {report.get('last_alarm_at') or 'never'})")
+            lines.append(_table(report["signals"], ("name", "status", "statistic", "p_value",
+                                                    "effect_size", "psi", "window_size")))
+        return "\n".join(lines)
+
+    _print(args, data, render)
+    return 0
+
+
 def cmd_reload(args: argparse.Namespace) -> int:
     """Send SIGHUP and wait until the daemon reports the reload applied or refused."""
     pid = args.pid
@@ -283,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="score JSON-lines records from stdin")
     score.add_argument("--batch", type=int, default=100)
     score.set_defaults(func=cmd_score)
+
+    sub.add_parser("drift", parents=[common], help="the drift report of the deployed version"
+                   ).set_defaults(func=cmd_drift)
 
     reload = sub.add_parser("reload", parents=[common],
                             help="SIGHUP the daemon and wait for the result (ExecReload)")

@@ -39,6 +39,7 @@ from daemon.alerting import Alerter
 from daemon.api import create_app
 from daemon.logs import configure_logging
 from daemon.metrics import DaemonMetrics
+from daemon.monitoring import Monitors
 from daemon.runtime import ReloadResult, Runtime
 from daemon.sandbox import CanaryPool, canary_load
 from daemon.sdnotify import SystemdNotifier
@@ -141,8 +142,9 @@ class Daemon:
             pool.warm()
             cleanups.append(("canary pool", pool.close))
             manager.first_load = self._canary(pool)
+        monitors = Monitors(s.monitoring, registry, store.versions, metrics, alerter)
         runtime = Runtime(settings=s, manager=manager, metrics=metrics, alerter=alerter,
-                          token=token)
+                          monitors=monitors, token=token)
         manager.listener = runtime.on_manager_event
         slot.on_fallback = manager.scoring_failed
         manager.start()
@@ -182,7 +184,7 @@ class Daemon:
         self._schedule(scheduler, runtime)
         scheduler.start()
         cleanups.append(("scheduler", lambda: scheduler.shutdown(wait=False)))
-        cleanups.append(("flush", runtime.flush_windows))
+        cleanups.append(("flush monitors", runtime.monitors.flush))
         self.scheduler = scheduler
         self.http_thread = http
         return runtime
@@ -215,9 +217,15 @@ class Daemon:
         manager = runtime.manager
         scheduler.add_job(self.worker.request, "interval", id="rescan",
                           seconds=s.integration.import_interval, coalesce=True, max_instances=1)
-        scheduler.add_job(runtime.flush_windows, "interval", id="flush_metrics",
+        monitors = runtime.monitors
+        scheduler.add_job(monitors.flush, "interval", id="flush_monitors",
                           seconds=s.monitoring.metrics_flush_interval, coalesce=True,
                           max_instances=1)
+        scheduler.add_job(monitors.roll, "interval", id="roll_series",
+                          seconds=s.monitoring.series_interval, coalesce=True, max_instances=1)
+        scheduler.add_job(lambda: monitors.evaluate(runtime.status()["deployed_version"]),
+                          "interval", id="drift", seconds=s.monitoring.drift_interval,
+                          coalesce=True, max_instances=1)
         scheduler.add_job(
             lambda: manager.retention(s.storage.keep_versions, s.storage.retention_days),
             "interval", id="retention", seconds=s.storage.retention_interval, coalesce=True,
@@ -335,6 +343,7 @@ class Daemon:
         runtime.token = token
         self._reschedule(runtime)
         self.worker.enabled = new.integration.auto_import
+        runtime.monitors.settings = new.monitoring
         runtime.config_generation = generation
         runtime.last_reload = ReloadResult(generation, True, None, now)
         self.worker.request()

@@ -7,7 +7,6 @@ manager's operation lock.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,10 +15,10 @@ from typing import Any
 import structlog
 
 from core.errors import NoModelDeployed, RecordInvalid
-from core.manager import ModelManager, iso
-from core.monitor import ScoringWindow
+from core.manager import ModelManager
 from daemon.alerting import Alert, Alerter
 from daemon.metrics import DaemonMetrics
+from daemon.monitoring import Monitors
 from daemon.settings import Settings
 
 log = structlog.get_logger("modeld.runtime")
@@ -49,12 +48,11 @@ class Runtime:
     manager: ModelManager
     metrics: DaemonMetrics
     alerter: Alerter
+    monitors: Monitors
     token: str | None
     started_at: float = field(default_factory=time.time)
     config_generation: int = 1
     last_reload: ReloadResult | None = None
-    windows: dict[str, ScoringWindow] = field(default_factory=dict)
-    window_lock: threading.Lock = field(default_factory=threading.Lock)
     health: dict[str, bool] = field(default_factory=dict)
     _counters: dict[str, tuple[Any, Any]] = field(default_factory=dict)
 
@@ -83,16 +81,6 @@ class Runtime:
                         for k, v in fields.items()},
             ))
 
-    def window(self, version: str, width: int) -> ScoringWindow:
-        """The version's scoring window, restored from the registry on first use."""
-        window = self.windows.get(version)
-        if window is None:
-            state = self.manager.registry.load_state("window", version)
-            window = (ScoringWindow.from_state(state) if state else
-                      ScoringWindow(version, n_features=width, started_at=time.time()))
-            self.windows[version] = window
-        return window
-
     def score(self, records: Sequence[object]) -> dict[str, Any]:
         """Score one batch with whichever model is deployed now; all from one version."""
         started = time.perf_counter()
@@ -102,18 +90,14 @@ class Runtime:
             self.metrics.errors.labels("invalid_record").inc()
             deployed = self.slot.state.deployed
             if deployed is not None:
-                with self.window_lock:
-                    self.window(deployed.version, len(deployed.feature_names)).observe_invalid(
-                        1, time.time())
+                self.monitors.observe_invalid(deployed.version, deployed.feature_names)
             raise
         except NoModelDeployed:
             self.metrics.errors.labels("no_model").inc()
             raise
         latency = time.perf_counter() - started
-        with self.window_lock:
-            self.window(result.version, result.features.shape[1]).observe(
-                result.features, result.scores, result.flags, latency, time.time()
-            )
+        self.monitors.observe(result.version, result.feature_names, result.features,
+                              result.scores, result.flags, latency)
         counters = self._counters.get(result.version)
         if counters is None:
             counters = (self.metrics.records.labels(result.version),
@@ -133,14 +117,6 @@ class Runtime:
                 for s, f in zip(result.scores.tolist(), result.flags.tolist(), strict=True)
             ],
         }
-
-    def flush_windows(self) -> None:
-        """Persist the monitors' aggregates (scheduled, and at shutdown)."""
-        with self.window_lock:
-            states = {v: w.to_state() for v, w in self.windows.items()}
-        now = iso(self.manager.clock())
-        for version, state in states.items():
-            self.manager.registry.save_state("window", version, state, now)
 
     def status(self) -> dict[str, Any]:
         state = self.slot.state

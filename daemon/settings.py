@@ -109,7 +109,15 @@ class MonitoringSettings(_Section):
     drift_detection: bool = True
     drift_threshold: float = Field(0.1, gt=0)
     drift_interval: float = Field(300, gt=0)
-    baseline_records: int = Field(2000, ge=50)
+    baseline_records: int = Field(2000, ge=200)
+    # the drift detectors' tuning (docs/drift.md); the defaults are what tests/bench/drift.py
+    # measured
+    alpha: float = Field(0.01, gt=0, lt=1)
+    window_records: int = Field(5000, ge=100)
+    min_window_records: int = Field(500, ge=50)
+    target_arl0_records: float = Field(50_000, ge=100)
+    cooldown_records: int = Field(2000, ge=0)
+    series_interval: float = Field(60, gt=0)
     resource_monitoring: bool = True
     model_health_checks: bool = True
     health_check_interval: float = Field(300, gt=0)

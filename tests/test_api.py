@@ -23,6 +23,7 @@ from core.store import ModelStore
 from daemon.alerting import Alerter
 from daemon.api import create_app
 from daemon.metrics import DaemonMetrics
+from daemon.monitoring import Monitors
 from daemon.runtime import Runtime
 from daemon.settings import Settings
 from tests.helpers import artifact_files, records, stamp, write_in_place, write_renamed
@@ -55,8 +56,12 @@ def build_runtime(root: Path, token: str | None = None) -> Runtime:
         deployment=DeploymentPolicy(True),
         settle_seconds=0,
     )
-    runtime = Runtime(settings=settings, manager=manager, metrics=DaemonMetrics(False),
-                      alerter=Alerter(settings.monitoring.alerting), token=token)
+    metrics = DaemonMetrics(False)
+    alerter = Alerter(settings.monitoring.alerting)
+    monitors = Monitors(settings.monitoring, manager.registry, manager.store.versions, metrics,
+                        alerter)
+    runtime = Runtime(settings=settings, manager=manager, metrics=metrics, alerter=alerter,
+                      monitors=monitors, token=token)
     manager.listener = runtime.on_manager_event
     manager.start()
     return runtime

@@ -1,0 +1,206 @@
+"""What scoring saw, per model version: scoring windows, drift detectors, their reports.
+
+Called from the scoring path (``observe``, under ``lock``, which is held for microseconds),
+and from scheduler jobs (``evaluate``, ``roll``, ``flush``). State is persisted to the registry
+on a schedule and at shutdown, and restored on first use after a restart. A drift alarm is
+logged as one ``drift_alarm`` event, counted, recorded in the registry and alerted.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+
+from core.drift import DriftAlarm, DriftConfig, DriftDetector, DriftReport, Reference
+from core.errors import ArtifactInvalid
+from core.manager import iso
+from core.monitor import ScoringWindow
+from core.registry import Registry
+from daemon.alerting import Alert, Alerter
+from daemon.metrics import DaemonMetrics
+from daemon.settings import MonitoringSettings
+
+log = structlog.get_logger("modeld.monitoring")
+
+REFERENCE_FILE = "reference.npz"
+
+
+def artifact_reference(folder: Path, metadata: dict[str, Any],
+                       feature_names: Sequence[str], levels: int) -> Reference | None:
+    """The reference an artifact carries (reference.npz, else a ``reference`` summary)."""
+    path = folder / REFERENCE_FILE
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                features = np.asarray(data["features"], dtype=np.float64)
+                scores = (np.asarray(data["scores"], dtype=np.float64)
+                          if "scores" in data.files else None)
+            return Reference.from_arrays(feature_names, features, scores=scores,
+                                         source="artifact", levels=levels)
+        except (OSError, KeyError, ValueError) as exc:
+            log.warning("reference_unusable", path=str(path), reason=str(exc))
+    summary = metadata.get("reference")
+    if isinstance(summary, dict):
+        try:
+            return Reference.from_summary(summary, feature_names, levels=levels)
+        except ArtifactInvalid as exc:
+            log.warning("reference_unusable", path=str(folder), reason=exc.reason)
+    return None
+
+
+class Monitors:
+    """Scoring windows and drift detectors of every version that scored, in one place."""
+
+    def __init__(self, settings: MonitoringSettings, registry: Registry, store_dir: Path,
+                 metrics: DaemonMetrics, alerter: Alerter) -> None:
+        self.settings = settings
+        self.config = DriftConfig.from_mapping(settings.model_dump())
+        self.registry = registry
+        self.store_dir = store_dir
+        self.metrics = metrics
+        self.alerter = alerter
+        self.lock = threading.Lock()
+        self.windows: dict[str, ScoringWindow] = {}
+        self.detectors: dict[str, DriftDetector] = {}
+        self.reports: dict[str, DriftReport] = {}
+
+    # the scoring path ---------------------------------------------------------------------
+
+    def window(self, version: str, width: int) -> ScoringWindow:
+        window = self.windows.get(version)
+        if window is None:
+            state = self.registry.load_state("window", version)
+            window = (ScoringWindow.from_state(state) if state else
+                      ScoringWindow(version, n_features=width, started_at=time.time()))
+            self.windows[version] = window
+        return window
+
+    def detector(self, version: str, feature_names: Sequence[str]) -> DriftDetector:
+        detector = self.detectors.get(version)
+        if detector is None:
+            state = self.registry.load_state("drift", version)
+            if state is not None:
+                detector = DriftDetector.from_state(state, self.config)
+            else:
+                row = self.registry.get_version(version)
+                reference = None if row is None else artifact_reference(
+                    self.store_dir / version, dict(row.metadata), feature_names,
+                    self.config.reference_levels)
+                detector = DriftDetector(feature_names, self.config, reference)
+                log.info("drift_reference", version=version,
+                         source=detector.reference.source,
+                         baseline_records=self.config.baseline_records
+                         if detector.collecting_baseline else 0)
+            self.detectors[version] = detector
+        return detector
+
+    def observe(self, version: str, feature_names: Sequence[str], features: np.ndarray,
+                scores: np.ndarray, flags: np.ndarray, latency_s: float) -> None:
+        now = time.time()
+        with self.lock:
+            self.window(version, len(feature_names)).observe(features, scores, flags,
+                                                             latency_s, now)
+            if not self.settings.drift_detection:
+                return
+            alarms = self.detector(version, feature_names).observe(
+                features, scores, flags, now=now, latency_s=latency_s)
+        for alarm in alarms:
+            self._alarm(version, alarm)
+
+    def observe_invalid(self, version: str, feature_names: Sequence[str]) -> None:
+        now = time.time()
+        with self.lock:
+            self.window(version, len(feature_names)).observe_invalid(1, now)
+            if not self.settings.drift_detection:
+                return
+            alarms = self.detector(version, feature_names).observe_invalid(1, now)
+        for alarm in alarms:
+            self._alarm(version, alarm)
+
+    def _alarm(self, version: str, alarm: DriftAlarm) -> None:
+        log.warning("drift_alarm", version=version, signal=alarm.signal, kind=alarm.kind,
+                    detector=alarm.detector, statistic=alarm.statistic, record=alarm.record,
+                    reason=alarm.detail)
+        self.metrics.drift_alarms.labels(alarm.signal).inc()
+        self.registry.add_event("drift_alarm", version, iso_now(), alarm.to_dict())
+        self.alerter.send(Alert(
+            kind="drift_alarm", title=f"drift in {alarm.signal} of {version}",
+            detail=alarm.detail, version=version,
+            fields={"signal": alarm.signal, "detector": alarm.detector,
+                    "statistic": alarm.statistic},
+        ))
+
+    # scheduled ----------------------------------------------------------------------------
+
+    def evaluate(self, version: str | None) -> DriftReport | None:
+        """The windowed tests for the deployed version: a report, gauges, a history row."""
+        if version is None or not self.settings.drift_detection:
+            return None
+        with self.lock:
+            detector = self.detectors.get(version)
+            if detector is None:
+                return None
+            report = detector.evaluate(time.time())
+            self.reports[version] = report
+        for signal in report.signals:
+            labels = (version, signal.name)
+            self.metrics.drift_statistic.labels(*labels).set(_gauge(signal.statistic))
+            self.metrics.drift_p_value.labels(*labels).set(_gauge(signal.p_value))
+            self.metrics.drift_alarm.labels(*labels).set(1.0 if signal.status == "drift"
+                                                          else 0.0)
+        for alarm in report.alarms:
+            if alarm.detector == "window":
+                self._alarm(version, alarm)
+        self.registry.add_event("drift_evaluation", version, iso_now(), {
+            "status": report.status,
+            "reference_source": report.reference_source,
+            "records_seen": report.records_seen,
+            "signals": [{"name": s.name, "status": s.status, "statistic": s.statistic,
+                         "p_value": s.p_value, "effect_size": s.effect_size}
+                        for s in report.signals],
+            "alarms": [a.signal for a in report.alarms],
+        })
+        log.info("drift_evaluated", version=version, status=report.status,
+                 reference=report.reference_source, records=report.records_seen)
+        return report
+
+    def roll(self) -> None:
+        """Close the current time-series interval of every window (for the plots)."""
+        now = time.time()
+        with self.lock:
+            for window in self.windows.values():
+                window.roll(now)
+
+    def flush(self) -> None:
+        """Persist windows and detectors (scheduled, and at shutdown)."""
+        with self.lock:
+            windows = {v: w.to_state() for v, w in self.windows.items()}
+            detectors = {v: d.to_state() for v, d in self.detectors.items()}
+        now = iso_now()
+        for version, state in windows.items():
+            self.registry.save_state("window", version, state, now)
+        for version, state in detectors.items():
+            self.registry.save_state("drift", version, state, now)
+
+    def report(self, version: str, feature_names: Sequence[str]) -> dict[str, Any]:
+        """The current report of a version (evaluated now if it has none yet)."""
+        with self.lock:
+            detector = self.detector(version, feature_names)
+            report = self.reports.get(version) or detector.evaluate(time.time())
+            self.reports[version] = report
+        return report.to_dict()
+
+
+def iso_now() -> str:
+    return iso(datetime.now(UTC))
+
+
+def _gauge(value: float | None) -> float:
+    return float("nan") if value is None else float(value)
