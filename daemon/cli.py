@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import time
+from datetime import UTC, datetime
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -215,10 +216,13 @@ def cmd_drift(args: argparse.Namespace) -> int:
         lines = []
         for version, report in d["reports"].items():
             progress = report.get("baseline_progress")
+            alarm = report.get("last_alarm_at")
+            when = (datetime.fromtimestamp(alarm, UTC).isoformat(timespec="seconds")
+                    if alarm else "never")
             lines.append(f"{version}: {report['status']} (reference: "
                          f"{report['reference_source']}"
                          + (f", baseline {progress[0]}/{progress[1]}" if progress else "")
-                         + f"; last alarm: {report.get('last_alarm_at') or 'never'})")
+                         + f"; last alarm: {when})")
             lines.append(_table(report["signals"], ("name", "status", "statistic", "p_value",
                                                     "effect_size", "psi", "window_size")))
         return "\n".join(lines)
