@@ -13,8 +13,8 @@ import os
 import signal
 import sys
 import time
-from datetime import UTC, datetime
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
