@@ -17,5 +17,5 @@ if ! python3 -c "import playwright.sync_api" >/dev/null 2>&1; then
     python3 -m pip install --quiet "playwright>=1.40"
 fi
 
-chromium --version
+chromium --version 2>/dev/null  # the Debian wrapper prints a harmless shell warning
 python3 -c "import importlib.metadata as m; print('playwright', m.version('playwright'))"

@@ -34,12 +34,14 @@ from core.errors import (
 from core.manager import describe_folder
 from core.registry import VersionRow
 from core.source import scan_models_folder
+from daemon.dashboard import mount_dashboard
 from daemon.runtime import Runtime
 
 log = structlog.get_logger("modeld.api")
 
 INLINE_BATCH = 64
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+# The dashboard's page holds no data without the token: its script asks for it.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/"})
 
 STATUS_FOR: list[tuple[type[ModeldError], int]] = [
     (UnknownVersion, 404),
@@ -387,4 +389,5 @@ def create_app(runtime: Runtime) -> FastAPI:
             })
         return rows
 
+    mount_dashboard(app, runtime)
     return app

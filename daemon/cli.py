@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 
 from core.errors import ConfigError
+from daemon.demo import add_demo_command, add_train_command
 from daemon.settings import Settings, load_settings
 
 DEFAULT_CONFIG_ENV = "MODELD_CONFIG"
@@ -270,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="configuration file (default: $MODELD_CONFIG, else embedded defaults)")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="print JSON for scripts")
-    parser = argparse.ArgumentParser(prog="modeld", description=__doc__.splitlines()[0],
+    parser = argparse.ArgumentParser(prog="modeld", description="modeld: imports, validates, "
+                                     "hot-swaps and serves anomaly-detection models",
                                      parents=[common])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -312,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("drift", parents=[common], help="the drift report of the deployed version"
                    ).set_defaults(func=cmd_drift)
+
+    add_train_command(sub, parents=[common])
+    add_demo_command(sub, parents=[common])
 
     reload = sub.add_parser("reload", parents=[common],
                             help="SIGHUP the daemon and wait for the result (ExecReload)")

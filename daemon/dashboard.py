@@ -9,7 +9,7 @@ script draws the plots in SVG from ``GET /api/v1/dashboard/series`` and from the
 JSON API for deploy and rollback.
 
 Handlers run in uvicorn's thread pool. They read the serving slot's state once, the registry
-through its own lock, and the scoring windows under ``runtime.window_lock`` only long enough to
+through its own lock, and the scoring windows under ``runtime.monitors.lock`` only long enough to
 copy what they need. Nothing here writes anything but the sampler's memory.
 """
 
@@ -113,7 +113,7 @@ class SeriesSampler:
 
     def sample(self, runtime: Runtime, now: float) -> None:
         with self._lock:
-            due = [v for v in list(runtime.windows)
+            due = [v for v in list(runtime.monitors.windows)
                    if v not in self._last or now - self._last[v].at >= self.every]
             for version in due:
                 point = self._read(runtime, version, now)
@@ -121,8 +121,8 @@ class SeriesSampler:
                     self._points.setdefault(version, deque(maxlen=self.max_samples)).append(point)
 
     def _read(self, runtime: Runtime, version: str, now: float) -> SeriesPoint | None:
-        with runtime.window_lock:
-            window = runtime.windows.get(version)
+        with runtime.monitors.lock:
+            window = runtime.monitors.windows.get(version)
             if window is None:
                 return None
             totals = _Totals(now, int(window.records), int(window.anomalies),
@@ -273,11 +273,11 @@ def build_series(runtime: Runtime, sampler: SeriesSampler, references: Reference
     deployed = state.deployed.version if state.deployed else None
     intervals: dict[str, list[dict[str, Any]]] = {}
     live = np.zeros(0)
-    with runtime.window_lock:
-        for version, window in list(runtime.windows.items()):
+    with runtime.monitors.lock:
+        for version, window in list(runtime.monitors.windows.items()):
             intervals[version] = window.time_series()
-        if deployed is not None and deployed in runtime.windows:
-            live = runtime.windows[deployed].recent_scores()
+        if deployed is not None and deployed in runtime.monitors.windows:
+            live = runtime.monitors.windows[deployed].recent_scores()
     versions: dict[str, Any] = {}
     for version, closed in intervals.items():
         points = _interval_points(closed)
@@ -486,8 +486,8 @@ def render_history(deployments: Sequence[Any], transfers: Sequence[Any]) -> str:
 def _deployed_totals(runtime: Runtime, deployed: str | None) -> dict[str, Any] | None:
     if deployed is None:
         return None
-    with runtime.window_lock:
-        window = runtime.windows.get(deployed)
+    with runtime.monitors.lock:
+        window = runtime.monitors.windows.get(deployed)
         if window is None:
             return None
         return dict(window.snapshot())

@@ -1,7 +1,7 @@
 """`modeld demo` end to end: a real demo process, which runs a real daemon, on temporary folders.
 
-The demo is run as `python -c` with its own subcommand registered on a fresh parser (the same
-function daemon.cli registers), so the test sees exactly what a person at the terminal sees.
+The demo is run as `python -m daemon.cli demo`, the `modeld demo` command, so the test sees
+exactly what a person at the terminal sees.
 """
 
 from __future__ import annotations
@@ -20,14 +20,7 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[1]
-DEMO = """
-import argparse, sys
-from daemon.demo import add_demo_command
-parser = argparse.ArgumentParser(prog="modeld")
-add_demo_command(parser.add_subparsers(dest="command", required=True))
-args = parser.parse_args(sys.argv[1:])
-sys.exit(args.func(args))
-"""
+DEMO = ["-m", "daemon.cli"]
 
 
 def demo_env(tmp: Path) -> dict[str, str]:
@@ -52,7 +45,7 @@ def assert_gone(pid: int) -> None:
 def test_demo_tells_the_story_and_leaves_nothing_behind(tmp_path: Path) -> None:
     tmp = tmp_path / "tmp"
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-c", DEMO, "demo", "--duration", "12"],
+    done = subprocess.run([sys.executable, *DEMO, "demo", "--duration", "12"],
                           cwd=REPO, env=demo_env(tmp), capture_output=True, text=True,
                           timeout=90)
     took = time.monotonic() - started
@@ -79,7 +72,7 @@ def test_demo_tells_the_story_and_leaves_nothing_behind(tmp_path: Path) -> None:
 
 def test_ctrl_c_stops_the_demo_cleanly(tmp_path: Path) -> None:
     tmp = tmp_path / "tmp"
-    proc = subprocess.Popen([sys.executable, "-c", DEMO, "demo"], cwd=REPO, env=demo_env(tmp),
+    proc = subprocess.Popen([sys.executable, *DEMO, "demo"], cwd=REPO, env=demo_env(tmp),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     lines: list[str] = []
@@ -117,7 +110,7 @@ def test_ctrl_c_stops_the_demo_cleanly(tmp_path: Path) -> None:
 
 def test_keep_keeps_the_workspace_even_when_stopped_during_setup(tmp_path: Path) -> None:
     tmp = tmp_path / "tmp"
-    proc = subprocess.Popen([sys.executable, "-c", DEMO, "demo", "--keep"], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, *DEMO, "demo", "--keep"], cwd=REPO,
                             env=demo_env(tmp), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
     lines: list[str] = []
