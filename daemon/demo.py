@@ -673,9 +673,8 @@ class Demo:
 
     def _alarm(self, alarm: Mapping[str, Any]) -> None:
         version = alarm.get("version") or self.serving
-        at = alarm.get("at")
-        key = (version, alarm.get("signal"), round(float(at), 1) if isinstance(at, int | float)
-               else at)
+        # the same alarm arrives from the daemon's log and from its drift API
+        key = (version, alarm.get("signal"), alarm.get("record"))
         if key in self.seen_alarms:
             return
         self.seen_alarms.add(key)

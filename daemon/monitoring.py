@@ -165,7 +165,7 @@ class Monitors:
             "signals": [{"name": s.name, "status": s.status, "statistic": s.statistic,
                          "p_value": s.p_value, "effect_size": s.effect_size}
                         for s in report.signals],
-            "alarms": [a.signal for a in report.alarms],
+            "alarms": [a.to_dict() for a in report.alarms],
         })
         log.info("drift_evaluated", version=version, status=report.status,
                  reference=report.reference_source, records=report.records_seen)
