@@ -215,6 +215,7 @@ SANDBOXED_WORKLOAD = textwrap.dedent(
     """
     import ctypes, errno, json, mmap, os, signal, sqlite3, shutil, socket, sys, tempfile
     import threading, time
+    from pathlib import Path
 
     allowed, errno_name = json.loads(sys.argv[1]), sys.argv[2]
     libc = ctypes.CDLL(None, use_errno=True)
@@ -324,6 +325,19 @@ SANDBOXED_WORKLOAD = textwrap.dedent(
     server.should_exit = True
     serving.join()
     listener.close()
+
+    # The canary child (limits set with setrlimit, a new session) inherits the filter.
+    from core.trust import LoadPolicy
+    from daemon.sandbox import canary_load
+    from tests.helpers import artifact_files
+    artifact = f"{work}/artifact"
+    os.mkdir(artifact)
+    for name, data in artifact_files("canary").items():
+        with open(f"{artifact}/{name}", "wb") as out:
+            out.write(data)
+    canary = canary_load(Path(artifact), time_limit=120, memory_limit_bytes=4 * 1024**3,
+                         loader_spec=LoadPolicy())
+    assert canary.rows > 0, canary
     print("sandboxed workload ok")
     """
 )
