@@ -409,8 +409,8 @@ class ModelManager:
             if existing is not None and existing.status != "rejected":
                 return self._existing(folder, existing, staged)
         if not validation.report.accepted:
-            return self._reject(folder, meta and meta.version, validation.report.reason,
-                                validation)
+            return self._reject(folder, None if meta is None else meta.version,
+                                validation.report.reason, validation)
         assert meta is not None and validation.servable is not None
         self.fault("validated")
         stored = self.store.commit(staged, meta.version)
@@ -675,12 +675,15 @@ def describe_folder(folder: ArtifactFolder) -> dict[str, Any]:
     """What metadata.json of a training-service folder says, read leniently for listings."""
     try:
         data = read_metadata(folder.path)
-    except Exception as exc:  # a listing shows the problem rather than failing
-        return {"metadata_error": str(getattr(exc, "reason", exc))}
-    info = data.get("model_info") if isinstance(data.get("model_info"), dict) else {}
-    training = data.get("training_info") if isinstance(data.get("training_info"), dict) else {}
-    evaluation = data.get("evaluation_info") if isinstance(data.get("evaluation_info"),
-                                                           dict) else {}
+    except ArtifactInvalid as exc:  # a listing shows the problem rather than failing
+        return {"metadata_error": exc.reason}
+
+    def section(name: str) -> dict[str, Any]:
+        value = data.get(name)
+        return value if isinstance(value, dict) else {}
+
+    info, training = section("model_info"), section("training_info")
+    evaluation = section("evaluation_info")
     return {
         "version": info.get("version"),
         "created_at": info.get("created_at"),

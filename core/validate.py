@@ -15,14 +15,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import sklearn
 
 from core.errors import ArtifactInvalid, ArtifactUntrusted, ModelLoadFailed
 from core.serving import ServableModel, build_servable
 from core.source import MAX_METADATA_BYTES, METADATA_FILE
-from core.trust import LoadPolicy, estimator_files
+from core.trust import Loader, LoadPolicy, estimator_files
 
 SUPPORTED_TYPES = ("IsolationForest", "LocalOutlierFactor")
 VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -126,12 +126,8 @@ class ArtifactMetadata:
     raw: Mapping[str, Any] = field(repr=False)
 
 
-class ModelLoader(Protocol):
-    """Loads one estimator file; raises on any failure. Called on the importing thread."""
-
-    def __call__(self, path: Path) -> Any: ...
-
-
+# Loads one estimator file and raises on any failure; called on the importing thread.
+ModelLoader = Loader
 DEFAULT_LOADER: ModelLoader = LoadPolicy().loader()
 
 
