@@ -3,7 +3,6 @@ judged by modeld's own validation."""
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -31,7 +30,7 @@ from core.training import (
 )
 from core.trust import LoadPolicy
 from core.validate import ValidationPolicy, validate_folder
-from daemon.demo import add_train_command
+from daemon.cli import main
 
 NOW = datetime(2026, 11, 28, 10, 15, 0, tzinfo=UTC)
 START = NOW - timedelta(days=3)
@@ -304,10 +303,8 @@ def test_an_existing_version_is_never_overwritten(forest: TrainedArtifact,
 
 
 def train_cli(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="modeld")
-    add_train_command(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["train", *argv])
-    return int(args.func(args))
+    """`modeld train ...`, through the real command-line parser, in this process."""
+    return main(["train", *argv])
 
 
 def test_modeld_train_reads_json_lines_and_writes_an_artifact(
