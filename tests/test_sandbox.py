@@ -28,7 +28,7 @@ from sklearn.preprocessing import StandardScaler
 
 from core.errors import ArtifactInvalid, ArtifactUntrusted
 from core.trust import LoadPolicy
-from daemon.sandbox import canary_load
+from daemon.sandbox import CanaryPool, canary_load
 from tests.helpers import metadata, records
 
 GIB = 1024**3
@@ -181,8 +181,9 @@ def _digests(folder: Path) -> dict[str, str]:
 def test_processes_the_model_starts_are_killed_with_the_child(tmp_path: Path) -> None:
     pid_file = tmp_path / "grandchild.pid"
     folder = write_artifact(tmp_path / "a", Reduces(os.system, f"sleep 600 & echo $! > {pid_file}"))
-    with pytest.raises(ArtifactInvalid, match=r"load failed: int has no score_samples\(\)"):
-        canary_load(folder, loader_spec=LoadPolicy(), **LIMITS)
+    # nothing to score (the load returned an int): validation will say so; the canary passes
+    result = canary_load(folder, loader_spec=LoadPolicy(), **LIMITS)
+    assert (result.model_type, result.rows) == ("int", 0)
     pid = int(pid_file.read_text())
     deadline = time.monotonic() + 5
     while _alive(pid) and time.monotonic() < deadline:
@@ -197,3 +198,19 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return "\nState:\tZ" not in status
+
+
+def test_the_pool_hands_out_a_warm_child_once_and_keeps_a_spare(tmp_path: Path) -> None:
+    pool = CanaryPool()
+    pool.warm()
+    spare = pool._spare
+    assert spare is not None
+    folder = write_artifact(tmp_path / "a", IsolationForest(n_estimators=10, random_state=0)
+                            .fit(np.random.default_rng(0).normal(size=(50, 3))))
+    result = canary_load(folder, loader_spec=LoadPolicy(), pool=pool, **LIMITS)
+    assert result.rows > 0
+    assert spare.proc.poll() is not None and not spare.work.exists()  # used once, discarded
+    assert pool._spare is not None and pool._spare is not spare  # the next one is warming
+    second = pool._spare
+    pool.close()
+    assert second.proc.poll() is not None and not second.work.exists()
