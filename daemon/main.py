@@ -9,6 +9,7 @@ loop acts on it: SIGHUP reloads the configuration and rescans, SIGTERM/SIGINT st
 from __future__ import annotations
 
 import os
+import select
 import signal
 import sys
 import threading
@@ -75,12 +76,15 @@ class Daemon:
         self.config_path = config_path
         self.settings = settings
         self._signals: deque[int] = deque()
-        self._wake = threading.Event()
+        # The handler must not take a lock (it may interrupt the main thread while that holds
+        # it): it appends to a deque, and Python writes the signal number to this pipe, which
+        # the main loop waits on.
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
         self.notifier = SystemdNotifier.from_env(os.environ)
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self._signals.append(signum)
-        self._wake.set()
 
     def run(self) -> int:
         settings = self.settings
@@ -88,6 +92,7 @@ class Daemon:
         # shorter switch interval hands it back to the request thread sooner (lower p99).
         sys.setswitchinterval(0.0005)
         configure_logging(settings.logging)
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
         if settings.model.confidence_threshold is not None:
@@ -278,16 +283,17 @@ class Daemon:
         log.info("ready", deployed=runtime.status()["deployed_version"])
         last_ping = 0.0
         while True:
-            self._wake.wait(tick)
-            self._wake.clear()
+            if select.select([self._wake_r], [], [], tick)[0]:
+                os.read(self._wake_r, 4096)
+            received = set()
             while self._signals:
-                signum = self._signals.popleft()
-                if signum in (signal.SIGTERM, signal.SIGINT):
-                    log.info("stopping", signal=signal.Signals(signum).name)
-                    self.notifier.stopping()
-                    return
-                if signum == signal.SIGHUP:
-                    self._reload(runtime)
+                received.add(self._signals.popleft())
+            stop = received & {signal.SIGTERM, signal.SIGINT}
+            if stop:
+                log.info("stopping", signal=signal.Signals(min(stop)).name)
+                return
+            if signal.SIGHUP in received:  # a burst of SIGHUPs is one reload
+                self._reload(runtime)
             status = self._status_line(runtime)
             if status != last_status:
                 self.notifier.status(status)

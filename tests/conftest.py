@@ -22,6 +22,16 @@ def no_leaked_threads() -> Iterator[None]:
     assert not still, f"threads leaked: {still}"
 
 
+@pytest.fixture(autouse=True)
+def no_daemon_left_running() -> Iterator[None]:
+    """A test that failed half-way must not leave its daemon to the next test."""
+    yield
+    while DaemonProcess.started:
+        proc = DaemonProcess.started.pop()
+        if proc.proc is not None:
+            proc.kill()
+
+
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[DaemonProcess]:
     """A real modeld process on temporary folders, stopped after the test."""

@@ -148,6 +148,8 @@ def free_port() -> int:
 class DaemonProcess:
     """A real ``modeld run`` subprocess on temporary folders, with an HTTP client."""
 
+    started: list[DaemonProcess] = []  # conftest kills what a failed test left running
+
     def __init__(self, root: Path, overrides: Mapping[str, Any] | None = None,
                  env: Mapping[str, str] | None = None) -> None:
         self.root = root
@@ -181,6 +183,7 @@ class DaemonProcess:
             [sys.executable, "-m", "daemon.cli", "run", "--config", str(self.config_path)],
             stdout=self.log, stderr=subprocess.STDOUT, env=self.env,
         )
+        DaemonProcess.started.append(self)
         if wait_ready:
             self.wait_for(lambda: self.get("/healthz").status_code == 200, 30,
                           "the daemon to answer /healthz")
