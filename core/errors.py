@@ -48,7 +48,9 @@ class PathOutsideModels(ModeldError):
     def __init__(self, path: str, models_dir: str) -> None:
         self.path = path
         self.models_dir = models_dir
-        super().__init__(f"path {path!r} is not a folder inside {models_dir}")
+        super().__init__(
+            f"path {path!r} is not a finished artifact folder directly inside {models_dir}"
+        )
 
 
 class UnknownVersion(ModeldError):

@@ -13,6 +13,7 @@ operator requests and lets sqlite3/OSError through for failures of the daemon's 
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -38,6 +39,7 @@ from core.source import (
     ArtifactFolder,
     SettleTracker,
     inspect_folder,
+    is_work_in_progress,
     read_manifest,
     scan_models_folder,
 )
@@ -294,7 +296,13 @@ class ModelManager:
                 if readiness.wait_until is not None:
                     next_check = min(next_check or readiness.wait_until, readiness.wait_until)
                 continue
-            outcome = self._import_folder(folder, quality_gate=True, actor="auto")
+            try:
+                outcome = self._import_folder(folder, quality_gate=True, actor="auto")
+            except (OSError, sqlite3.Error):
+                raise  # the daemon's own disk or database: the whole scan is retried
+            except Exception as exc:  # one odd folder must not stop the others
+                log.exception("import_crashed", path=str(folder.path), reason=repr(exc))
+                outcome = self._reject(folder, None, f"import failed: {exc!r}", None)
             outcomes.append(outcome)
             if outcome.status == "incomplete":
                 pending.append(folder.name)
@@ -312,10 +320,14 @@ class ModelManager:
         check, so none leads out. Nothing is opened before the check passes.
         """
         root = self.models_dir.resolve()
-        raw = Path(path)
-        candidate = raw if raw.is_absolute() else root / raw
-        resolved = candidate.resolve()
-        if resolved == root or root not in resolved.parents or not resolved.is_dir():
+        try:
+            raw = Path(path)
+            candidate = raw if raw.is_absolute() else root / raw
+            resolved = candidate.resolve()
+            inside = resolved.parent == root and resolved.is_dir()
+        except (OSError, ValueError):  # NUL bytes, names too long, loops
+            inside = False
+        if not inside or is_work_in_progress(resolved.name):
             raise PathOutsideModels(path, str(root))
         return resolved
 
@@ -348,6 +360,8 @@ class ModelManager:
     ) -> ImportOutcome:
         """Stage, check and validate without the lock; commit and deploy under it."""
         started = time.perf_counter()
+        if folder.problem is not None:
+            return self._reject(folder, None, folder.problem, None)
         try:
             staged = self.store.stage(folder.path)
         except ArtifactIncomplete as exc:

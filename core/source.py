@@ -44,6 +44,7 @@ class ArtifactFolder:
     files: tuple[FileState, ...]
     in_progress: bool
     odd_entries: tuple[str, ...] = ()
+    problem: str | None = None
 
     @property
     def name(self) -> str:
@@ -56,6 +57,8 @@ class ArtifactFolder:
             digest.update(f"{f.name}\0{f.size}\0{f.mtime_ns}\n".encode())
         for name in self.odd_entries:
             digest.update(f"odd:{name}\n".encode())
+        if self.problem is not None:
+            digest.update(f"problem:{self.problem}\n".encode())
         return digest.hexdigest()[:32]
 
     @property
@@ -100,6 +103,9 @@ def scan_models_folder(models_dir: Path, listdir: ListDir = list_entries) -> lis
             found.append(inspect_folder(Path(entry.path), listdir))
         except FileNotFoundError:
             continue
+        except OSError as exc:  # unreadable: judged (and rejected) with the reason
+            found.append(ArtifactFolder(Path(entry.path), (), False,
+                                        problem=f"cannot read the folder: {exc.strerror}"))
     return found
 
 
@@ -204,6 +210,8 @@ class SettleTracker:
         if seen is None or seen[0] != folder.fingerprint:
             seen = (folder.fingerprint, now)
             self._first_seen[folder.name] = seen
+        if folder.problem is not None:
+            return Readiness(True, folder.problem)
         if folder.in_progress:
             return Readiness(False, "the folder holds work in progress (.tmp/.part/dot files)")
         # A marker or a rename proves the producer is done, even with files missing: then

@@ -139,10 +139,13 @@ def parse_timestamp(value: object) -> datetime:
     """ISO-8601 to an aware UTC datetime; naive means UTC. Raises ValueError."""
     if not isinstance(value, str):
         raise ValueError(f"expected an ISO-8601 string, got {type(value).__name__}")
-    parsed = datetime.fromisoformat(value.strip())
+    parsed = datetime.fromisoformat(value.strip().upper())  # a lower-case "z" is UTC too
     if parsed.tzinfo is None:
         return parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError as exc:
+        raise ValueError(f"{value!r} is out of range in UTC") from exc
 
 
 def read_metadata(folder: Path) -> dict[str, Any]:

@@ -54,7 +54,9 @@ class AlertingSettings(pydantic.BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    enabled: bool = False
+    # None: on as soon as a channel is configured (a webhook_url, or email_notifications);
+    # false turns a configured channel off.
+    enabled: bool | None = None
     webhook_url: str | None = None
     slack_notifications: bool = False
     email_notifications: bool = False
@@ -372,7 +374,8 @@ class Alerter:
     ``clock`` is a monotonic clock in seconds; it drives de-duplication and the retry schedule.
     There is deliberately no injectable ``sleep``: the wait for the next retry is the wait on the
     queue, so a new alert or `stop()` ends it at once; a separate sleep could not be woken.
-    With ``enabled`` false, or no channel configured, nothing starts and `send()` returns False.
+    With ``enabled`` false, or no channel configured, nothing starts and `send()` returns False;
+    ``enabled`` left unset means on whenever a channel is configured.
     """
 
     def __init__(
@@ -385,7 +388,7 @@ class Alerter:
         self._clock = clock
         self._host = socket.gethostname()
         self._channels = self._build_channels(settings, self._host)
-        self._active = settings.enabled and bool(self._channels)
+        self._active = settings.enabled is not False and bool(self._channels)
         self._queue: queue.Queue[Alert | None] = queue.Queue(maxsize=settings.queue_size)
         self._lock = threading.Lock()  # guards _last_sent, _closed and the send/stop handoff
         self._last_sent: dict[str, float] = {}
@@ -434,14 +437,15 @@ class Alerter:
                 raise RuntimeError("an Alerter cannot be started again after stop()")
             if self._thread is not None:
                 return
-            if not self._settings.enabled:
+            if self._settings.enabled is False:
                 log.info("alerting_disabled")
                 return
             if not self._channels:
-                log.warning(
-                    "alerting_without_channels",
-                    hint="set webhook_url or email_notifications under monitoring.alerting",
-                )
+                if self._settings.enabled:
+                    log.warning(
+                        "alerting_without_channels",
+                        hint="set webhook_url or email_notifications under monitoring.alerting",
+                    )
                 return
             settings = self._settings
             if settings.smtp_username is not None and not settings.smtp_starttls:

@@ -316,11 +316,14 @@ class Daemon:
         try:
             new = load_settings(self.config_path)
             token = new.api_token()
+            if new.logging != self.settings.logging:
+                configure_logging(new.logging)
         except ConfigError as exc:
             runtime.last_reload = ReloadResult(generation, False, str(exc), now)
             log.error("reload_refused", reason=str(exc), kept_generation=runtime.config_generation)
             self.notifier.ready()
             self.notifier.status(f"Reload refused: {exc}")
+            self.worker.request()
             return
         restart_needed = [
             key for key, old, fresh in (
@@ -342,8 +345,6 @@ class Daemon:
             manager.tracker.settle_seconds = new.integration.settle_seconds
             manager.loader = new.security.load_policy().loader()
             manager.trust = TrustPolicy(new.security.require_manifest, new.security.verify_key)
-        if new.logging != self.settings.logging:
-            configure_logging(new.logging)
         self.settings = new
         runtime.settings = new
         runtime.token = token

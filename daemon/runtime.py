@@ -108,8 +108,6 @@ class Runtime:
         if flagged:
             counters[1].inc(flagged)
         self.metrics.latency.observe(latency)
-        if result.fallback_reason is not None:
-            self.metrics.fallbacks.inc()
         return {
             "model_version": result.version,
             "results": [

@@ -14,7 +14,12 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from core.errors import ConfigError
 from core.trust import DEFAULT_TRUSTED_TYPES, LoadPolicy, load_public_key
@@ -267,6 +272,18 @@ def load_settings(path: Path | None) -> Settings:
         if first["type"] == "extra_forbidden":
             problem = "unknown key"
         raise ConfigError(key, problem) from None
+    except SettingsError as exc:  # an environment variable pydantic-settings cannot parse
+        raise ConfigError("environment", str(exc)) from None
+    except TypeError as exc:  # e.g. a YAML key that is not a string
+        raise ConfigError(str(path), f"unusable structure: {exc}") from None
+    if settings.logging.file is not None:
+        try:
+            settings.logging.file.parent.mkdir(parents=True, exist_ok=True)
+            with settings.logging.file.open("a", encoding="utf-8"):
+                pass
+        except OSError as exc:
+            raise ConfigError("logging.file", f"cannot write {settings.logging.file}: "
+                              f"{exc.strerror}") from None
     if settings.security.verify_key is not None:
         load_public_key(settings.security.verify_key)  # raises ConfigError naming the key
     api = settings.api

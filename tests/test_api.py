@@ -174,10 +174,12 @@ def test_nothing_escapes_the_training_folder(client: TestClient, runtime: Runtim
     files["model.joblib"] = pickle.dumps(SentinelOnLoad(sentinel))
     write_in_place(outside, files)
     (runtime.manager.models_dir / "escape").symlink_to(outside)
-    for path in ["../../outside", str(outside), "escape", "/etc", "..", "/", "v1/../../.."]:
+    write_in_place(runtime.manager.models_dir / "_tmp_wip", artifact_files("wip"))
+    for path in ["../../outside", str(outside), "escape", "/etc", "..", "/", "v1/../../..",
+                 "a\x00b", "x" * 300, "_tmp_wip", "escape/.."]:
         response = client.post("/api/v1/models/import", json={"path": path})
         assert response.status_code == 400, path
-        assert "is not a folder inside" in response.json()["detail"]
+        assert "is not a finished artifact folder directly inside" in response.json()["detail"]
     assert not sentinel.exists()
     assert client.get("/api/v1/transfer-history").json() == []
 

@@ -60,7 +60,7 @@ def test_shifted_traffic_raises_one_alarm_reported_everywhere(tmp_path: Path,
     daemon = DaemonProcess(tmp_path, overrides={
         "monitoring": {"baseline_records": 400, "drift_interval": 1, "min_window_records": 100,
                        "window_records": 1000,
-                       "alerting": {"enabled": True, "webhook_url": url,
+                       "alerting": {"webhook_url": url,
                                     "backoff_initial_seconds": 0.05}},
     })
     daemon.models_dir.mkdir(parents=True)
