@@ -47,6 +47,7 @@ from core.store import ModelStore, StagedArtifact
 from core.trust import check_manifest, verify_signature
 from core.validate import (
     DEFAULT_LOADER,
+    ArtifactMetadata,
     ModelLoader,
     Validation,
     ValidationPolicy,
@@ -302,7 +303,7 @@ class ModelManager:
                 raise  # the daemon's own disk or database: the whole scan is retried
             except Exception as exc:  # one odd folder must not stop the others
                 log.exception("import_crashed", path=str(folder.path), reason=repr(exc))
-                outcome = self._reject(folder, None, f"import failed: {exc!r}", None)
+                outcome = self._reject(folder, f"import failed: {exc!r}")
             outcomes.append(outcome)
             if outcome.status == "incomplete":
                 pending.append(folder.name)
@@ -361,13 +362,13 @@ class ModelManager:
         """Stage, check and validate without the lock; commit and deploy under it."""
         started = time.perf_counter()
         if folder.problem is not None:
-            return self._reject(folder, None, folder.problem, None)
+            return self._reject(folder, folder.problem)
         try:
             staged = self.store.stage(folder.path)
         except ArtifactIncomplete as exc:
             return ImportOutcome(str(folder.path), "incomplete", reason=exc.reason)
         except ArtifactUntrusted as exc:
-            return self._reject(folder, None, exc.reason, None)
+            return self._reject(folder, exc.reason)
         except OSError as exc:
             log.error("staging_failed", path=str(folder.path), reason=str(exc))
             self._emit("import_failed", path=str(folder.path), reason=str(exc))
@@ -402,7 +403,7 @@ class ModelManager:
                 verify_signature(staged.path, self.trust.verify_key, digests)
             self.first_load(staged.path, digests)
         except (ArtifactUntrusted, ArtifactInvalid) as exc:
-            return self._reject(folder, peek_version(staged.path), exc.reason, None)
+            return self._reject(folder, exc.reason, meta=peek_metadata(staged.path))
         validation = validate_folder(
             staged.path, self.validation, self.clock(), self.loader, quality_gate
         )
@@ -423,8 +424,7 @@ class ModelManager:
             if existing is not None and existing.status != "rejected":
                 return self._existing(folder, existing, staged)
         if not validation.report.accepted:
-            return self._reject(folder, None if meta is None else meta.version,
-                                validation.report.reason, validation)
+            return self._reject(folder, validation.report.reason, validation)
         assert meta is not None and validation.servable is not None
         self.fault("validated")
         stored = self.store.commit(staged, meta.version)
@@ -448,7 +448,7 @@ class ModelManager:
                  quality_score=row.quality_score, warnings=validation.report.warnings,
                  took_ms=took_ms)
         self._emit("imported", version=meta.version, path=str(folder.path))
-        deployed = self._consider(row, validation.servable) if actor == "auto" else False
+        deployed = self._consider(row, validation.servable)
         return ImportOutcome(str(folder.path), "imported", meta.version, "",
                              validation.report.to_dict(), deployed)
 
@@ -479,19 +479,28 @@ class ModelManager:
     def _reject(
         self,
         folder: ArtifactFolder,
-        version: str | None,
         reason: str,
-        validation: Validation | None,
+        validation: Validation | None = None,
+        meta: ArtifactMetadata | None = None,
     ) -> ImportOutcome:
+        """Record a rejected folder (and its version, when metadata.json names one)."""
         now = iso(self.clock())
-        report = None if validation is None else validation.report.to_dict()
+        if validation is not None:
+            report = validation.report.to_dict()
+            meta = validation.metadata
+            score: float | None = validation.report.quality_score
+        else:
+            report = {"accepted": False, "reason": reason, "errors": [reason], "warnings": [],
+                      "blocking_errors": [reason], "quality_score": None}
+            score = None
+        version = None if meta is None else meta.version
+        existing = None if version is None else self.registry.get_version(version)
         with self.registry.transaction():
-            if version is not None and validation is not None and validation.metadata:
-                meta = validation.metadata
+            if meta is not None and (existing is None or existing.status == "rejected"):
                 self.registry.put_version(VersionRow(
-                    version=version, status="rejected", model_type=meta.model_type,
-                    quality_score=validation.report.quality_score, report=report or {},
-                    metadata=dict(meta.raw), created_at=iso(meta.created_at), imported_at=now,
+                    version=meta.version, status="rejected", model_type=meta.model_type,
+                    quality_score=score, report=report, metadata=dict(meta.raw),
+                    created_at=iso(meta.created_at), imported_at=now,
                     source_path=str(folder.path), store_path=None, checksums={},
                     content_digest=None, reason=reason, considered=True, deployed_at=None,
                 ))
@@ -677,10 +686,10 @@ class ModelManager:
             return removed
 
 
-def peek_version(folder: Path) -> str | None:
-    """The version metadata.json names, read without judging it (for rejection records)."""
+def peek_metadata(folder: Path) -> ArtifactMetadata | None:
+    """metadata.json read without judging the rest (for rejection records), if it parses."""
     try:
-        return parse_metadata(read_metadata(folder), folder).version
+        return parse_metadata(read_metadata(folder), folder)
     except ArtifactInvalid:
         return None
 

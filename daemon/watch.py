@@ -150,6 +150,8 @@ class PollWorker:
                 continue
             self.last_scan_at = time.time()
             self._deadline = result.next_check
+            if result.folder_missing:  # nothing to watch yet: look again soon
+                self._deadline = time.time() + self.polling_interval
             self._on_result(result)
 
     # the observer -------------------------------------------------------------------------

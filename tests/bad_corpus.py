@@ -212,5 +212,8 @@ BAD_REQUESTS: list[tuple[str, str, bytes, dict[str, str], int, str]] = [
     ("import body wrong", "/api/v1/models/import", b'{"path": 5}', {}, 422, "path"),
     ("deploy unknown", "/api/v1/models/nope/deploy", b"", {}, 404, "nope"),
     ("deploy rejected", "/api/v1/models/lq/deploy", b"", {}, 409, "rejected"),
+    ("deploy canary-rejected", "/api/v1/models/scores-nan/deploy", b"", {}, 409, "rejected"),
+    ("deploy manifest-rejected", "/api/v1/models/manifest-extra/deploy", b"", {}, 409,
+     "rejected"),
     ("rollback unknown", "/api/v1/models/zzz/rollback", b"", {}, 404, "zzz"),
 ]

@@ -124,8 +124,8 @@ def test_management_operations(client: TestClient, runtime: Runtime) -> None:
     answer = client.post("/api/v1/models/import", json={"path": "v3"}).json()
     assert answer["version"] == "v3" and answer["status"] == "imported"
     assert answer["report"]["accepted"]
-    # an operator's import does not deploy by itself
-    assert client.get("/api/v1/status").json()["deployed_version"] == "v1"
+    # an operator's import follows the same policy: newer than what serves, so it serves
+    assert answer["deployed_version"] == "v3"
 
     write_in_place(runtime.manager.models_dir / "v4",
                    artifact_files("v4", seed=4, created_at=stamp(0)))
