@@ -9,6 +9,7 @@ which must reach the configured minimum.
 from __future__ import annotations
 
 import json
+import math
 import re
 import warnings
 from collections.abc import Mapping, Sequence
@@ -208,16 +209,20 @@ def parse_metadata(data: Mapping[str, Any], folder: Path) -> ArtifactMetadata:
     if len(set(names)) != len(names):
         raise bad("training_info.feature_names", "has duplicate names")
     samples = training_info.get("training_samples")
+    if isinstance(samples, float) and samples.is_integer():
+        samples = int(samples)
     if samples is not None and (not isinstance(samples, int) or isinstance(samples, bool)):
         raise bad("training_info.training_samples", "must be an integer")
     basic = evaluation.get("basic_metrics", {})
     if not isinstance(basic, dict):
         raise bad("evaluation_info.basic_metrics", "must be an object")
-    metrics = {}
-    for key, value in basic.items():
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise bad(f"evaluation_info.basic_metrics.{key}", "must be a number")
-        metrics[key] = float(value)
+    # Liberal here: a producer without labels may write null; such metrics are left out and
+    # reported as a warning by the validator.
+    metrics = {
+        key: float(value) for key, value in basic.items()
+        if isinstance(value, int | float) and not isinstance(value, bool)
+        and math.isfinite(value)
+    }
     sklearn_version = model_info.get("sklearn_version")
     warmup = data.get("warmup", [])
     if not isinstance(warmup, list):
@@ -244,10 +249,15 @@ class Validation:
     servable: ServableModel | None
 
 
-def _metric_findings(metrics: Mapping[str, float]) -> list[Finding]:
-    found = []
+def _metric_findings(metrics: Mapping[str, float], given: Mapping[str, Any]) -> list[Finding]:
+    found = [
+        Finding("metric_ignored", f"evaluation_info.basic_metrics.{key} is not a number "
+                f"({value!r:.40}); ignored", "warning")
+        for key, value in given.items() if key not in metrics
+    ]
     if not metrics:
-        return [Finding("no_metrics", "no evaluation metrics in metadata.json", "warning")]
+        return [*found, Finding("no_metrics", "no evaluation metrics in metadata.json",
+                                "warning")]
     f1, auc = metrics.get("f1_score"), metrics.get("roc_auc")
     if f1 is not None:
         if f1 < 0.5:
@@ -399,7 +409,8 @@ def validate_folder(
         findings.append(Finding("metadata", exc.reason, "error", blocking=True))
         return finish(None, None)
 
-    findings += _metric_findings(meta.metrics)
+    basic = (meta.raw.get("evaluation_info") or {}).get("basic_metrics") or {}
+    findings += _metric_findings(meta.metrics, basic)
     findings += _age_findings(meta.created_at, now, policy)
     if meta.training_samples is not None and meta.training_samples < 1000:
         findings.append(Finding("few_samples", f"trained on only {meta.training_samples} "

@@ -198,9 +198,11 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     # probes and state -----------------------------------------------------------------------
 
-    @app.get("/healthz", summary="The process is alive")
-    async def healthz() -> dict[str, str]:
-        return {"status": "alive"}
+    @app.get("/healthz", summary="The process is alive (and which configuration it runs)")
+    async def healthz() -> dict[str, Any]:
+        status = runtime.status()
+        return {"status": "alive", "config_generation": status["config_generation"],
+                "last_reload": status["last_reload"]}
 
     @app.get("/readyz", summary="200 only when a model is deployed and loaded")
     async def readyz() -> Response:
@@ -228,8 +230,11 @@ def create_app(runtime: Runtime) -> FastAPI:
             return error(422, 'the body must be a JSON object {"records": [...]}')
         records = payload["records"]
         api = runtime.settings.api
-        if not records:
-            return error(422, "records is empty")
+        if not records:  # one result per record: none
+            deployed = runtime.slot.state.deployed
+            if deployed is None:
+                raise NoModelDeployed()
+            return ORJSONResponse({"model_version": deployed.version, "results": []})
         if len(records) > api.max_records:
             return error(413, f"{len(records)} records exceed api.max_records "
                          f"({api.max_records})")

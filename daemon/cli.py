@@ -8,6 +8,7 @@ wrong configuration or usage. Tables by default, ``--json`` for scripts.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -140,7 +141,10 @@ def cmd_models_import(args: argparse.Namespace) -> int:
     if args.latest:
         data = client.call("POST", "/api/v1/models/import-latest", body)
     elif args.path:
-        data = client.call("POST", "/api/v1/models/import", {"path": args.path, **body})
+        # a folder given from the current directory; otherwise a name inside models/
+        local = Path(args.path)
+        path = str(local.resolve()) if local.is_dir() else args.path
+        data = client.call("POST", "/api/v1/models/import", {"path": path, **body})
     else:
         raise CliError("give a PATH inside the training service's models folder, or --latest", 2)
     _print(args, data, lambda d: f"{d['status']}: {d['version']} "
@@ -241,17 +245,21 @@ def cmd_reload(args: argparse.Namespace) -> int:
         settings = load_settings(_config_path(args))
     except ConfigError as exc:
         # The daemon will refuse this file too (and say so in its log); it keeps the old one.
-        os.kill(pid, signal.SIGHUP)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGHUP)
         raise CliError(f"reload refused, old configuration kept: {exc}") from None
+    # /healthz needs no token: a reload that changes the token is followed all the same
     client = Client(settings)
-    before = client.call("GET", "/api/v1/status")
+    before = client.call("GET", "/healthz")
     tried = (before.get("last_reload") or {}).get("generation", 0)
     baseline = max(before["config_generation"], tried)
-    os.kill(pid, signal.SIGHUP)
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        raise CliError(f"no process {pid}: is modeld running?") from None
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
-        status = client.call("GET", "/api/v1/status")
-        last = status.get("last_reload")
+        last = client.call("GET", "/healthz").get("last_reload")
         if last and last["generation"] > baseline:
             if last["ok"]:
                 print(f"reloaded: configuration generation {last['generation']}")

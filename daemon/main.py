@@ -49,7 +49,7 @@ from daemon.watch import PollWorker
 
 log = structlog.get_logger("modeld.main")
 
-STOP_TIMEOUT = 8.0
+STOP_TIMEOUT = 3.0  # per component; all of them together stay within systemd's 10 s
 FAULT_ENV = "MODELD_TEST_CRASH_AT"
 
 
@@ -130,7 +130,7 @@ class Daemon:
         metrics = DaemonMetrics(s.monitoring.resource_monitoring)
         alerter = Alerter(s.monitoring.alerting)
         alerter.start()
-        cleanups.append(("alerter", lambda: alerter.stop(2.0)))
+        cleanups.append(("alerter", lambda: alerter.stop(1.0)))
         slot = ServingSlot()
         manager = ModelManager(
             registry=registry, store=store, slot=slot,
@@ -159,7 +159,7 @@ class Daemon:
 
         server = uvicorn.Server(uvicorn.Config(
             create_app(runtime), host=s.api.host, port=s.api.port, log_config=None,
-            access_log=False, lifespan="off", timeout_graceful_shutdown=5,
+            access_log=False, lifespan="off", timeout_graceful_shutdown=STOP_TIMEOUT,
         ))
         http = threading.Thread(target=server.run, name="modeld-http", daemon=True)
         http.start()

@@ -97,7 +97,7 @@ class IntegrationSettings(_Section):
 
     training_service_path: Path = Path("training-service")
     import_interval: float = Field(60, gt=0)
-    settle_seconds: float = Field(1.0, ge=0, le=60)
+    settle_seconds: float = Field(2.0, ge=0, le=60)
     auto_import: bool = True
     auto_deploy: bool = True
     force_polling: bool = False

@@ -209,6 +209,6 @@ class PollWorker:
         if observer is None:
             return
         observer.stop()
-        observer.join(5)
+        observer.join(2)
         if observer.is_alive():
             log.error("observer_stop_timed_out")

@@ -144,9 +144,8 @@ def bad_artifacts(sentinel: Path) -> list[tuple[str, Callable[[Path], None], str
             "nd", training_info__feature_names=["x0", "x0", "x1", "x2"])}), "duplicate"),
         (files("samples-string", **{"metadata.json": _meta(
             "ss", training_info__training_samples="many")}), "training_samples"),
-        (files("metrics-string", **{"metadata.json": _meta(
-            "ms", evaluation_info={"basic_metrics": {"f1_score": "high"}})}),
-         "basic_metrics.f1_score"),
+        (files("names-empty", **{"metadata.json": _meta(
+            "ne", training_info__feature_names=[])}), "feature_names"),
         (files("created-future", **{"metadata.json": _meta("cf", model_info={
             "version": "cf", "model_type": "IsolationForest", "created_at": stamp(-400)})}),
          "in the future"),
@@ -187,7 +186,6 @@ BAD_REQUESTS: list[tuple[str, str, bytes, dict[str, str], int, str]] = [
      "not valid JSON"),
     ("records missing", "/api/v1/score", b'{"rows": []}', {}, 422, "records"),
     ("records not list", "/api/v1/score", b'{"records": {"a": 1}}', {}, 422, "records"),
-    ("records empty", "/api/v1/score", b'{"records": []}', {}, 422, "empty"),
     ("record not object", "/api/v1/score", b'{"records": [1]}', {}, 422, "record 0"),
     ("features not object", "/api/v1/score", b'{"records": [{"features": [1, 2]}]}', {}, 422,
      "record 0"),

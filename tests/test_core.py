@@ -156,6 +156,7 @@ def test_a_good_artifact_is_accepted_with_a_servable(tmp_path: Path) -> None:
         ({"metrics": {"f1_score": 0.9, "roc_auc": 0.75}}, "auc_fair", False),
         ({"metrics": {"f1_score": 0.9, "precision": 0.3}}, "precision_low", False),
         ({"metrics": {}}, "no_metrics", False),
+        ({"metrics": {"f1_score": None, "roc_auc": 0.9}}, "metric_ignored", False),
         ({"created_at": created(10)}, "old", False),
         ({"created_at": created(40)}, "stale", False),
         ({"created_at": created(-30)}, "created_in_future", True),
