@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -123,7 +123,6 @@ def build_servable(
     feature_names: Sequence[str],
     warmup_records: Sequence[object],
     warmup_row_count: int,
-    anomaly_threshold: float | None = None,
 ) -> ServableModel:
     """Prepare one version for serving and warm it by scoring sample rows.
 
@@ -134,8 +133,6 @@ def build_servable(
     try:
         transform = None if scaler is None else _scaler_transform(scaler, width)
         scorer, flagger = _scorer_for(estimator)
-        if anomaly_threshold is not None:
-            flagger = _threshold_flagger(anomaly_threshold)
         extractor = FeatureExtractor(list(feature_names))
         rows = _warmup_rows(extractor, warmup_records, scaler, width, warmup_row_count)
         servable = ServableModel(
@@ -158,10 +155,6 @@ def build_servable(
         version, model_type, tuple(feature_names), extractor, transform, scorer, flagger,
         scores, rows,
     )
-
-
-def _threshold_flagger(threshold: float) -> Flagger:
-    return lambda _x, s: s > threshold
 
 
 def _warmup_rows(
@@ -198,10 +191,17 @@ class ServingSlot:
     while scoring, the batch is answered by the fallback and ``on_fallback`` is told.
     """
 
-    def __init__(self, on_fallback: Callable[[str, str | None, str], None] | None = None) -> None:
+    def __init__(
+        self,
+        on_fallback: Callable[[str, str | None, str], None] | None = None,
+        anomaly_threshold: float | None = None,
+    ) -> None:
         self._lock = threading.Lock()
         self.state = SlotState(None, None)
         self._on_fallback = on_fallback
+        # model.anomaly_threshold: when set, is_anomaly = score > it, for every version; a
+        # serving policy rather than part of a model, so a reload changes it at once
+        self.anomaly_threshold = anomaly_threshold
 
     def set(self, deployed: ServableModel | None, fallback: ServableModel | None) -> SlotState:
         with self._lock:
@@ -220,6 +220,13 @@ class ServingSlot:
             return old
 
     def score(self, records: Sequence[object]) -> Scores:
+        result = self._score(records)
+        threshold = self.anomaly_threshold
+        if threshold is None:
+            return result
+        return replace(result, flags=result.scores > threshold)
+
+    def _score(self, records: Sequence[object]) -> Scores:
         state = self.state
         if state.deployed is None:
             raise NoModelDeployed()

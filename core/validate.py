@@ -39,7 +39,6 @@ class ValidationPolicy:
     age_stale_days: float = 30
     min_estimators: int = 50
     warmup_row_count: int = 16
-    anomaly_threshold: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -441,7 +440,7 @@ def validate_folder(
     try:
         servable = build_servable(
             meta.version, type(estimator).__name__, estimator, scaler, meta.feature_names,
-            meta.warmup, policy.warmup_row_count, policy.anomaly_threshold,
+            meta.warmup, policy.warmup_row_count,
         )
     except ModelLoadFailed as exc:
         findings.append(Finding("cannot_score", f"scoring sample rows failed: {exc.reason}",
@@ -469,5 +468,5 @@ def load_servable(
         raise ModelLoadFailed(name, exc.reason) from exc
     return build_servable(
         meta.version, type(estimator).__name__, estimator, scaler, meta.feature_names,
-        meta.warmup, policy.warmup_row_count, policy.anomaly_threshold,
+        meta.warmup, policy.warmup_row_count,
     )

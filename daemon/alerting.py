@@ -417,6 +417,10 @@ class Alerter:
         return channels
 
     @property
+    def settings(self) -> AlertingSettings:
+        return self._settings
+
+    @property
     def active(self) -> bool:
         """True when alerts are delivered at all (enabled and at least one channel)."""
         return self._active

@@ -24,6 +24,7 @@ import structlog
 import uvicorn
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from core.drift import DriftConfig
 from core.errors import ConfigError
 from core.manager import (
     DeploymentPolicy,
@@ -130,8 +131,7 @@ class Daemon:
         metrics = DaemonMetrics(s.monitoring.resource_monitoring)
         alerter = Alerter(s.monitoring.alerting)
         alerter.start()
-        cleanups.append(("alerter", lambda: alerter.stop(1.0)))
-        slot = ServingSlot()
+        slot = ServingSlot(anomaly_threshold=s.model.anomaly_threshold)
         manager = ModelManager(
             registry=registry, store=store, slot=slot,
             models_dir=s.integration.models_dir.resolve(),
@@ -150,6 +150,7 @@ class Daemon:
         monitors = Monitors(s.monitoring, registry, store.versions, metrics, alerter)
         runtime = Runtime(settings=s, manager=manager, metrics=metrics, alerter=alerter,
                           monitors=monitors, token=token)
+        cleanups.append(("alerter", lambda: runtime.alerter.stop(1.0)))
         manager.listener = runtime.on_manager_event
         slot.on_fallback = manager.scoring_failed
         manager.start()
@@ -350,7 +351,14 @@ class Daemon:
         runtime.token = token
         self._reschedule(runtime)
         self.worker.enabled = new.integration.auto_import
+        runtime.slot.anomaly_threshold = new.model.anomaly_threshold
         runtime.monitors.settings = new.monitoring
+        runtime.monitors.config = DriftConfig.from_mapping(new.monitoring.model_dump())
+        if new.monitoring.alerting != runtime.alerter.settings:
+            runtime.alerter.stop(1.0)
+            runtime.alerter = Alerter(new.monitoring.alerting)
+            runtime.alerter.start()
+            runtime.monitors.alerter = runtime.alerter
         runtime.config_generation = generation
         runtime.last_reload = ReloadResult(generation, True, None, now)
         self.worker.request()

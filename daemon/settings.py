@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -21,6 +28,7 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from core.drift import DriftConfig
 from core.errors import ConfigError
 from core.trust import DEFAULT_TRUSTED_TYPES, LoadPolicy, load_public_key
 from core.validate import ValidationPolicy
@@ -65,7 +73,6 @@ class ModelSettings(_Section):
             age_stale_days=self.max_age_stale_days,
             min_estimators=self.min_estimators,
             warmup_row_count=self.warmup_rows,
-            anomaly_threshold=self.anomaly_threshold,
         )
 
 
@@ -128,6 +135,11 @@ class MonitoringSettings(_Section):
     health_check_interval: float = Field(300, gt=0)
     metrics_flush_interval: float = Field(60, gt=0)
     alerting: AlertingSettings = AlertingSettings()
+
+    @model_validator(mode="after")
+    def _drift_config(self) -> MonitoringSettings:
+        DriftConfig.from_mapping(self.model_dump())  # raises ConfigError naming the key
+        return self
 
 
 class RotationSettings(_Section):

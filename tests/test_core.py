@@ -516,3 +516,17 @@ def test_health_check_replaces_a_model_that_stops_scoring(tmp_path: Path) -> Non
     assert manager.slot.state.deployed.version == "v1"
     newest = manager.registry.deployments()[0]
     assert (newest.from_version, newest.to_version, newest.actor) == ("v2", "v1", "fallback")
+
+
+def test_anomaly_threshold_is_a_serving_policy_changed_at_once(tmp_path: Path) -> None:
+    manager = make_manager(tmp_path)
+    drop(manager, "v1", artifact_files("v1", created_at=created(1)))
+    manager.poll_once()
+    batch = records(50)
+    own = manager.slot.score(batch)
+    manager.slot.anomaly_threshold = 0.0  # every score in (0, 1] is above it
+    assert manager.slot.score(batch).flags.all()
+    manager.slot.anomaly_threshold = 1.0
+    assert not manager.slot.score(batch).flags.any()
+    manager.slot.anomaly_threshold = None
+    assert (manager.slot.score(batch).flags == own.flags).all()
