@@ -142,11 +142,11 @@ class Daemon:
             trust=TrustPolicy(s.security.require_manifest, s.security.verify_key),
             fault=fault,
         )
+        pool = CanaryPool()
         if s.security.isolate_first_load:
-            pool = CanaryPool()
             pool.warm()
-            cleanups.append(("canary pool", pool.close))
-            manager.first_load = self._canary(pool)
+        cleanups.append(("canary pool", pool.close))
+        manager.first_load = self._canary(pool)
         monitors = Monitors(s.monitoring, registry, store.versions, metrics, alerter)
         runtime = Runtime(settings=s, manager=manager, metrics=metrics, alerter=alerter,
                           monitors=monitors, token=token)
@@ -197,7 +197,9 @@ class Daemon:
 
     def _canary(self, pool: CanaryPool) -> FirstLoad:
         def first_load(folder: Path, digests: Mapping[str, str]) -> None:
-            security = self.settings.security
+            security = self.settings.security  # the current one: a reload may change it
+            if not security.isolate_first_load:
+                return
             canary_load(folder, time_limit=security.canary_time_limit,
                         memory_limit_bytes=security.canary_memory_limit,
                         loader_spec=security.load_policy(),
