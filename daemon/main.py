@@ -43,7 +43,7 @@ from daemon.logs import configure_logging
 from daemon.metrics import DaemonMetrics
 from daemon.monitoring import Monitors
 from daemon.runtime import ReloadResult, Runtime
-from daemon.sandbox import CanaryPool, canary_load
+from daemon.sandbox import Zygote, canary_load
 from daemon.sdnotify import SystemdNotifier
 from daemon.settings import Settings, load_settings
 from daemon.watch import PollWorker
@@ -142,11 +142,11 @@ class Daemon:
             trust=TrustPolicy(s.security.require_manifest, s.security.verify_key),
             fault=fault,
         )
-        pool = CanaryPool()
+        zygote = Zygote()
         if s.security.isolate_first_load:
-            pool.warm()
-        cleanups.append(("canary pool", pool.close))
-        manager.first_load = self._canary(pool)
+            zygote.warm()
+        cleanups.append(("canary zygote", zygote.close))
+        manager.first_load = self._canary(zygote)
         monitors = Monitors(s.monitoring, registry, store.versions, metrics, alerter)
         runtime = Runtime(settings=s, manager=manager, metrics=metrics, alerter=alerter,
                           monitors=monitors, token=token)
@@ -195,7 +195,7 @@ class Daemon:
         self.http_thread = http
         return runtime
 
-    def _canary(self, pool: CanaryPool) -> FirstLoad:
+    def _canary(self, zygote: Zygote) -> FirstLoad:
         def first_load(folder: Path, digests: Mapping[str, str]) -> None:
             security = self.settings.security  # the current one: a reload may change it
             if not security.isolate_first_load:
@@ -204,7 +204,7 @@ class Daemon:
                         memory_limit_bytes=security.canary_memory_limit,
                         loader_spec=security.load_policy(),
                         sample_rows=self.settings.model.warmup_rows,
-                        expected_digests=digests, pool=pool)
+                        expected_digests=digests, zygote=zygote)
 
         return first_load
 

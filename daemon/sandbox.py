@@ -3,18 +3,19 @@
 Unpickling runs code, and even a skops file drives compiled scikit-learn internals with the
 artifact's numbers. The first time modeld meets an artifact it therefore loads it (model and
 scaler, with the daemon's own :class:`~core.trust.LoadPolicy`) and scores a few sample rows in
-a separate, freshly started Python process under limits, before the daemon itself loads it:
+a separate process under limits, before the daemon itself loads it:
 
-* a memory limit (``RLIMIT_AS``, set by the child on itself before it imports or loads
-  anything), so that a runaway allocation fails in the child and not in the daemon;
+* a memory limit (``RLIMIT_AS``, set by the child on itself before it loads anything), so
+  that a runaway allocation fails in the child and not in the daemon;
 * a wall-clock time limit enforced by the parent, which kills the child's whole process group
   when it expires (the child also arms ``alarm`` and ``RLIMIT_CPU`` in case the parent dies);
 * no core dumps, bounded file writes (``RLIMIT_FSIZE``), one BLAS/OpenMP thread.
 
-The child is started with ``subprocess`` (``python -m daemon.sandbox RESULT``, the request on
-stdin): a fresh
-interpreter by fork+exec, never a bare ``fork`` of the multithreaded daemon. It answers with a
-small JSON file, never a pickle, so nothing it says is ever unpickled by the daemon.
+The child is forked from a zygote (``python -m daemon.sandbox --zygote``): a single-threaded
+interpreter, started with ``subprocess``, that has imported numpy and scikit-learn and forks
+one fresh child per artifact, so a canary costs a load, not an interpreter's start. The
+multithreaded daemon itself never forks. The child answers with a small JSON file, never a
+pickle, so nothing it says is ever unpickled by the daemon.
 
 This contains faults (hangs, segfaults, memory exhaustion, NaN scores); it is not a security
 boundary: the child runs as the daemon's user with its filesystem and network access. What
@@ -30,6 +31,7 @@ import json
 import math
 import os
 import resource
+import select
 import shutil
 import signal
 import subprocess
@@ -37,6 +39,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,8 +82,7 @@ def canary_load(
     loader_spec: LoadPolicy,
     sample_rows: int = 16,
     expected_digests: Mapping[str, str] | None = None,
-    python: str = sys.executable,
-    pool: CanaryPool | None = None,
+    zygote: Zygote | None = None,
 ) -> CanaryResult:
     """Load and canary-score the artifact in ``folder`` (the staged copy) in a child process.
 
@@ -95,8 +97,9 @@ def canary_load(
     folder is checked afterwards to be exactly as it was, so that what the daemon loads next is
     what the child loaded.
 
-    With a ``pool``, the child is the pool's spare, started earlier and already past its
-    imports, so the canary costs the load and the scoring, not an interpreter's start.
+    The child is forked from a :class:`Zygote`, an interpreter that has already imported
+    numpy and scikit-learn, so the canary costs the load and the scoring, not an interpreter's
+    start. The daemon keeps one (``zygote``); without it, one is started for this call.
 
     Returns a :class:`CanaryResult`. Raises ArtifactInvalid with the reason ``timed out after
     X s``, ``killed by signal SIGSEGV`` (or another signal), ``ran out of memory (limit N
@@ -110,34 +113,24 @@ def canary_load(
         refused = None if path is None else loader_spec.refuses(path)
         if refused is not None:
             raise ArtifactUntrusted(where, refused)
-    request = json.dumps({
+    request = {
         "folder": str(folder.resolve()),
         "policy": loader_spec.to_dict(),
         "sample_rows": sample_rows,
         "time_limit": time_limit,
         "memory_limit_bytes": memory_limit_bytes,
-    }).encode()
-    child = pool.take() if pool is not None else CanaryChild.start(python)
-    started = time.monotonic()
+    }
+    own = zygote is None
+    zygote = zygote or Zygote()
+    work = Path(tempfile.mkdtemp(prefix="modeld-canary-"))
     try:
-        try:
-            assert child.proc.stdin is not None
-            child.proc.stdin.write(request)
-            child.proc.stdin.close()
-        except OSError:
-            pass  # the child died before reading: how it ended tells why
-        try:
-            timed_out = not _wait_unreaped(child.proc.pid, time_limit)
-        finally:
-            # Ends the child and anything it started. Its group id cannot have been reused:
-            # the child is not reaped yet, so it still holds its pid.
-            _kill_group(child.proc.pid)
-            returncode = child.proc.wait()
-        took = time.monotonic() - started
-        answer = _read_result(child.result_path)
-        tail = _log_tail(child.log_path)
+        returncode, timed_out, took = zygote.run({**request, "work": str(work)}, time_limit)
+        answer = _read_result(work / "result.json")
+        tail = _log_tail(work / "child.log")
     finally:
-        child.discard()
+        shutil.rmtree(work, ignore_errors=True)
+        if own:
+            zygote.close()
     if expected_digests is not None:
         changed = _changed_files(folder, expected_digests)
         if changed:
@@ -166,78 +159,82 @@ def canary_load(
     return result
 
 
-@dataclass(slots=True)
-class CanaryChild:
-    """One started child interpreter, waiting for its request on stdin (used once)."""
+class Zygote:
+    """A warm interpreter that forks one fresh child per canary.
 
-    proc: subprocess.Popen[bytes]
-    work: Path
-    log: Any
+    ``python -m daemon.sandbox --zygote`` imports numpy and scikit-learn with one BLAS thread
+    (so it is single-threaded and safe to fork) and then waits for requests on stdin. For each
+    it forks a child that starts a session of its own, limits itself and runs one canary, and
+    it answers the child's pid, then its wait status. A child is used for one artifact only:
+    whatever that artifact's code did dies with it.
 
-    @property
-    def result_path(self) -> Path:
-        return self.work / "result.json"
-
-    @property
-    def log_path(self) -> Path:
-        return self.work / "child.log"
-
-    @classmethod
-    def start(cls, python: str = sys.executable) -> CanaryChild:
-        work = Path(tempfile.mkdtemp(prefix="modeld-canary-"))
-        log_file = (work / "child.log").open("wb")
-        proc = subprocess.Popen(
-            [python, "-m", "daemon.sandbox", str(work / "result.json")],
-            stdin=subprocess.PIPE, stdout=log_file, stderr=subprocess.STDOUT,
-            cwd=work, env=_child_env(), start_new_session=True,
-        )
-        return cls(proc, work, log_file)
-
-    def discard(self) -> None:
-        if self.proc.poll() is None:
-            _kill_group(self.proc.pid)
-            self.proc.wait()
-        if self.proc.stdin is not None and not self.proc.stdin.closed:
-            with contextlib.suppress(OSError):
-                self.proc.stdin.close()
-        self.log.close()
-        shutil.rmtree(self.work, ignore_errors=True)
-
-
-class CanaryPool:
-    """Keeps one spare canary child started ahead of need.
-
-    Called by the manager's import thread (``take``) and by the daemon at shutdown
-    (``close``). A child is used for one artifact only and then discarded, since what it
-    unpickled may have changed it; ``take`` starts the next spare at once, which warms up
-    while the daemon does other work. A spare that died meanwhile is replaced.
+    Called by the manager's import threads (``run``, serialised by a lock) and by the daemon
+    at shutdown (``close``). A zygote that died is started again on the next ``run``. Raises
+    OSError when no zygote can be started or it stops answering.
     """
 
     def __init__(self, python: str = sys.executable) -> None:
         self._python = python
         self._lock = threading.Lock()
-        self._spare: CanaryChild | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
 
-    def take(self) -> CanaryChild:
-        with self._lock:
-            child, self._spare = self._spare, None
-            if child is None or child.proc.poll() is not None:
-                if child is not None:
-                    child.discard()
-                child = CanaryChild.start(self._python)
-            self._spare = CanaryChild.start(self._python)
-            return child
+    def _ensure(self) -> subprocess.Popen[bytes]:
+        if self._proc is None or self._proc.poll() is not None:
+            self._proc = subprocess.Popen(
+                [self._python, "-m", "daemon.sandbox", "--zygote"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                env=_child_env(), start_new_session=True, bufsize=0,
+            )
+        return self._proc
 
     def warm(self) -> None:
         with self._lock:
-            if self._spare is None:
-                self._spare = CanaryChild.start(self._python)
+            self._ensure()
+
+    def run(self, request: Mapping[str, Any], time_limit: float) -> tuple[int, bool, float]:
+        """One canary in a fresh child: (its exit status or -signal, timed out, seconds)."""
+        with self._lock:
+            proc = self._ensure()
+            assert proc.stdin is not None and proc.stdout is not None
+            try:
+                proc.stdin.write(json.dumps(request).encode() + b"\n")
+            except OSError as exc:
+                self._proc = None
+                raise OSError(f"the canary zygote is gone: {exc}") from exc
+            pid = int(self._answer(proc, 120.0, "a child's pid"))
+            started = time.monotonic()
+            timed_out = False
+            try:
+                status = self._answer(proc, time_limit, "the child's end")
+            except TimeoutError:
+                timed_out = True
+                _kill_group(pid)
+                status = self._answer(proc, 30.0, "the killed child's end")
+            took = time.monotonic() - started
+            wait = int(status)
+            if os.WIFSIGNALED(wait):
+                return -os.WTERMSIG(wait), timed_out, took
+            return os.WEXITSTATUS(wait), timed_out, took
+
+    def _answer(self, proc: subprocess.Popen[bytes], timeout: float, what: str) -> str:
+        assert proc.stdout is not None
+        if not select.select([proc.stdout], [], [], timeout)[0]:
+            raise TimeoutError(f"no answer from the canary zygote: {what}")
+        line = proc.stdout.readline()
+        if not line:
+            self._proc = None
+            raise OSError(f"the canary zygote ended while waiting for {what}")
+        return line.decode().strip()
 
     def close(self) -> None:
         with self._lock:
-            spare, self._spare = self._spare, None
-        if spare is not None:
-            spare.discard()
+            proc, self._proc = self._proc, None
+        if proc is not None:
+            _kill_group(proc.pid)
+            proc.wait()
+            for pipe in (proc.stdin, proc.stdout):
+                if pipe is not None:
+                    pipe.close()
 
 
 def _child_env() -> dict[str, str]:
@@ -251,19 +248,6 @@ def _child_env() -> dict[str, str]:
     for name in _ONE_THREAD:
         env[name] = "1"
     return env
-
-
-def _wait_unreaped(pid: int, timeout: float) -> bool:
-    """Wait for the child to exit without reaping it; False when ``timeout`` passed first."""
-    deadline = time.monotonic() + timeout
-    delay = 0.001
-    while os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return False
-        time.sleep(min(delay, remaining))
-        delay = min(delay * 2, 0.05)
-    return True
 
 
 def _kill_group(pgid: int) -> None:
@@ -448,7 +432,7 @@ def _canary(folder: Path, policy: LoadPolicy, count: int) -> dict[str, Any]:
 
 
 def _preimport() -> None:
-    """What every canary needs, imported before the request arrives (a spare waits warm)."""
+    """What every canary needs, imported once by the zygote before any request arrives."""
     import joblib  # noqa: F401
     import numpy  # noqa: F401
     import sklearn.ensemble
@@ -459,24 +443,10 @@ def _preimport() -> None:
     import core.validate  # noqa: F401
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """The child's entry point: ``python -m daemon.sandbox RESULT`` with the request on stdin.
-
-    Imports what it needs, reads the request JSON from stdin (the parent may send it much
-    later), limits itself, loads and scores, and writes the answer JSON to RESULT (via a
-    temporary file and a rename, so the parent never reads half of it). Returns the exit
-    status; a crash, a signal or a timeout is read by the parent from how it ended.
-    """
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 1:
-        print("usage: python -m daemon.sandbox RESULT_JSON < REQUEST_JSON", file=sys.stderr)
-        return 2
-    _preimport()
-    raw = sys.stdin.buffer.read()
-    if not raw:
-        return 0  # a spare the daemon never used
-    request = json.loads(raw)
-    result_path = Path(args[0])
+def _serve(request: Mapping[str, Any]) -> None:
+    """In a forked child: limit this process, run the canary, write the answer JSON."""
+    work = Path(request["work"])
+    result_path = work / "result.json"
     _set_limits(float(request["time_limit"]), int(request["memory_limit_bytes"]))
     try:
         answer = _canary(Path(request["folder"]), LoadPolicy.from_dict(request["policy"]),
@@ -489,7 +459,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     partial = result_path.with_suffix(".part")
     partial.write_text(json.dumps(answer), encoding="utf-8")
     os.replace(partial, result_path)
+
+
+def _zygote() -> int:
+    """``python -m daemon.sandbox --zygote``: import, then fork one child per request line."""
+    _preimport()
+    out = sys.stdout.buffer
+    while line := sys.stdin.buffer.readline():
+        request = json.loads(line)
+        pid = os.fork()
+        if pid == 0:  # the child: its own session, its output to the work folder's log
+            code = 1
+            try:
+                os.setsid()
+                log_fd = os.open(Path(request["work"]) / "child.log",
+                                 os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                os.dup2(log_fd, 1)
+                os.dup2(log_fd, 2)
+                null = os.open(os.devnull, os.O_RDONLY)
+                os.dup2(null, 0)
+                _serve(request)
+                code = 0
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                sys.stderr.flush()
+                os._exit(code)
+        out.write(f"{pid}\n".encode())
+        out.flush()
+        _, status = os.waitpid(pid, 0)
+        _kill_group(pid)  # what the child started (its session) ends with it
+        out.write(f"{status}\n".encode())
+        out.flush()
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m daemon.sandbox --zygote``; see :class:`Zygote`."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args != ["--zygote"]:
+        print("usage: python -m daemon.sandbox --zygote", file=sys.stderr)
+        return 2
+    return _zygote()
 
 
 if __name__ == "__main__":

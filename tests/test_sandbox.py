@@ -28,7 +28,7 @@ from sklearn.preprocessing import StandardScaler
 
 from core.errors import ArtifactInvalid, ArtifactUntrusted
 from core.trust import LoadPolicy
-from daemon.sandbox import CanaryPool, canary_load
+from daemon.sandbox import Zygote, canary_load
 from tests.helpers import metadata, records
 
 GIB = 1024**3
@@ -200,17 +200,18 @@ def _alive(pid: int) -> bool:
     return "\nState:\tZ" not in status
 
 
-def test_the_pool_hands_out_a_warm_child_once_and_keeps_a_spare(tmp_path: Path) -> None:
-    pool = CanaryPool()
-    pool.warm()
-    spare = pool._spare
-    assert spare is not None
-    folder = write_artifact(tmp_path / "a", IsolationForest(n_estimators=10, random_state=0)
-                            .fit(np.random.default_rng(0).normal(size=(50, 3))))
-    result = canary_load(folder, loader_spec=LoadPolicy(), pool=pool, **LIMITS)
-    assert result.rows > 0
-    assert spare.proc.poll() is not None and not spare.work.exists()  # used once, discarded
-    assert pool._spare is not None and pool._spare is not spare  # the next one is warming
-    second = pool._spare
-    pool.close()
-    assert second.proc.poll() is not None and not second.work.exists()
+def test_the_zygote_forks_a_fresh_child_for_each_artifact(tmp_path: Path) -> None:
+    zygote = Zygote()
+    zygote.warm()
+    model = IsolationForest(n_estimators=10, random_state=0).fit(
+        np.random.default_rng(0).normal(size=(50, 3)))
+    good = write_artifact(tmp_path / "a", model)
+    segfaults = write_artifact(tmp_path / "b", Reduces(ctypes.string_at, 0))
+    try:
+        assert canary_load(good, loader_spec=LoadPolicy(), zygote=zygote, **LIMITS).rows > 0
+        with pytest.raises(ArtifactInvalid, match="SIGSEGV"):
+            canary_load(segfaults, loader_spec=LoadPolicy(), zygote=zygote, **LIMITS)
+        # a child's crash is not the zygote's: the same zygote serves the next artifact
+        assert canary_load(good, loader_spec=LoadPolicy(), zygote=zygote, **LIMITS).rows > 0
+    finally:
+        zygote.close()
