@@ -44,6 +44,7 @@ from sklearn.preprocessing import StandardScaler
 
 from core.errors import ArtifactError
 from core.features import FEATURE_CATALOG, FeatureExtractor
+from core.store import fsync_dir
 
 __all__ = [
     "ANOMALY_LABEL",
@@ -606,14 +607,6 @@ def train_artifact(
 # --------------------------------------------------------------------------- writing
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_artifact(artifact: TrainedArtifact, models_dir: Path) -> Path:
     """Write ``artifact`` as ``models_dir/<version>`` and return that path.
 
@@ -638,11 +631,11 @@ def write_artifact(artifact: TrainedArtifact, models_dir: Path) -> Path:
                 fh.write(artifact.files[name])
                 fh.flush()
                 os.fsync(fh.fileno())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync_dir(models_dir)
+    fsync_dir(models_dir)
     return final
 

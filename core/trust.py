@@ -44,7 +44,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from core.errors import ArtifactInvalid, ArtifactUntrusted, ConfigError
-from core.source import METADATA_FILE, SUCCESS_MARKER
+from core.source import METADATA_FILE, SUCCESS_MARKER, sha256_file
 
 __all__ = [
     "BUNDLE_MEDIA_TYPE",
@@ -443,7 +443,7 @@ def sign_folder(folder: Path, private_key_path: Path, password: bytes | None = N
     resources = []
     root = hashlib.sha256()
     for name in sorted(_signable_files(folder)):
-        digest = _sha256_of(folder / name)
+        digest = sha256_file(folder / name)
         resources.append({"algorithm": "sha256", "name": name, "digest": digest})
         root.update(bytes.fromhex(digest))
     statement = {
@@ -483,14 +483,6 @@ def _signable_files(folder: Path) -> Iterable[str]:
         for entry in entries:
             if entry.name != SIGNATURE_FILE and entry.is_file(follow_symlinks=False):
                 yield entry.name
-
-
-def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- loading

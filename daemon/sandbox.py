@@ -26,7 +26,6 @@ pickle). A model that behaves in the child and differently in the daemon is not 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -48,6 +47,7 @@ from typing import Any
 import structlog
 
 from core.errors import ArtifactInvalid, ArtifactUntrusted
+from core.source import sha256_file
 from core.trust import LoadPolicy, estimator_files
 
 log = structlog.get_logger("modeld.sandbox")
@@ -285,13 +285,8 @@ def _log_tail(path: Path) -> str:
 def _changed_files(folder: Path, expected: Mapping[str, str]) -> list[str]:
     present = {p.name for p in folder.iterdir()}
     changed = sorted(present ^ set(expected))
-    for name in sorted(present & set(expected)):
-        digest = hashlib.sha256()
-        with (folder / name).open("rb") as fh:
-            while chunk := fh.read(1 << 20):
-                digest.update(chunk)
-        if digest.hexdigest() != expected[name]:
-            changed.append(name)
+    changed += [name for name in sorted(present & set(expected))
+                if sha256_file(folder / name) != expected[name]]
     return changed
 
 

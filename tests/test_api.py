@@ -26,17 +26,8 @@ from daemon.metrics import DaemonMetrics
 from daemon.monitoring import Monitors
 from daemon.runtime import Runtime
 from daemon.settings import Settings
+from tests.bad_corpus import Sentinel
 from tests.helpers import artifact_files, records, stamp, write_in_place, write_renamed
-
-
-class SentinelOnLoad:
-    """A pickle whose load creates a file: proof that something was unpickled."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __reduce__(self) -> Any:
-        return (Path.touch, (self.path,))
 
 
 def build_runtime(root: Path, token: str | None = None) -> Runtime:
@@ -171,7 +162,7 @@ def test_nothing_escapes_the_training_folder(client: TestClient, runtime: Runtim
     sentinel = tmp_path / "unpickled"
     outside = tmp_path / "outside"
     files = artifact_files("evil", created_at=stamp(0))
-    files["model.joblib"] = pickle.dumps(SentinelOnLoad(sentinel))
+    files["model.joblib"] = pickle.dumps(Sentinel(sentinel))
     write_in_place(outside, files)
     (runtime.manager.models_dir / "escape").symlink_to(outside)
     write_in_place(runtime.manager.models_dir / "_tmp_wip", artifact_files("wip"))

@@ -9,8 +9,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from core.manager import TrustPolicy
 from core.trust import LoadPolicy, sign_folder
@@ -24,6 +22,7 @@ from tests.helpers import (
     write_renamed,
 )
 from tests.test_api import build_runtime
+from tests.test_trust import write_key_pair
 
 pytestmark = pytest.mark.e2e
 
@@ -71,18 +70,6 @@ def test_every_bad_artifact_and_request_gets_its_clear_error(tmp_path: Path) -> 
         daemon.stop()
 
 
-def make_key(tmp_path: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    private = tmp_path / "key.pem"
-    public = tmp_path / "key.pub"
-    private.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                          serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
-    public.write_bytes(key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    return private, public
-
-
 @pytest.mark.parametrize("mode", ["signature", "manifest", "no-pickle"])
 def test_the_sentinel_pickle_never_runs_where_trust_is_required(tmp_path: Path,
                                                                 mode: str) -> None:
@@ -91,7 +78,7 @@ def test_the_sentinel_pickle_never_runs_where_trust_is_required(tmp_path: Path,
     from daemon.api import create_app
 
     sentinel = tmp_path / "sentinel"
-    private, public = make_key(tmp_path)
+    private, public = write_key_pair(tmp_path, "trainer")
     runtime = build_runtime(tmp_path)
     manager = runtime.manager
     if mode == "signature":
@@ -124,7 +111,7 @@ def test_the_sentinel_pickle_never_runs_where_trust_is_required(tmp_path: Path,
 
 
 def test_a_signed_artifact_is_accepted(tmp_path: Path) -> None:
-    private, public = make_key(tmp_path)
+    private, public = write_key_pair(tmp_path, "trainer")
     runtime = build_runtime(tmp_path)
     runtime.manager.trust = TrustPolicy(require_manifest=True, verify_key=public)
     folder = runtime.manager.models_dir / "signed"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-import pathlib
 import re
 import shutil
 from collections.abc import Callable
@@ -46,19 +45,10 @@ from core.trust import (
     skops_types,
     verify_signature,
 )
+from tests.bad_corpus import Sentinel
 from tests.helpers import artifact_files, train_forest, with_manifest, write_in_place
 
 # --------------------------------------------------------------------------- fixtures
-
-
-class TouchOnLoad:
-    """Pickles to a call of ``Path.touch(sentinel)``: unpickling it leaves a file behind."""
-
-    def __init__(self, sentinel: Path) -> None:
-        self.sentinel = sentinel
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (pathlib.Path.touch, (self.sentinel,))
 
 
 def write_key_pair(folder: Path, name: str, curve: ec.EllipticCurve | None = None
@@ -334,7 +324,7 @@ def test_a_hostile_pickle_never_runs_when_the_signature_fails(
     tmp_path: Path, store: ModelStore, make_folder: Callable[..., Path], keys: dict[str, Path]
 ) -> None:
     sentinel = tmp_path / "pwned"
-    files = artifact_files("v1", model=TouchOnLoad(sentinel))
+    files = artifact_files("v1", model=Sentinel(sentinel))
     for signer in ("other_private", None):  # signed by somebody else; not signed at all
         folder = make_folder(files)
         if signer is not None:
@@ -356,7 +346,7 @@ def test_a_hostile_pickle_never_runs_when_pickle_is_disallowed(
     tmp_path: Path, store: ModelStore, make_folder: Callable[..., Path], keys: dict[str, Path]
 ) -> None:
     sentinel = tmp_path / "pwned"
-    folder = make_folder(artifact_files("v1", model=TouchOnLoad(sentinel)))
+    folder = make_folder(artifact_files("v1", model=Sentinel(sentinel)))
     sign_folder(folder, keys["private"])  # even correctly signed
     with pytest.raises(ArtifactUntrusted, match=r"^.*: security\.allow_pickle is false: model\.joblib refused$"):
         trusted_import(store, folder, keys["public"], LoadPolicy(allow_pickle=False))
