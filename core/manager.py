@@ -41,6 +41,7 @@ from core.source import (
     inspect_folder,
     is_work_in_progress,
     read_manifest,
+    read_metadata,
     scan_models_folder,
 )
 from core.store import ModelStore, StagedArtifact
@@ -54,7 +55,6 @@ from core.validate import (
     load_servable,
     parse_metadata,
     parse_timestamp,
-    read_metadata,
     validate_folder,
 )
 

@@ -15,6 +15,9 @@ import stat as stat_module
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from core.errors import ArtifactInvalid
 
 MODEL_FILES = ("model.joblib", "model.skops")
 METADATA_FILE = "metadata.json"
@@ -126,15 +129,33 @@ def inspect_folder(path: Path, listdir: ListDir = list_entries) -> ArtifactFolde
     return ArtifactFolder(path, tuple(files), in_progress, tuple(odd))
 
 
+def read_metadata(folder: Path) -> dict[str, Any]:
+    """Read and decode metadata.json; raises ArtifactInvalid naming what is wrong."""
+    path = folder / METADATA_FILE
+    try:
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_METADATA_BYTES + 1)
+    except OSError as exc:
+        raise ArtifactInvalid(str(folder), f"cannot read metadata.json: {exc.strerror}") from exc
+    if len(raw) > MAX_METADATA_BYTES:
+        raise ArtifactInvalid(
+            str(folder), f"metadata.json is larger than {MAX_METADATA_BYTES} bytes"
+        )
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise ArtifactInvalid(str(folder), f"metadata.json is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ArtifactInvalid(str(folder), "metadata.json must hold a JSON object")
+    return data
+
+
 def read_manifest(folder: Path) -> Mapping[str, Mapping[str, object]] | None:
     """The ``files`` manifest of a folder's metadata.json, or None when absent or unreadable."""
     try:
-        with (folder / METADATA_FILE).open("rb") as fh:
-            raw = fh.read(MAX_METADATA_BYTES + 1)
-        data = json.loads(raw)
-    except (OSError, ValueError):
+        files = read_metadata(folder).get("files")
+    except ArtifactInvalid:
         return None
-    files = data.get("files") if isinstance(data, dict) else None
     return files if isinstance(files, dict) and files else None
 
 

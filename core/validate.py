@@ -8,7 +8,6 @@ which must reach the configured minimum.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import warnings
@@ -22,7 +21,7 @@ import sklearn
 
 from core.errors import ArtifactInvalid, ArtifactUntrusted, ModelLoadFailed
 from core.serving import ServableModel, build_servable
-from core.source import MAX_METADATA_BYTES, METADATA_FILE
+from core.source import read_metadata
 from core.trust import Loader, LoadPolicy, estimator_files
 
 SUPPORTED_TYPES = ("IsolationForest", "LocalOutlierFactor")
@@ -146,27 +145,6 @@ def parse_timestamp(value: object) -> datetime:
         return parsed.astimezone(UTC)
     except OverflowError as exc:
         raise ValueError(f"{value!r} is out of range in UTC") from exc
-
-
-def read_metadata(folder: Path) -> dict[str, Any]:
-    """Read and decode metadata.json; raises ArtifactInvalid naming what is wrong."""
-    path = folder / METADATA_FILE
-    try:
-        with path.open("rb") as fh:
-            raw = fh.read(MAX_METADATA_BYTES + 1)
-    except OSError as exc:
-        raise ArtifactInvalid(str(folder), f"cannot read metadata.json: {exc.strerror}") from exc
-    if len(raw) > MAX_METADATA_BYTES:
-        raise ArtifactInvalid(
-            str(folder), f"metadata.json is larger than {MAX_METADATA_BYTES} bytes"
-        )
-    try:
-        data = json.loads(raw)
-    except ValueError as exc:
-        raise ArtifactInvalid(str(folder), f"metadata.json is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ArtifactInvalid(str(folder), "metadata.json must hold a JSON object")
-    return data
 
 
 def _section(data: Mapping[str, Any], name: str, folder: Path) -> Mapping[str, Any]:

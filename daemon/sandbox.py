@@ -370,7 +370,8 @@ def _canary(folder: Path, policy: LoadPolicy, count: int) -> dict[str, Any]:
 
     import numpy as np
 
-    from core.validate import parse_metadata, read_metadata
+    from core.source import read_metadata
+    from core.validate import parse_metadata
 
     try:
         meta = parse_metadata(read_metadata(folder), folder)
