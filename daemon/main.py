@@ -30,7 +30,6 @@ from core.manager import (
     DeploymentPolicy,
     FirstLoad,
     ModelManager,
-    PollResult,
     TrustPolicy,
     iso,
 )
@@ -178,7 +177,7 @@ class Daemon:
         cleanups.append(("http", stop_http))
 
         worker = PollWorker(manager, s.integration.force_polling, s.integration.polling_interval,
-                            on_result=self._poll_result, enabled=s.integration.auto_import)
+                            enabled=s.integration.auto_import)
         if not s.integration.auto_import:
             log.info("auto_import_off", reason="integration.auto_import is false; import with "
                      "the API or `modeld models import`")
@@ -214,11 +213,6 @@ class Daemon:
             for sock in srv.sockets:
                 return int(sock.getsockname()[1])
         return None
-
-    def _poll_result(self, result: PollResult) -> None:
-        for outcome in result.outcomes:
-            if outcome.status == "failed":
-                log.warning("import_will_retry", path=outcome.path, reason=outcome.reason)
 
     def _schedule(self, scheduler: BackgroundScheduler, runtime: Runtime) -> None:
         s = runtime.settings

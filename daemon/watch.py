@@ -21,7 +21,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from core.manager import ModelManager, PollResult
+from core.manager import ModelManager
 
 log = structlog.get_logger("modeld.watch")
 
@@ -77,14 +77,12 @@ class PollWorker:
         manager: ModelManager,
         force_polling: bool,
         polling_interval: float,
-        on_result: Callable[[PollResult], None] = lambda _r: None,
         enabled: bool = True,
     ) -> None:
         self.manager = manager
         self.enabled = enabled  # integration.auto_import: off means operators import by hand
         self.force_polling = force_polling
         self.polling_interval = polling_interval
-        self._on_result = on_result
         self._wake = threading.Condition()
         self._requested = False
         self._moved_in: list[str] = []
@@ -94,8 +92,6 @@ class PollWorker:
         self._observer: BaseObserver | None = None
         self._watched: tuple[int, int] | None = None
         self._missing_logged = False
-        self.last_scan_at: float | None = None
-        self.polling = force_polling
 
     def start(self) -> None:
         self._thread.start()
@@ -148,11 +144,9 @@ class PollWorker:
                 log.exception("scan_failed", path=str(self.manager.models_dir))
                 self._deadline = time.time() + 5
                 continue
-            self.last_scan_at = time.time()
             self._deadline = result.next_check
             if result.folder_missing:  # nothing to watch yet: look again soon
                 self._deadline = time.time() + self.polling_interval
-            self._on_result(result)
 
     # the observer -------------------------------------------------------------------------
 
@@ -190,7 +184,6 @@ class PollWorker:
             try:
                 observer.schedule(handler, str(models_dir), recursive=True)
                 observer.start()
-                self.polling = False
                 log.info("watching", path=str(models_dir), method=type(observer).__name__)
                 return observer
             except OSError as exc:
@@ -199,7 +192,6 @@ class PollWorker:
         observer = PollingObserver(timeout=self.polling_interval)
         observer.schedule(handler, str(models_dir), recursive=True)
         observer.start()
-        self.polling = True
         log.warning("watch_fallback_polling", path=str(models_dir), reason=reason,
                     interval=self.polling_interval)
         return observer
