@@ -16,7 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC
 from pathlib import Path
 from types import FrameType
 
@@ -32,6 +32,7 @@ from core.manager import (
     ModelManager,
     TrustPolicy,
     iso,
+    utc_now,
 )
 from core.registry import Registry, backup_registry
 from core.serving import ServingSlot
@@ -243,7 +244,7 @@ class Daemon:
 
     def _backup(self, runtime: Runtime) -> None:
         storage = runtime.settings.storage
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        stamp = utc_now().strftime("%Y%m%dT%H%M%S%fZ")
         target = backup_registry(runtime.manager.registry, storage.directory / "backups",
                                  storage.backup_count, stamp)
         log.info("registry_backed_up", path=str(target), keep=storage.backup_count)
@@ -309,7 +310,7 @@ class Daemon:
         # mistakes an earlier refusal for the answer to its own SIGHUP
         tried = runtime.last_reload.generation if runtime.last_reload else 0
         generation = max(runtime.config_generation, tried) + 1
-        now = iso(datetime.now(UTC))
+        now = iso(utc_now())
         try:
             new = load_settings(self.config_path)
             token = new.api_token()

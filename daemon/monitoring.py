@@ -11,7 +11,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import structlog
 
 from core.drift import DriftAlarm, DriftConfig, DriftDetector, DriftReport, Reference
 from core.errors import ArtifactInvalid
-from core.manager import iso
+from core.manager import iso, utc_now
 from core.monitor import ScoringWindow
 from core.registry import Registry
 from daemon.alerting import Alert, Alerter
@@ -130,7 +129,7 @@ class Monitors:
                     detector=alarm.detector, statistic=alarm.statistic, record=alarm.record,
                     reason=alarm.detail)
         self.metrics.drift_alarms.labels(alarm.signal).inc()
-        self.registry.add_event("drift_alarm", version, iso_now(), alarm.to_dict())
+        self.registry.add_event("drift_alarm", version, iso(utc_now()), alarm.to_dict())
         self.alerter.send(Alert(
             kind="drift_alarm", title=f"drift in {alarm.signal} of {version}",
             detail=alarm.detail, version=version,
@@ -159,7 +158,7 @@ class Monitors:
         for alarm in report.alarms:
             if alarm.detector == "window":
                 self._alarm(version, alarm)
-        self.registry.add_event("drift_evaluation", version, iso_now(), {
+        self.registry.add_event("drift_evaluation", version, iso(utc_now()), {
             "status": report.status,
             "reference_source": report.reference_source,
             "records_seen": report.records_seen,
@@ -184,7 +183,7 @@ class Monitors:
         with self.lock:
             windows = {v: w.to_state() for v, w in self.windows.items()}
             detectors = {v: d.to_state() for v, d in self.detectors.items()}
-        now = iso_now()
+        now = iso(utc_now())
         for version, state in windows.items():
             self.registry.save_state("window", version, state, now)
         for version, state in detectors.items():
@@ -202,10 +201,6 @@ class Monitors:
             with self.lock:
                 cached = self.detectors[version].evaluate(time.time())
         return {**cached.to_dict(), "drift_detection": self.settings.drift_detection}
-
-
-def iso_now() -> str:
-    return iso(datetime.now(UTC))
 
 
 def _gauge(value: float | None) -> float:

@@ -16,6 +16,7 @@ import structlog
 
 from core.errors import NoModelDeployed, RecordInvalid
 from core.manager import ModelManager
+from core.serving import ServingSlot
 from daemon.alerting import Alert, Alerter
 from daemon.metrics import DaemonMetrics
 from daemon.monitoring import Monitors
@@ -57,7 +58,7 @@ class Runtime:
     _counters: dict[str, tuple[Any, Any]] = field(default_factory=dict)
 
     @property
-    def slot(self) -> Any:
+    def slot(self) -> ServingSlot:
         return self.manager.slot
 
     def on_manager_event(self, event: str, fields: Mapping[str, Any]) -> None:
