@@ -28,7 +28,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import special, stats
 
-from core.errors import ArtifactInvalid, ConfigError
+from modeld.core.errors import ArtifactInvalid, ConfigError
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.intp]

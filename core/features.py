@@ -33,7 +33,7 @@ from typing import Any, Final, Literal
 import numpy as np
 import numpy.typing as npt
 
-from core.errors import RecordInvalid
+from modeld.core.errors import RecordInvalid
 
 __all__ = [
     "FEATURE_CATALOG",

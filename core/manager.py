@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from core.errors import (
+from modeld.core.errors import (
     ArtifactIncomplete,
     ArtifactInvalid,
     ArtifactUntrusted,
@@ -33,9 +33,9 @@ from core.errors import (
     UnknownVersion,
     VersionConflict,
 )
-from core.registry import Actor, DeploymentRow, FolderRow, Registry, VersionRow
-from core.serving import ServableModel, ServingSlot
-from core.source import (
+from modeld.core.registry import Actor, DeploymentRow, FolderRow, Registry, VersionRow
+from modeld.core.serving import ServableModel, ServingSlot
+from modeld.core.source import (
     ArtifactFolder,
     SettleTracker,
     inspect_folder,
@@ -44,9 +44,9 @@ from core.source import (
     read_metadata,
     scan_models_folder,
 )
-from core.store import ModelStore, StagedArtifact
-from core.trust import check_manifest, verify_signature
-from core.validate import (
+from modeld.core.store import ModelStore, StagedArtifact
+from modeld.core.trust import check_manifest, verify_signature
+from modeld.core.validate import (
     DEFAULT_LOADER,
     ArtifactMetadata,
     ModelLoader,

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from core.errors import ModelLoadFailed, NoModelDeployed, RecordInvalid
-from core.features import FeatureExtractor
-from core.forest import compile_isolation_forest
+from modeld.core.errors import ModelLoadFailed, NoModelDeployed, RecordInvalid
+from modeld.core.features import FeatureExtractor
+from modeld.core.forest import compile_isolation_forest
 
 Scorer = Callable[[np.ndarray], np.ndarray]
 Flagger = Callable[[np.ndarray, np.ndarray], np.ndarray]

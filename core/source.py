@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.errors import ArtifactInvalid
+from modeld.core.errors import ArtifactInvalid
 
 MODEL_FILES = ("model.joblib", "model.skops")
 METADATA_FILE = "metadata.json"

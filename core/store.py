@@ -21,8 +21,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.errors import ArtifactIncomplete, ArtifactUntrusted
-from core.source import SUCCESS_MARKER, is_work_in_progress, sha256_file
+from modeld.core.errors import ArtifactIncomplete, ArtifactUntrusted
+from modeld.core.source import SUCCESS_MARKER, is_work_in_progress, sha256_file
 
 COPY_CHUNK = 1 << 20
 

@@ -43,8 +43,8 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from core.errors import ArtifactInvalid, ArtifactUntrusted, ConfigError
-from core.source import METADATA_FILE, SUCCESS_MARKER, sha256_file
+from modeld.core.errors import ArtifactInvalid, ArtifactUntrusted, ConfigError
+from modeld.core.source import METADATA_FILE, SUCCESS_MARKER, sha256_file
 
 __all__ = [
     "BUNDLE_MEDIA_TYPE",

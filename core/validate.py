@@ -19,10 +19,10 @@ from typing import Any, Literal
 
 import sklearn
 
-from core.errors import ArtifactInvalid, ArtifactUntrusted, ModelLoadFailed
-from core.serving import ServableModel, build_servable
-from core.source import read_metadata
-from core.trust import Loader, LoadPolicy, estimator_files
+from modeld.core.errors import ArtifactInvalid, ArtifactUntrusted, ModelLoadFailed
+from modeld.core.serving import ServableModel, build_servable
+from modeld.core.source import read_metadata
+from modeld.core.trust import Loader, LoadPolicy, estimator_files
 
 SUPPORTED_TYPES = ("IsolationForest", "LocalOutlierFactor")
 VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")

@@ -21,9 +21,10 @@ from typing import Any
 
 import httpx
 
-from core.errors import ConfigError
-from daemon.demo import add_demo_command, add_train_command
-from daemon.settings import Settings, load_settings
+from modeld.core.errors import ConfigError
+from modeld.daemon.process.settings import Settings, load_settings
+from modeld.daemon.producer.demo import add_demo_command
+from modeld.daemon.producer.train import add_train_command
 
 DEFAULT_CONFIG_ENV = "MODELD_CONFIG"
 
@@ -108,7 +109,7 @@ def _kv(data: dict[str, Any]) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from daemon.main import Daemon
+    from modeld.daemon.process.main import Daemon
 
     settings = _settings(args)
     return Daemon(_config_path(args), settings).run()

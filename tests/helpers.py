@@ -180,7 +180,7 @@ class DaemonProcess:
     def start(self, wait_ready: bool = True) -> DaemonProcess:
         self.log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon.cli", "run", "--config", str(self.config_path)],
+            [sys.executable, "-m", "modeld.daemon.cli", "run", "--config", str(self.config_path)],
             stdout=self.log, stderr=subprocess.STDOUT, env=self.env,
         )
         DaemonProcess.started.append(self)

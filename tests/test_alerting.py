@@ -22,7 +22,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from structlog.testing import capture_logs
 
-from daemon.alerting import Alert, Alerter, AlertingSettings, backoff_delay
+from modeld.daemon.jobs.alerting import Alert, Alerter, AlertingSettings, backoff_delay
 
 WORKER_THREAD = "modeld-alerting"
 

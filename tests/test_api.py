@@ -16,16 +16,16 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.manager import DeploymentPolicy, ModelManager
-from core.registry import Registry
-from core.serving import ServingSlot
-from core.store import ModelStore
-from daemon.alerting import Alerter
-from daemon.api import create_app
-from daemon.metrics import DaemonMetrics
-from daemon.monitoring import Monitors
-from daemon.runtime import Runtime
-from daemon.settings import Settings
+from modeld.core.manager import DeploymentPolicy, ModelManager
+from modeld.core.registry import Registry
+from modeld.core.serving import ServingSlot
+from modeld.core.store import ModelStore
+from modeld.daemon.http.api import create_app
+from modeld.daemon.jobs.alerting import Alerter
+from modeld.daemon.jobs.monitoring import Monitors
+from modeld.daemon.process.metrics import DaemonMetrics
+from modeld.daemon.process.runtime import Runtime
+from modeld.daemon.process.settings import Settings
 from tests.bad_corpus import Sentinel
 from tests.helpers import artifact_files, records, stamp, write_in_place, write_renamed
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from core.manager import TrustPolicy
-from core.trust import LoadPolicy, sign_folder
+from modeld.core.manager import TrustPolicy
+from modeld.core.trust import LoadPolicy, sign_folder
 from tests.bad_corpus import BAD_REQUESTS, Sentinel, bad_artifacts
 from tests.helpers import (
     DaemonProcess,
@@ -75,7 +75,7 @@ def test_the_sentinel_pickle_never_runs_where_trust_is_required(tmp_path: Path,
                                                                 mode: str) -> None:
     from fastapi.testclient import TestClient
 
-    from daemon.api import create_app
+    from modeld.daemon.http.api import create_app
 
     sentinel = tmp_path / "sentinel"
     private, public = write_key_pair(tmp_path, "trainer")

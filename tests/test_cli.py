@@ -18,7 +18,7 @@ pytestmark = pytest.mark.e2e
 def modeld(daemon: DaemonProcess, *args: str, stdin: str | None = None,
            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "daemon.cli", *args, "--config", str(daemon.config_path)],
+        [sys.executable, "-m", "modeld.daemon.cli", *args, "--config", str(daemon.config_path)],
         capture_output=True, text=True, timeout=60, input=stdin, env=env,
     )
 
@@ -98,7 +98,7 @@ def test_cli_operates_a_real_daemon_with_a_token_from_a_file(tmp_path: Path) -> 
 def test_non_loopback_without_token_refuses_to_start(tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text("api:\n  host: 0.0.0.0\n")
-    done = subprocess.run([sys.executable, "-m", "daemon.cli", "run", "--config", str(cfg)],
+    done = subprocess.run([sys.executable, "-m", "modeld.daemon.cli", "run", "--config", str(cfg)],
                           capture_output=True, text=True, timeout=30,
                           env={**os.environ, "MODELD_STORAGE__DIRECTORY": str(tmp_path / "s")})
     assert done.returncode == 2

@@ -14,25 +14,25 @@ import pytest
 from sklearn.neighbors import LocalOutlierFactor
 from sklearn.preprocessing import StandardScaler
 
-from core.errors import (
+from modeld.core.errors import (
     ModelLoadFailed,
     PathOutsideModels,
     RecordInvalid,
     UnknownVersion,
     VersionConflict,
 )
-from core.manager import (
+from modeld.core.manager import (
     DeploymentPolicy,
     ModelManager,
     RegistrySnapshot,
     next_deployment,
     rollback_target,
 )
-from core.registry import DeploymentRow, Registry, VersionRow
-from core.serving import ServingSlot
-from core.source import SettleTracker, inspect_folder
-from core.store import ModelStore
-from core.validate import ValidationPolicy, quality_score, validate_folder
+from modeld.core.registry import DeploymentRow, Registry, VersionRow
+from modeld.core.serving import ServingSlot
+from modeld.core.source import SettleTracker, inspect_folder
+from modeld.core.store import ModelStore
+from modeld.core.validate import ValidationPolicy, quality_score, validate_folder
 from tests.helpers import (
     artifact_files,
     metadata,

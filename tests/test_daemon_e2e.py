@@ -189,19 +189,19 @@ def test_sighup_reloads_and_refuses_bad_config_sigterm_stops(daemon: DaemonProce
 def test_wrong_config_stops_startup_with_one_line_and_status_2(tmp_path: Path) -> None:
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("api:\n  port: not-a-port\n")
-    done = subprocess.run([sys.executable, "-m", "daemon.cli", "run", "--config", str(cfg)],
+    done = subprocess.run([sys.executable, "-m", "modeld.daemon.cli", "run", "--config", str(cfg)],
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "api.port" in lines[0] and "Traceback" not in done.stderr
 
     cfg.write_text("api:\n  colour: blue\n")
-    done = subprocess.run([sys.executable, "-m", "daemon.cli", "run", "--config", str(cfg)],
+    done = subprocess.run([sys.executable, "-m", "modeld.daemon.cli", "run", "--config", str(cfg)],
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 2 and "api.colour: unknown key" in done.stderr
 
     env = {**os.environ, "MODELD_API__PORT": "99999"}
-    done = subprocess.run([sys.executable, "-m", "daemon.cli", "run"], capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "modeld.daemon.cli", "run"], capture_output=True,
                           text=True, timeout=30, env=env, cwd=tmp_path)
     assert done.returncode == 2 and "api.port" in done.stderr
 

@@ -2,7 +2,7 @@
 
 The browser test drives Debian's headless Chromium with Playwright (.ci/install-browser.sh
 installs both; Playwright's own browser download is never used) against a `modeld run` process
-whose models folder gets two models from core.training. It keeps a screenshot in
+whose models folder gets two models from modeld.daemon.producer. It keeps a screenshot in
 test-artifacts/dashboard.png.
 """
 
@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from core.training import simulate_wifi_logs, train_artifact, write_artifact
-from daemon.dashboard import DashboardPage, render_models, score_histogram
+from modeld.daemon.http.dashboard import DashboardPage, render_models, score_histogram
+from modeld.daemon.producer.simulator import simulate_wifi_logs
+from modeld.daemon.producer.trainer import train_artifact, write_artifact
 from tests.helpers import DaemonProcess
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,6 +1,6 @@
 """`modeld demo` end to end: a real demo process, which runs a real daemon, on temporary folders.
 
-The demo is run as `python -m daemon.cli demo`, the `modeld demo` command, so the test sees
+The demo is run as `python -m modeld.daemon.cli demo`, the `modeld demo` command, so the test sees
 exactly what a person at the terminal sees.
 """
 
@@ -20,7 +20,7 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[1]
-DEMO = ["-m", "daemon.cli"]
+DEMO = ["-m", "modeld.daemon.cli"]
 
 
 def demo_env(tmp: Path) -> dict[str, str]:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.drift import (
+from modeld.core.drift import (
     Distribution,
     DriftConfig,
     DriftDetector,
@@ -18,7 +18,7 @@ from core.drift import (
     _calibrate,
     _RankTransform,
 )
-from core.errors import ArtifactInvalid, ConfigError
+from modeld.core.errors import ArtifactInvalid, ConfigError
 
 NAMES = ("rssi", "message_length", "hour_of_day", "retries")
 

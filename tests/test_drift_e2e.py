@@ -105,7 +105,7 @@ def test_shifted_traffic_raises_one_alarm_reported_everywhere(tmp_path: Path,
         alert = next(b for b in receiver.bodies if b["kind"] == "drift_alarm")
         assert alert["version"] == "a" and "drift" in alert["title"]
 
-        cli = subprocess.run([sys.executable, "-m", "daemon.cli", "drift", "--config",
+        cli = subprocess.run([sys.executable, "-m", "modeld.daemon.cli", "drift", "--config",
                               str(daemon.config_path)], capture_output=True, text=True,
                              timeout=60, check=False)
         assert cli.returncode == 0, cli.stderr

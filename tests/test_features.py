@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.errors import RecordInvalid
-from core.features import (
+from modeld.core.errors import RecordInvalid
+from modeld.core.features import (
     FEATURE_CATALOG,
     REGEX_FLAGS,
     FeatureExtractor,

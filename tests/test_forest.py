@@ -20,7 +20,7 @@ from sklearn.ensemble import IsolationForest
 from sklearn.ensemble._iforest import _average_path_length
 from sklearn.tree import ExtraTreeRegressor
 
-from core.forest import (
+from modeld.core.forest import (
     CompiledIsolationForest,
     average_path_length,
     compile_isolation_forest,

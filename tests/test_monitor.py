@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.monitor import LATENCY_BUCKETS_S, IntervalSummary, ScoringWindow
+from modeld.core.monitor import LATENCY_BUCKETS_S, IntervalSummary, ScoringWindow
 
 
 def _feed(window: ScoringWindow, scores: np.ndarray, flags: np.ndarray, latencies: np.ndarray,

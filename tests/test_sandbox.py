@@ -26,9 +26,9 @@ from sklearn.neighbors import LocalOutlierFactor
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from core.errors import ArtifactInvalid, ArtifactUntrusted
-from core.trust import LoadPolicy
-from daemon.sandbox import Zygote, canary_load
+from modeld.core.errors import ArtifactInvalid, ArtifactUntrusted
+from modeld.core.trust import LoadPolicy
+from modeld.daemon.jobs.sandbox import Zygote, canary_load
 from tests.helpers import metadata, records
 
 GIB = 1024**3

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from daemon.sdnotify import STATUS_MAX_CHARS, SystemdNotifier
+from modeld.daemon.process.sdnotify import STATUS_MAX_CHARS, SystemdNotifier
 
 
 @dataclass

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import structlog
 
-from core.errors import ConfigError
-from core.registry import Registry, backup_registry
-from daemon.logs import configure_logging
-from daemon.settings import LoggingSettings, load_settings, parse_size
+from modeld.core.errors import ConfigError
+from modeld.core.registry import Registry, backup_registry
+from modeld.daemon.process.logs import configure_logging
+from modeld.daemon.process.settings import LoggingSettings, load_settings, parse_size
 from tests.helpers import DaemonProcess, artifact_files, write_renamed
 
 

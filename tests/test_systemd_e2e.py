@@ -48,7 +48,7 @@ class NotifyReceiver:
 def reload_cli(daemon: DaemonProcess) -> subprocess.CompletedProcess[str]:
     assert daemon.proc is not None
     return subprocess.run(
-        [sys.executable, "-m", "daemon.cli", "reload", "--config", str(daemon.config_path),
+        [sys.executable, "-m", "modeld.daemon.cli", "reload", "--config", str(daemon.config_path),
          "--pid", str(daemon.proc.pid), "--timeout", "20"],
         capture_output=True, text=True, timeout=60,
     )

@@ -135,7 +135,7 @@ def test_system_calls_are_the_system_service_set_at_most() -> None:
 def test_reload_is_the_waiting_command_within_systemds_limit() -> None:
     # systemd 252 ends a reload job when ExecReload= exits, and kills it after TimeoutStartSec=:
     # the command must wait for the outcome, and give up (and say so) before systemd does.
-    from daemon.cli import build_parser, cmd_reload
+    from modeld.daemon.cli import build_parser, cmd_reload
 
     reload = _value("ExecReload").split()
     assert reload[0] == INSTALLED_MODELD
@@ -197,7 +197,7 @@ def test_sysusers_and_tmpfiles_create_what_the_unit_runs_as(tmp_path: Path) -> N
 
 
 def test_example_config_loads_and_points_where_the_unit_allows() -> None:
-    from daemon.settings import load_settings
+    from modeld.daemon.process.settings import load_settings
 
     settings = load_settings(SYSTEMD / "modeld.yaml")
 
@@ -255,7 +255,7 @@ SANDBOXED_WORKLOAD = textwrap.dedent(
     from sklearn.preprocessing import StandardScaler
     from watchdog.events import FileSystemEventHandler
     from watchdog.observers import Observer
-    from daemon.sdnotify import SystemdNotifier
+    from modeld.daemon.process.sdnotify import SystemdNotifier
 
     work = tempfile.mkdtemp()
     features = np.random.default_rng(0).normal(size=(2000, 6))
@@ -327,8 +327,8 @@ SANDBOXED_WORKLOAD = textwrap.dedent(
     listener.close()
 
     # The canary child (limits set with setrlimit, a new session) inherits the filter.
-    from core.trust import LoadPolicy
-    from daemon.sandbox import canary_load
+    from modeld.core.trust import LoadPolicy
+    from modeld.daemon.jobs.sandbox import canary_load
     from tests.helpers import artifact_files
     artifact = f"{work}/artifact"
     os.mkdir(artifact)

@@ -17,20 +17,19 @@ import numpy as np
 import pytest
 import sklearn
 
-from core.errors import ArtifactError
-from core.features import FEATURE_CATALOG, FeatureExtractor, compute_features
-from core.source import manifest_mismatches, read_manifest, sha256_file
-from core.training import (
-    ANOMALY_LABEL,
+from modeld.core.errors import ArtifactError
+from modeld.core.features import FEATURE_CATALOG, FeatureExtractor, compute_features
+from modeld.core.source import manifest_mismatches, read_manifest, sha256_file
+from modeld.core.trust import LoadPolicy
+from modeld.core.validate import ValidationPolicy, validate_folder
+from modeld.daemon.cli import main
+from modeld.daemon.producer.simulator import ANOMALY_LABEL, simulate_wifi_logs
+from modeld.daemon.producer.trainer import (
     DEFAULT_FEATURES,
     TrainedArtifact,
-    simulate_wifi_logs,
     train_artifact,
     write_artifact,
 )
-from core.trust import LoadPolicy
-from core.validate import ValidationPolicy, validate_folder
-from daemon.cli import main
 
 NOW = datetime(2026, 11, 28, 10, 15, 0, tzinfo=UTC)
 START = NOW - timedelta(days=3)

@@ -28,10 +28,10 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import OneClassSVM
 
-from core.errors import ArtifactInvalid, ArtifactUntrusted, ConfigError
-from core.source import read_manifest
-from core.store import ModelStore, StagedArtifact
-from core.trust import (
+from modeld.core.errors import ArtifactInvalid, ArtifactUntrusted, ConfigError
+from modeld.core.source import read_manifest
+from modeld.core.store import ModelStore, StagedArtifact
+from modeld.core.trust import (
     DEFAULT_TRUSTED_TYPES,
     SIGNATURE_FILE,
     LoadPolicy,

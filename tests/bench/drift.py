@@ -27,8 +27,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from core.drift import DriftConfig, DriftDetector, Reference
-from core.monitor import ScoringWindow
+from modeld.core.drift import DriftConfig, DriftDetector, Reference
+from modeld.core.monitor import ScoringWindow
 
 FEATURES = [
     "f0_normal", "f1_normal", "f2_normal", "f3_pair", "f4_pair", "f5_normal", "f6_normal",

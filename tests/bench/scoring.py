@@ -28,8 +28,8 @@ from sklearn.ensemble import IsolationForest
 # The script is run as a file, not as a module of an installed package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from core.forest import CompiledIsolationForest, compile_isolation_forest
-from core.monitor import ScoringWindow
+from modeld.core.forest import CompiledIsolationForest, compile_isolation_forest
+from modeld.core.monitor import ScoringWindow
 
 N_FEATURES = 20
 N_TRAINING_ROWS = 10_000

@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 import structlog
 
-from daemon.settings import LoggingSettings
+from modeld.daemon.process.settings import LoggingSettings
 
 # syslog priorities, which journald reads from a "<N>" line prefix
 _PRIORITY = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2, "exception": 3}

@@ -17,14 +17,14 @@ from typing import Any
 import numpy as np
 import structlog
 
-from core.drift import DriftAlarm, DriftConfig, DriftDetector, DriftReport, Reference
-from core.errors import ArtifactInvalid
-from core.manager import iso, utc_now
-from core.monitor import ScoringWindow
-from core.registry import Registry
-from daemon.alerting import Alert, Alerter
-from daemon.metrics import DaemonMetrics
-from daemon.settings import MonitoringSettings
+from modeld.core.drift import DriftAlarm, DriftConfig, DriftDetector, DriftReport, Reference
+from modeld.core.errors import ArtifactInvalid
+from modeld.core.manager import iso, utc_now
+from modeld.core.monitor import ScoringWindow
+from modeld.core.registry import Registry
+from modeld.daemon.jobs.alerting import Alert, Alerter
+from modeld.daemon.process.metrics import DaemonMetrics
+from modeld.daemon.process.settings import MonitoringSettings
 
 log = structlog.get_logger("modeld.monitoring")
 

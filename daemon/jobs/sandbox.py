@@ -2,7 +2,7 @@
 
 Unpickling runs code, and even a skops file drives compiled scikit-learn internals with the
 artifact's numbers. The first time modeld meets an artifact it therefore loads it (model and
-scaler, with the daemon's own :class:`~core.trust.LoadPolicy`) and scores a few sample rows in
+scaler, with the daemon's own :class:`~modeld.core.trust.LoadPolicy`) and scores a few sample rows in
 a separate process under limits, before the daemon itself loads it:
 
 * a memory limit (``RLIMIT_AS``, set by the child on itself before it loads anything), so
@@ -11,7 +11,7 @@ a separate process under limits, before the daemon itself loads it:
   when it expires (the child also arms ``alarm`` and ``RLIMIT_CPU`` in case the parent dies);
 * no core dumps, bounded file writes (``RLIMIT_FSIZE``), one BLAS/OpenMP thread.
 
-The child is forked from a zygote (``python -m daemon.sandbox --zygote``): a single-threaded
+The child is forked from a zygote (``python -m modeld.daemon.jobs.sandbox --zygote``): a single-threaded
 interpreter, started with ``subprocess``, that has imported numpy and scikit-learn and forks
 one fresh child per artifact, so a canary costs a load, not an interpreter's start. The
 multithreaded daemon itself never forks. The child answers with a small JSON file, never a
@@ -46,9 +46,9 @@ from typing import Any
 
 import structlog
 
-from core.errors import ArtifactInvalid, ArtifactUntrusted
-from core.source import sha256_file
-from core.trust import LoadPolicy, estimator_files
+from modeld.core.errors import ArtifactInvalid, ArtifactUntrusted
+from modeld.core.source import sha256_file
+from modeld.core.trust import LoadPolicy, estimator_files
 
 log = structlog.get_logger("modeld.sandbox")
 
@@ -162,7 +162,7 @@ def canary_load(
 class Zygote:
     """A warm interpreter that forks one fresh child per canary.
 
-    ``python -m daemon.sandbox --zygote`` imports numpy and scikit-learn with one BLAS thread
+    ``python -m modeld.daemon.jobs.sandbox --zygote`` imports numpy and scikit-learn with one BLAS thread
     (so it is single-threaded and safe to fork) and then waits for requests on stdin. For each
     it forks a child that starts a session of its own, limits itself and runs one canary, and
     it answers the child's pid, then its wait status. A child is used for one artifact only:
@@ -181,7 +181,7 @@ class Zygote:
     def _ensure(self) -> subprocess.Popen[bytes]:
         if self._proc is None or self._proc.poll() is not None:
             self._proc = subprocess.Popen(
-                [self._python, "-m", "daemon.sandbox", "--zygote"],
+                [self._python, "-m", "modeld.daemon.jobs.sandbox", "--zygote"],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                 env=_child_env(), start_new_session=True, bufsize=0,
             )
@@ -352,7 +352,7 @@ def _set_limits(time_limit: float, memory_limit: int) -> None:
 def _sample_rows(meta: Any, scaler: Any, width: int, count: int) -> Any:
     import numpy as np
 
-    from core.features import FeatureExtractor
+    from modeld.core.features import FeatureExtractor
 
     if meta is not None and meta.warmup:
         return FeatureExtractor(list(meta.feature_names)).transform(list(meta.warmup))
@@ -370,8 +370,8 @@ def _canary(folder: Path, policy: LoadPolicy, count: int) -> dict[str, Any]:
 
     import numpy as np
 
-    from core.source import read_metadata
-    from core.validate import parse_metadata
+    from modeld.core.source import read_metadata
+    from modeld.core.validate import parse_metadata
 
     try:
         meta = parse_metadata(read_metadata(folder), folder)
@@ -435,8 +435,8 @@ def _preimport() -> None:
     import sklearn.neighbors
     import sklearn.preprocessing  # noqa: F401
 
-    import core.features
-    import core.validate  # noqa: F401
+    import modeld.core.features
+    import modeld.core.validate  # noqa: F401
 
 
 def _serve(request: Mapping[str, Any]) -> None:
@@ -458,7 +458,7 @@ def _serve(request: Mapping[str, Any]) -> None:
 
 
 def _zygote() -> int:
-    """``python -m daemon.sandbox --zygote``: import, then fork one child per request line."""
+    """``python -m modeld.daemon.jobs.sandbox --zygote``: import, then fork one child per request line."""
     _preimport()
     out = sys.stdout.buffer
     while line := sys.stdin.buffer.readline():
@@ -491,10 +491,10 @@ def _zygote() -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m daemon.sandbox --zygote``; see :class:`Zygote`."""
+    """``python -m modeld.daemon.jobs.sandbox --zygote``; see :class:`Zygote`."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args != ["--zygote"]:
-        print("usage: python -m daemon.sandbox --zygote", file=sys.stderr)
+        print("usage: python -m modeld.daemon.jobs.sandbox --zygote", file=sys.stderr)
         return 2
     return _zygote()
 

@@ -21,7 +21,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from core.manager import ModelManager
+from modeld.core.manager import ModelManager
 
 log = structlog.get_logger("modeld.watch")
 

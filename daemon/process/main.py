@@ -24,9 +24,9 @@ import structlog
 import uvicorn
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from core.drift import DriftConfig
-from core.errors import ConfigError
-from core.manager import (
+from modeld.core.drift import DriftConfig
+from modeld.core.errors import ConfigError
+from modeld.core.manager import (
     DeploymentPolicy,
     FirstLoad,
     ModelManager,
@@ -34,19 +34,19 @@ from core.manager import (
     iso,
     utc_now,
 )
-from core.registry import Registry, backup_registry
-from core.serving import ServingSlot
-from core.store import ModelStore
-from daemon.alerting import Alerter
-from daemon.api import create_app
-from daemon.logs import configure_logging
-from daemon.metrics import DaemonMetrics
-from daemon.monitoring import Monitors
-from daemon.runtime import ReloadResult, Runtime
-from daemon.sandbox import Zygote, canary_load
-from daemon.sdnotify import SystemdNotifier
-from daemon.settings import Settings, load_settings
-from daemon.watch import PollWorker
+from modeld.core.registry import Registry, backup_registry
+from modeld.core.serving import ServingSlot
+from modeld.core.store import ModelStore
+from modeld.daemon.http.api import create_app
+from modeld.daemon.jobs.alerting import Alerter
+from modeld.daemon.jobs.monitoring import Monitors
+from modeld.daemon.jobs.sandbox import Zygote, canary_load
+from modeld.daemon.jobs.watch import PollWorker
+from modeld.daemon.process.logs import configure_logging
+from modeld.daemon.process.metrics import DaemonMetrics
+from modeld.daemon.process.runtime import ReloadResult, Runtime
+from modeld.daemon.process.sdnotify import SystemdNotifier
+from modeld.daemon.process.settings import Settings, load_settings
 
 log = structlog.get_logger("modeld.main")
 

@@ -1,7 +1,7 @@
 """modeld's configuration: a YAML file, overridden by ``MODELD_`` environment variables.
 
 The main thread loads it at startup and again on SIGHUP; a configuration that fails to load
-raises :class:`core.errors.ConfigError` naming the first wrong key, and the caller keeps what it
+raises :class:`modeld.core.errors.ConfigError` naming the first wrong key, and the caller keeps what it
 had (at startup: exit status 2).
 """
 
@@ -28,11 +28,11 @@ from pydantic_settings import (
     SettingsError,
 )
 
-from core.drift import DriftConfig
-from core.errors import ConfigError
-from core.trust import DEFAULT_TRUSTED_TYPES, LoadPolicy, load_public_key
-from core.validate import ValidationPolicy
-from daemon.alerting import AlertingSettings
+from modeld.core.drift import DriftConfig
+from modeld.core.errors import ConfigError
+from modeld.core.trust import DEFAULT_TRUSTED_TYPES, LoadPolicy, load_public_key
+from modeld.core.validate import ValidationPolicy
+from modeld.daemon.jobs.alerting import AlertingSettings
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4}

@@ -1,7 +1,4 @@
-"""``modeld train`` and ``modeld demo``.
-
-``modeld train`` is the reference exporter for the training service: JSON-lines records in, a
-complete artifact (core.training) renamed into the models folder out.
+"""``modeld demo``.
 
 ``modeld demo`` tells the whole story on one machine, in the terminal, with temporary folders:
 it simulates WiFi logs, trains a first model, starts a real daemon (``modeld run`` as a
@@ -40,19 +37,10 @@ from typing import Any, Final, TextIO
 import httpx
 import yaml
 
-from core.errors import ModeldError
-from core.training import (
-    DEFAULT_FEATURES,
-    MODEL_TYPES,
-    ModelFormat,
-    TrainedArtifact,
-    read_jsonl,
-    simulate_wifi_logs,
-    train_artifact,
-    write_artifact,
-)
+from modeld.daemon.producer.simulator import simulate_wifi_logs
+from modeld.daemon.producer.train import describe_metrics, train_into
+from modeld.daemon.producer.trainer import TrainedArtifact
 
-PROJECT_ROOT: Final = Path(__file__).resolve().parents[1]
 STORY_SECONDS: Final = 120.0
 MIN_STORY_SECONDS: Final = 8.0
 BATCH_RECORDS: Final = 40
@@ -63,79 +51,6 @@ WATCHED_EVENTS: Final = frozenset({
     "model_swapped", "model_imported", "import_rejected", "swap_failed", "drift_alarm",
     "fallback_used", "startup_failed",
 })
-
-
-# --------------------------------------------------------------------------- modeld train
-
-
-def add_train_command(subparsers: Any,
-                      parents: Sequence[argparse.ArgumentParser] = ()) -> None:
-    """Register ``modeld train`` on the CLI's subparsers (``parents``: shared options)."""
-    train = subparsers.add_parser(
-        "train", parents=list(parents), help="train a model from JSON-lines WiFi log records into a models folder",
-        description="Train an IsolationForest (or a LocalOutlierFactor with novelty=True) with "
-        "modeld's own feature extraction and write a complete artifact (model, metadata with "
-        "a files manifest, drift reference, warmup records) into MODELS_DIR, renamed into place. "
-        'Records labelled "label": "anomaly" are held out for honest evaluation metrics; '
-        "without labels no metric is reported.")
-    train.add_argument("--input", "-i", required=True, type=Path, metavar="FILE.jsonl",
-                       help="one JSON record per line (timestamp, host, process, message)")
-    train.add_argument("--output", "-o", required=True, type=Path, metavar="MODELS_DIR",
-                       help="the training service's models folder")
-    train.add_argument("--model-type", choices=MODEL_TYPES, default="IsolationForest")
-    train.add_argument("--version", help="default: UTC time and a digest, e.g. "
-                       "20261128_101500_3fa2c1")
-    train.add_argument("--format", dest="fmt", choices=("joblib", "skops"), default="joblib",
-                       help="how the estimator is saved (default joblib)")
-    train.add_argument("--features", help="comma-separated catalog feature names "
-                       f"(default: {','.join(DEFAULT_FEATURES)})")
-    train.add_argument("--n-estimators", type=int, default=100)
-    train.add_argument("--seed", type=int, default=0)
-    train.set_defaults(func=cmd_train)
-
-
-def train_into(path: Path, models_dir: Path, *, model_type: str = "IsolationForest",
-               version: str | None = None, fmt: ModelFormat = "joblib",
-               feature_names: Sequence[str] | None = None, n_estimators: int = 100,
-               seed: int = 0, now: datetime | None = None) -> tuple[TrainedArtifact, Path]:
-    """Read ``path``, train, write into ``models_dir``; what ``modeld train`` does."""
-    records = read_jsonl(path)
-    artifact = train_artifact(
-        records, model_type=model_type, feature_names=feature_names, version=version,
-        n_estimators=n_estimators, seed=seed, fmt=fmt, now=now or datetime.now(UTC),
-    )
-    return artifact, write_artifact(artifact, models_dir)
-
-
-def describe_metrics(metadata: Mapping[str, Any]) -> str:
-    evaluation = metadata.get("evaluation_info") or {}
-    metrics = evaluation.get("basic_metrics")
-    if not metrics:
-        return f"no metrics ({evaluation.get('note', 'no labels')})"
-    return (f"F1 {metrics['f1_score']:.2f}, ROC AUC {metrics['roc_auc']:.2f}, precision "
-            f"{metrics['precision']:.2f}, recall {metrics['recall']:.2f} on "
-            f"{evaluation.get('holdout_samples')} held-out records")
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    names = [n.strip() for n in args.features.split(",") if n.strip()] if args.features else None
-    try:
-        artifact, folder = train_into(
-            args.input, args.output, model_type=args.model_type, version=args.version,
-            fmt=args.fmt, feature_names=names, n_estimators=args.n_estimators, seed=args.seed)
-    except (OSError, ValueError, ModeldError) as exc:
-        print(f"modeld: train: {exc}", file=sys.stderr)
-        return 1
-    if getattr(args, "json", False):
-        print(json.dumps({"version": artifact.version, "path": str(folder),
-                          "metadata": artifact.metadata}, indent=2))
-        return 0
-    info = artifact.metadata["training_info"]
-    print(f"trained {artifact.metadata['model_info']['model_type']} {artifact.version} on "
-          f"{info['training_samples']} records ({len(info['feature_names'])} features)")
-    print(f"  {describe_metrics(artifact.metadata)}")
-    print(f"  wrote {folder}")
-    return 0
 
 
 # --------------------------------------------------------------------------- the story
@@ -270,7 +185,7 @@ def write_jsonl(path: Path, records: Sequence[Mapping[str, Any]]) -> None:
 
 def drift_alarms(data: Any, version_hint: str | None = None) -> Iterator[dict[str, Any]]:
     """Alarms anywhere in a drift API answer: objects with a ``signal`` and an ``at``
-    (the shape of ``core.drift.DriftAlarm``), tagged with the version they were found under."""
+    (the shape of ``modeld.core.drift.DriftAlarm``), tagged with the version they were found under."""
     if isinstance(data, dict):
         version = data.get("version") if isinstance(data.get("version"), str) else version_hint
         if "signal" in data and "at" in data:
@@ -394,10 +309,8 @@ class Demo:
 
     def _start_daemon(self, config: Path, log_path: Path) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MODELD_")}
-        env["PYTHONPATH"] = os.pathsep.join(
-            [str(PROJECT_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon.cli", "run", "--config", str(config)],
+            [sys.executable, "-m", "modeld.daemon.cli", "run", "--config", str(config)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=env, cwd=config.parent,
             # its own session: a Ctrl-C in the terminal reaches the demo only, which then stops

@@ -35,7 +35,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse
 
 if TYPE_CHECKING:
-    from daemon.runtime import Runtime
+    from modeld.daemon.process.runtime import Runtime
 
 log = structlog.get_logger("modeld.dashboard")
 
@@ -495,7 +495,7 @@ def _deployed_totals(runtime: Runtime, deployed: str | None) -> dict[str, Any] |
 
 def render_sections(runtime: Runtime) -> dict[str, Any]:
     """Every server-rendered section of the page, from one read of each source."""
-    from daemon.api import version_view  # late: daemon.api mounts this module
+    from modeld.daemon.http.api import version_view  # late: daemon.api mounts this module
 
     status = runtime.status()
     deployed, fallback = status["deployed_version"], status["fallback_version"]

@@ -1,6 +1,6 @@
 """The running daemon's shared state: what the HTTP app, the scheduler and the main loop use.
 
-Built once by :mod:`daemon.main` in dependency order. ``score`` runs on request threads (or
+Built once by :mod:`modeld.daemon.process.main` in dependency order. ``score`` runs on request threads (or
 the event loop); it reads the slot's state once and holds only the tiny monitor lock, never the
 manager's operation lock.
 """
@@ -14,13 +14,13 @@ from typing import Any
 
 import structlog
 
-from core.errors import NoModelDeployed, RecordInvalid
-from core.manager import ModelManager
-from core.serving import ServingSlot
-from daemon.alerting import Alert, Alerter
-from daemon.metrics import DaemonMetrics
-from daemon.monitoring import Monitors
-from daemon.settings import Settings
+from modeld.core.errors import NoModelDeployed, RecordInvalid
+from modeld.core.manager import ModelManager
+from modeld.core.serving import ServingSlot
+from modeld.daemon.jobs.alerting import Alert, Alerter
+from modeld.daemon.jobs.monitoring import Monitors
+from modeld.daemon.process.metrics import DaemonMetrics
+from modeld.daemon.process.settings import Settings
 
 log = structlog.get_logger("modeld.runtime")
 

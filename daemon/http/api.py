@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
-from core.errors import (
+from modeld.core.errors import (
     ArtifactError,
     ModeldError,
     ModelLoadFailed,
@@ -31,11 +31,11 @@ from core.errors import (
     UnknownVersion,
     VersionConflict,
 )
-from core.manager import describe_folder
-from core.registry import VersionRow
-from core.source import scan_models_folder
-from daemon.dashboard import mount_dashboard
-from daemon.runtime import Runtime
+from modeld.core.manager import describe_folder
+from modeld.core.registry import VersionRow
+from modeld.core.source import scan_models_folder
+from modeld.daemon.http.dashboard import mount_dashboard
+from modeld.daemon.process.runtime import Runtime
 
 log = structlog.get_logger("modeld.api")
 
