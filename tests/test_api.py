@@ -20,7 +20,7 @@ from modeld.core.manager import DeploymentPolicy, ModelManager
 from modeld.core.registry import Registry
 from modeld.core.serving import ServingSlot
 from modeld.core.store import ModelStore
-from modeld.daemon.http.api import create_app
+from modeld.daemon.http.app import create_app
 from modeld.daemon.jobs.alerting import Alerter
 from modeld.daemon.jobs.monitoring import Monitors
 from modeld.daemon.process.metrics import DaemonMetrics

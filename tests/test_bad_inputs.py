@@ -75,7 +75,7 @@ def test_the_sentinel_pickle_never_runs_where_trust_is_required(tmp_path: Path,
                                                                 mode: str) -> None:
     from fastapi.testclient import TestClient
 
-    from modeld.daemon.http.api import create_app
+    from modeld.daemon.http.app import create_app
 
     sentinel = tmp_path / "sentinel"
     private, public = write_key_pair(tmp_path, "trainer")

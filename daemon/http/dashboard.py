@@ -15,7 +15,6 @@ copy what they need. Nothing here writes anything but the sampler's memory.
 
 from __future__ import annotations
 
-import hmac
 import html
 import math
 import re
@@ -30,9 +29,12 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import structlog
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse
+
+from modeld.daemon.http.auth import bearer_ok
+from modeld.daemon.http.views import version_view
 
 if TYPE_CHECKING:
     from modeld.daemon.process.runtime import Runtime
@@ -495,8 +497,6 @@ def _deployed_totals(runtime: Runtime, deployed: str | None) -> dict[str, Any] |
 
 def render_sections(runtime: Runtime) -> dict[str, Any]:
     """Every server-rendered section of the page, from one read of each source."""
-    from modeld.daemon.http.api import version_view  # late: daemon.api mounts this module
-
     status = runtime.status()
     deployed, fallback = status["deployed_version"], status["fallback_version"]
     registry = runtime.manager.registry
@@ -540,40 +540,35 @@ class DashboardPage:
         return _SLOT.sub(lambda m: values[m.group(1)], self.template)
 
 
-def _authorized(runtime: Runtime, request: Request) -> bool:
-    token = runtime.token
-    if token is None:
-        return True
-    given = request.headers.get("authorization", "")
-    return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+def dashboard_router(runtime: Runtime) -> APIRouter:
+    """``GET /`` and the dashboard's two JSON endpoints.
 
-
-def mount_dashboard(app: FastAPI, runtime: Runtime) -> None:
-    """Add ``GET /`` and the dashboard's two JSON endpoints to ``app``.
-
-    Called once by ``create_app``. With a token configured, ``/`` renders data only for a
+    Included once by ``create_app``. With a token configured, ``/`` renders data only for a
     request that carries the token; otherwise the page is an empty shell whose script asks for
     the token and fills itself in through the (token-guarded) JSON endpoints.
     """
+    router = APIRouter()
     page = DashboardPage()
     sampler = SeriesSampler()
     references = ReferenceScores()
 
-    @app.get("/", include_in_schema=False, response_class=HTMLResponse)
+    @router.get("/", include_in_schema=False, response_class=HTMLResponse)
     async def dashboard(request: Request) -> HTMLResponse:
-        authorized = _authorized(runtime, request)
+        authorized = bearer_ok(runtime.token, request.headers.get("authorization"))
         sections = None
         if authorized:
             sections = (await run_in_threadpool(render_sections, runtime))["sections"]
         body = page.render(sections, token_required=runtime.token is not None)
         return HTMLResponse(body, headers={"Cache-Control": "no-store"})
 
-    @app.get("/api/v1/dashboard/sections",
+    @router.get("/api/v1/dashboard/sections",
              summary="The dashboard's server-rendered HTML sections (state, models, history)")
     async def sections() -> dict[str, Any]:
         return await run_in_threadpool(render_sections, runtime)
 
-    @app.get("/api/v1/dashboard/series",
+    @router.get("/api/v1/dashboard/series",
              summary="Time series and score distributions for the dashboard's plots")
     async def series() -> dict[str, Any]:
         return await run_in_threadpool(build_series, runtime, sampler, references, time.time())
+
+    return router

@@ -1,0 +1,109 @@
+"""The HTTP application (FastAPI on uvicorn): one guard, one error translation, the routers.
+
+Handlers run on uvicorn's event loop; operations that take the manager's lock or load models
+run in the thread pool. core's errors are translated here, and only here, into status codes
+with a ``detail`` a person can act on. No user error is a 500.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import structlog
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+
+from modeld.core.errors import (
+    ArtifactError,
+    ModeldError,
+    ModelLoadFailed,
+    NoModelDeployed,
+    PathOutsideModels,
+    RecordInvalid,
+    UnknownVersion,
+    VersionConflict,
+)
+from modeld.daemon.http.api import api_router
+from modeld.daemon.http.auth import UNAUTHORIZED_DETAIL, bearer_ok
+from modeld.daemon.http.dashboard import dashboard_router
+from modeld.daemon.http.views import ORJSONResponse, error
+from modeld.daemon.process.runtime import Runtime
+
+__all__ = ["create_app"]
+
+log = structlog.get_logger("modeld.api")
+
+# The dashboard's page holds no data without the token: its script asks for it.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/"})
+
+STATUS_FOR: list[tuple[type[ModeldError], int]] = [
+    (UnknownVersion, 404),
+    (VersionConflict, 409),
+    (ModelLoadFailed, 409),
+    (PathOutsideModels, 400),
+    (RecordInvalid, 422),
+    (ArtifactError, 422),
+    (NoModelDeployed, 503),
+]
+
+
+def create_app(runtime: Runtime) -> FastAPI:
+    """Build the app for one runtime. Called once by the daemon (and by in-process tests)."""
+    app = FastAPI(
+        title="modeld",
+        version="0.1.0",
+        description="Imports, validates, hot-swaps and serves anomaly-detection models for "
+        "WiFi access-point logs.",
+        default_response_class=ORJSONResponse,
+    )
+    _add_error_handlers(app)
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]
+                    ) -> Response:
+        if request.url.path not in OPEN_PATHS and not bearer_ok(
+                runtime.token, request.headers.get("authorization")):
+            return ORJSONResponse({"detail": UNAUTHORIZED_DETAIL}, status_code=401,
+                                  headers={"WWW-Authenticate": "Bearer"})
+        api = runtime.settings.api
+        length = request.headers.get("content-length")
+        if length is not None:
+            try:
+                too_big = int(length) > api.max_request_bytes
+            except ValueError:
+                return error(400, "Content-Length is not a number")
+            if too_big:
+                return error(413, f"request body larger than {api.max_request_bytes} bytes "
+                             "(api.max_request_bytes)")
+        return await call_next(request)
+
+    app.include_router(api_router(runtime))
+    app.include_router(dashboard_router(runtime))
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ModeldError)
+    async def modeld_error(_request: Request, exc: ModeldError) -> Response:
+        for kind, status in STATUS_FOR:
+            if isinstance(exc, kind):
+                return error(status, str(exc))
+        return error(400, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_body(_request: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+        return error(422, f"{where}: {first.get('msg')}")
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("request_failed", path=request.url.path, method=request.method,
+                      reason=f"{type(exc).__name__}: {exc}")
+        return error(500, f"internal error ({type(exc).__name__}); the daemon logged it as "
+                     "request_failed")
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request: Request, exc: HTTPException) -> Response:
+        return error(exc.status_code, str(exc.detail))
