@@ -19,6 +19,8 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
+from modeld.core.ring import Ring
+
 STATE_FORMAT: Final = "modeld.scoring_window/1"
 
 # Upper bounds (seconds) of the latency histogram's buckets; a last bucket takes the rest.
@@ -82,16 +84,12 @@ class ScoringWindow:
         self.capacity = capacity
         self.latency_capacity = latency_capacity
         self.max_intervals = max_intervals
-        self._scores = np.full(capacity, np.nan)
-        self._flags = np.zeros(capacity, dtype=bool)
-        self._features: NDArray[np.float64] | None = None
+        self._scores = Ring(capacity, fill=np.nan)
+        self._flags = Ring(capacity, dtype=bool, fill=False)
+        self._features: Ring | None = None
         if n_features is not None:
-            self._features = np.full((capacity, n_features), np.nan)
-        self._pos = 0
-        self._written = 0  # rows written to the rings since construction (not restored)
-        self._latencies = np.zeros(latency_capacity)
-        self._lat_pos = 0
-        self._lat_written = 0
+            self._features = Ring(capacity, (n_features,), fill=np.nan)
+        self._latencies = Ring(latency_capacity)
         # Running totals since the version was first observed (survive restarts).
         self.records = 0
         self.anomalies = 0
@@ -122,16 +120,12 @@ class ScoringWindow:
                 flags: NDArray[np.bool_], latency_s: float, now: float) -> None:
         """Record one scored request: its rows' features, scores, flags, and its latency."""
         n = scores.shape[0]
-        pos = self._pos
         if n == 1:
             score = float(scores[0])
             flag = bool(flags[0])
-            self._scores[pos] = score
-            self._flags[pos] = flag
-            if features is not None:
-                self._feature_ring(features.shape[1])[pos] = features[0]
-            self._pos = pos + 1 if pos + 1 < self.capacity else 0
-            self._written += 1
+            self._write_features(features, 1)
+            self._scores.append(score)
+            self._flags.append(flag)
             self.records += 1
             if flag:
                 self.anomalies += 1
@@ -144,8 +138,9 @@ class ScoringWindow:
         elif n:
             if flags.shape != (n,) or (features is not None and features.shape[0] != n):
                 raise ValueError("features, scores and flags must have one entry per row")
-            self._write(scores, flags, features)
-            self._written += n
+            self._write_features(features, n)
+            self._scores.extend(scores)
+            self._flags.extend(flags)
             anomalies = int(np.count_nonzero(flags))
             self.records += n
             self.anomalies += anomalies
@@ -156,9 +151,7 @@ class ScoringWindow:
                 self._score_sum += float(finite.sum())
                 self._score_min = min(self._score_min, float(finite.min()))
                 self._score_max = max(self._score_max, float(finite.max()))
-        self._latencies[self._lat_pos] = latency_s
-        self._lat_pos = self._lat_pos + 1 if self._lat_pos + 1 < self.latency_capacity else 0
-        self._lat_written += 1
+        self._latencies.append(latency_s)
         self.requests += 1
         self._latency_sum += latency_s
         self._latency_max = max(self._latency_max, latency_s)
@@ -177,62 +170,42 @@ class ScoringWindow:
             self.first_seen = now
         self.last_seen = now
 
-    def _feature_ring(self, width: int) -> NDArray[np.float64]:
+    def _write_features(self, features: NDArray[np.float64] | None, n: int) -> None:
+        """Features of the next ``n`` records, in step with the score ring (before it)."""
         ring = self._features
+        if features is None:
+            if ring is not None:
+                ring.skip(n)
+            return
+        width = features.shape[1]
         if ring is None:
-            ring = self._features = np.full((self.capacity, width), np.nan)
-        elif ring.shape[1] != width:
-            raise ValueError(f"features have {width} columns, this window holds {ring.shape[1]}")
-        return ring
-
-    def _write(self, scores: NDArray[np.float64], flags: NDArray[np.bool_],
-               features: NDArray[np.float64] | None) -> None:
-        n = scores.shape[0]
-        cap = self.capacity
-        if n >= cap:  # only the newest fit
-            scores, flags = scores[-cap:], flags[-cap:]
-            features = None if features is None else features[-cap:]
-            n = cap
-        pos = self._pos
-        end = pos + n
-        first = min(end, cap) - pos
-        self._scores[pos:pos + first] = scores[:first]
-        self._flags[pos:pos + first] = flags[:first]
-        if features is not None:
-            ring = self._feature_ring(features.shape[1])
-            ring[pos:pos + first] = features[:first]
-        if end > cap:
-            rest = end - cap
-            self._scores[:rest] = scores[first:]
-            self._flags[:rest] = flags[first:]
-            if features is not None:
-                ring[:rest] = features[first:]
-        self._pos = end % cap
+            # The first features seen: a ring that starts where the score ring is, so that
+            # row i of both is the same record.
+            ring = self._features = Ring(self.capacity, (width,), fill=np.nan)
+            ring.skip(self._scores.written)
+        elif ring.row_shape[0] != width:
+            raise ValueError(f"features have {width} columns, this window holds "
+                             f"{ring.row_shape[0]}")
+        if n == 1:
+            ring.append(features[0])
+        else:
+            ring.extend(features)
 
     # ---- reads (scheduler / HTTP)
 
-    def _recent(self, ring: NDArray[Any], pos: int, written: int, last: int) -> NDArray[Any]:
-        """The newest ``last`` entries of a ring, oldest first (a copy)."""
-        size = ring.shape[0]
-        count = min(last, written, size)
-        idx = (pos - count + np.arange(count)) % size
-        recent: NDArray[Any] = ring[idx]
-        return recent
-
     def recent_scores(self, last: int | None = None) -> NDArray[np.float64]:
-        return self._recent(self._scores, self._pos, self._written, last or self.capacity)
+        return self._scores.recent(last or self.capacity)
 
     def recent_flags(self, last: int | None = None) -> NDArray[np.bool_]:
-        return self._recent(self._flags, self._pos, self._written, last or self.capacity)
+        return self._flags.recent(last or self.capacity)
 
     def recent_features(self, last: int | None = None) -> NDArray[np.float64] | None:
         if self._features is None:
             return None
-        return self._recent(self._features, self._pos, self._written, last or self.capacity)
+        return self._features.recent(last or self.capacity)
 
     def recent_latencies(self, last: int | None = None) -> NDArray[np.float64]:
-        return self._recent(self._latencies, self._lat_pos, self._lat_written,
-                            last or self.latency_capacity)
+        return self._latencies.recent(last or self.latency_capacity)
 
     def snapshot(self) -> dict[str, Any]:
         """JSON-ready aggregates: totals since first seen, quantiles over the windows."""
@@ -285,8 +258,8 @@ class ScoringWindow:
         """Close the open interval at ``now``, append it to the time series, open the next."""
         records = self.records - self._interval_first_record
         requests = self.requests - self._interval_first_request
-        in_ring = self._written - self._interval_first_written
-        lat_in_ring = self._lat_written - self._interval_first_lat_written
+        in_ring = self._scores.written - self._interval_first_written
+        lat_in_ring = self._latencies.written - self._interval_first_lat_written
         scores = self.recent_scores(in_ring) if in_ring else np.zeros(0)
         scores = scores[np.isfinite(scores)]
         latencies = self.recent_latencies(lat_in_ring) if lat_in_ring else np.zeros(0)
@@ -304,8 +277,8 @@ class ScoringWindow:
         self._interval_start = now
         self._interval_first_record = self.records
         self._interval_first_request = self.requests
-        self._interval_first_written = self._written
-        self._interval_first_lat_written = self._lat_written
+        self._interval_first_written = self._scores.written
+        self._interval_first_lat_written = self._latencies.written
         self._interval_anomalies = 0
         self._interval_invalid = 0
         return summary
@@ -327,7 +300,7 @@ class ScoringWindow:
             "capacity": self.capacity,
             "latency_capacity": self.latency_capacity,
             "max_intervals": self.max_intervals,
-            "n_features": None if self._features is None else int(self._features.shape[1]),
+            "n_features": None if self._features is None else self._features.row_shape[0],
             "totals": {
                 "records": self.records, "anomalies": self.anomalies, "invalid": self.invalid,
                 "requests": self.requests, "score_count": self._score_count,

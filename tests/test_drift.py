@@ -10,14 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modeld.core.drift import (
-    Distribution,
-    DriftConfig,
-    DriftDetector,
-    Reference,
-    _calibrate,
-    _RankTransform,
-)
+from modeld.core.drift import Distribution, DriftConfig, DriftDetector, Reference
+from modeld.core.drift.calibration import calibrate
+from modeld.core.drift.ranks import RankTransform
 from modeld.core.errors import ArtifactInvalid, ConfigError
 
 NAMES = ("rssi", "message_length", "hour_of_day", "retries")
@@ -71,7 +66,7 @@ def test_rank_codes_equal_per_column_mid_ranks(data: st.DataObject, columns: int
     probe_pool = st.sampled_from(sorted(set(grid_values))) | values
     probes = np.asarray(data.draw(st.lists(probe_pool, min_size=columns * 3,
                                            max_size=columns * 3))).reshape(3, columns)
-    transform = _RankTransform(grids)
+    transform = RankTransform(grids)
 
     expected = np.empty((3, columns), dtype=np.intp)
     for c in range(columns):
@@ -89,8 +84,8 @@ def test_calibration_matches_siegmund_for_gaussian_increments() -> None:
     weights /= weights.sum()
     k = 0.25
     target = 1e5
-    h = _calibrate((z - k)[None, :], np.log(weights)[None, None, :], np.zeros((1, 1)),
-                   np.ones(1), np.asarray([1.0 / target]))[0]
+    h = calibrate((z - k)[None, :], np.log(weights)[None, None, :], np.zeros((1, 1)),
+                  np.ones(1), np.asarray([1.0 / target]))[0]
     b = h + 1.166
     assert (math.exp(2 * k * b) - 2 * k * b - 1) / (2 * k * k) == pytest.approx(target, rel=0.02)
 

@@ -1,0 +1,302 @@
+"""The streaming engine: the CUSUMs compiled for one reference.
+
+Every scored record becomes one statistic vector: per column (the features, then the anomaly
+score) the standardised normal score ``y`` and ``y^2``, per pair of columns the product of
+their standardised uniform scores, then the anomaly flag and the missing flag. Each CUSUM
+stream reads one entry of that vector and adds the log-likelihood ratio ``A * stat + B`` of its
+alternative; the streams are, in this order, the marginal ones (mean and spread, up and down,
+per column), the correlation pairs (up and down) and the rate ones (anomaly rate up and down,
+invalid rate up).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+from modeld.core.drift.arrays import BoolArray, FloatArray, IntArray
+from modeld.core.drift.calibration import (
+    bernoulli_lr,
+    false_alarm_budget,
+    marginal_thresholds,
+    pair_coefficients,
+    pair_thresholds,
+    rate_thresholds,
+)
+from modeld.core.drift.config import DriftConfig
+from modeld.core.drift.ranks import ColumnTables, RankTransform, column_tables
+from modeld.core.drift.reference import Correlation, Distribution, Rate, Reference
+
+# A rate stream's null: the reference's events and trials, and its increment A * x + B.
+RateStream = tuple[float, int, float, float]
+
+
+@dataclass(slots=True)
+class _Streams:
+    """The streams of an engine as they are designed, one list entry per stream."""
+
+    keys: list[str] = field(default_factory=list)
+    signal_of: list[str] = field(default_factory=list)
+    stat_index: list[int] = field(default_factory=list)
+    coef_a: list[float] = field(default_factory=list)
+    coef_b: list[float] = field(default_factory=list)
+    # The statistic columns a stream reads; a non-finite value in either zeroes its increment.
+    # ``columns`` (one past the score) stands for "no column".
+    col1: list[int] = field(default_factory=list)
+    col2: list[int] = field(default_factory=list)
+
+    def add(self, key: str, signal: str, stat: int, a: float, b: float, col1: int,
+            col2: int) -> None:
+        self.keys.append(key)
+        self.signal_of.append(signal)
+        self.stat_index.append(stat)
+        self.coef_a.append(a)
+        self.coef_b.append(b)
+        self.col1.append(col1)
+        self.col2.append(col2)
+
+
+@dataclass(slots=True)
+class _MarginalNulls:
+    """Per marginal stream: its increment for each mid-rank code, the codes' null pmf and the
+    size of the reference sample (what its threshold is calibrated from)."""
+
+    values: list[FloatArray] = field(default_factory=list)
+    pmf: list[FloatArray] = field(default_factory=list)
+    n: list[float] = field(default_factory=list)
+
+
+class Engine:
+    """The CUSUMs compiled for one reference: tables, stream coefficients and thresholds.
+
+    Built by ``DriftDetector`` (on its caller's thread, under its lock) whenever the reference
+    changes; deterministic, so a restart rebuilds the same thresholds. Holds no detection state
+    (the CUSUM values live in the detector), only reusable buffers of the one-record path.
+    """
+
+    def __init__(self, reference: Reference, config: DriftConfig) -> None:
+        names = reference.feature_names
+        columns = len(names) + 1  # features, then the anomaly score
+        self.columns = columns
+        self.correlation_n = reference.correlation.n if reference.correlation else 1
+        grids, present, sizes = _reference_grids([*reference.features, reference.scores],
+                                                 config.reference_levels)
+        self.transform = RankTransform(grids)
+        tables = column_tables(grids, present)
+        self.table = self.transform.flat_table(tables.normal)
+        self.utable = self.transform.flat_table(tables.uniform)
+        # A constant column has no spread to watch.
+        enabled = present & (tables.normal_sd > 1e-9)
+        # The statistic vector: y, y^2, the pair products, then the flag and the missing flag.
+        flag_stat = 2 * columns + columns * columns
+        self.n_stats = flag_stat + 2
+
+        streams = _Streams()
+        marginal = _add_marginal_streams(streams, names, enabled, tables, sizes, config)
+        self.pair_i, self.pair_j, self.pair_r = _watched_pairs(reference.correlation, enabled,
+                                                               config.max_correlation_pairs)
+        self._add_pair_streams(streams, names, config.correlation_shift_design)
+        rates, self.invalid_stream = _add_rate_streams(streams, reference, flag_stat, columns,
+                                                       config)
+        self.keys = tuple(streams.keys)
+        self.signal_of = tuple(streams.signal_of)
+        self.stat_index = np.asarray(streams.stat_index, dtype=np.intp)
+        self.col1 = np.asarray(streams.col1, dtype=np.intp)
+        self.col2 = np.asarray(streams.col2, dtype=np.intp)
+
+        self.thresholds = self._calibrate(marginal, rates, config)
+        # Every CUSUM is kept in units of its own threshold, so that all cross at 1.0.
+        self.coef_a = np.asarray(streams.coef_a) / self.thresholds
+        self.coef_b = np.asarray(streams.coef_b) / self.thresholds
+        self.invalid_increment = (float(self.coef_a[self.invalid_stream]
+                                        + self.coef_b[self.invalid_stream])
+                                  if self.invalid_stream >= 0 else 0.0)
+        self.signal_streams = _streams_by_signal(self.signal_of)
+        # Buffers of the one-record path (views into one stat vector; the result is reused).
+        self._stat_one = np.zeros(self.n_stats)
+        self._y_one = self._stat_one[:columns]
+        self._y2_one = self._stat_one[columns:2 * columns]
+        self._outer_one = self._stat_one[2 * columns:flag_stat].reshape(columns, columns)
+        self._u_one = np.empty(columns)
+        self._inc_one = np.empty(self.stat_index.size)
+
+    def _add_pair_streams(self, streams: _Streams, names: tuple[str, ...],
+                          shift_design: float) -> None:
+        """Correlation up/down on the product of two standardised uniform scores."""
+        columns = self.columns
+        for i, j, r in zip(self.pair_i.tolist(), self.pair_j.tolist(), self.pair_r.tolist(),
+                           strict=True):
+            for sign, suffix in ((1.0, "corr+"), (-1.0, "corr-")):
+                a, b = pair_coefficients(r, shift_design, sign)
+                streams.add(f"correlation:{names[i]}~{names[j]}:{suffix}", "correlation",
+                            2 * columns + i * columns + j, a, b, i, j)
+
+    def _calibrate(self, marginal: _MarginalNulls, rates: list[RateStream],
+                   config: DriftConfig) -> FloatArray:
+        """Thresholds in stream order: split the false-alarm budget, calibrate each group."""
+        pairs = self.pair_r.size
+        marginal_rate, pair_rate = false_alarm_budget(
+            len(marginal.values) + len(rates), 2 * pairs, config.correlation_budget_share,
+            config.target_arl0_records)
+        thresholds: list[FloatArray] = []
+        if marginal.values:
+            thresholds.append(marginal_thresholds(np.stack(marginal.values),
+                                                  np.stack(marginal.pmf),
+                                                  np.asarray(marginal.n), marginal_rate))
+        if pairs:
+            thresholds.append(pair_thresholds(self.pair_r, self.correlation_n,
+                                              config.correlation_shift_design, pair_rate))
+        if rates:
+            thresholds.append(rate_thresholds(rates, marginal_rate))
+        return np.concatenate(thresholds) if thresholds else np.zeros(0)
+
+    def uniform_scores(self, values: FloatArray) -> FloatArray:
+        """Standardised uniform (rank) scores (n, F) of finite values (n, F)."""
+        return self.utable.take(self.transform.flat_codes(values))
+
+    def increments(self, values: FloatArray, flags: NDArray[np.bool_],
+                   missing: BoolArray | None, finite: BoolArray | None) -> FloatArray:
+        """CUSUM increments (n, streams), in threshold units, for finite ``values`` (n, F).
+
+        ``finite`` marks which original values were finite; streams that read a non-finite value
+        get a zero increment for that record (the value is counted, not judged).
+        """
+        codes = self.transform.flat_codes(values)
+        y = self.table.take(codes)
+        u = self.utable.take(codes)
+        n, cols = y.shape
+        stat = np.empty((n, self.n_stats))
+        stat[:, :cols] = y
+        np.multiply(y, y, out=stat[:, cols:2 * cols])
+        np.multiply(u[:, :, None], u[:, None, :],
+                    out=stat[:, 2 * cols:2 * cols + cols * cols].reshape(n, cols, cols))
+        stat[:, -2] = flags
+        stat[:, -1] = 0.0 if missing is None else missing
+        inc = stat.take(self.stat_index, axis=1)
+        inc *= self.coef_a
+        inc += self.coef_b
+        if finite is not None:
+            bad = np.ones((n, cols + 1), dtype=bool)
+            np.logical_not(finite, out=bad[:, :cols])
+            bad[:, cols] = False
+            inc[bad.take(self.col1, axis=1) | bad.take(self.col2, axis=1)] = 0.0
+        return inc
+
+    def increments_one(self, values: FloatArray, flag: bool) -> FloatArray:
+        """Increments (streams,) for one record of finite values (F,): the lean scoring path.
+
+        Returns a buffer that the next call overwrites."""
+        codes = self.transform.flat_codes_one(values)
+        y = self.table.take(codes, out=self._y_one)
+        np.multiply(y, y, out=self._y2_one)
+        u = self.utable.take(codes, out=self._u_one)
+        np.multiply.outer(u, u, out=self._outer_one)
+        stat = self._stat_one
+        stat[-2] = flag
+        inc = stat.take(self.stat_index, out=self._inc_one)
+        np.multiply(inc, self.coef_a, out=inc)
+        np.add(inc, self.coef_b, out=inc)
+        return inc
+
+
+def _reference_grids(dists: list[Distribution | None],
+                     levels: int) -> tuple[FloatArray, BoolArray, FloatArray]:
+    """Per column: its reference quantiles at ``levels`` points (zeros when it has none),
+    whether it has a reference, and the reference's sample size."""
+    grids = np.zeros((len(dists), levels))
+    present = np.zeros(len(dists), dtype=bool)
+    sizes = np.ones(len(dists))
+    for c, dist in enumerate(dists):
+        if dist is not None:
+            grids[c] = dist.resampled(levels).quantiles
+            present[c] = True
+            sizes[c] = dist.n
+    return grids, present, sizes
+
+
+def _add_marginal_streams(streams: _Streams, names: tuple[str, ...], enabled: BoolArray,
+                          tables: ColumnTables, sizes: FloatArray,
+                          config: DriftConfig) -> _MarginalNulls:
+    """Mean up/down on the standardised normal score y, spread up/down on y^2, per column."""
+    columns = len(names) + 1
+    column_names = [*(f"feature:{n}" for n in names), "score"]
+    delta = config.mean_shift_design
+    ratio = config.variance_ratio_design
+    designs = (
+        ("mean+", 0, delta, -delta * delta / 2.0),
+        ("mean-", 0, -delta, -delta * delta / 2.0),
+        ("spread+", 1, 0.5 * (1.0 - 1.0 / ratio), -0.5 * math.log(ratio)),
+        ("spread-", 1, 0.5 * (1.0 - ratio), 0.5 * math.log(ratio)),
+    )
+    nulls = _MarginalNulls()
+    for col in map(int, np.flatnonzero(enabled)):
+        y = tables.normal[col]
+        for suffix, power, a, b in designs:
+            streams.add(f"{column_names[col]}:{suffix}", column_names[col],
+                        col + power * columns, a, b, col, columns)
+            nulls.values.append(a * (y if power == 0 else y * y) + b)
+            nulls.pmf.append(tables.pmf[col])
+            nulls.n.append(float(sizes[col]))
+    return nulls
+
+
+def _watched_pairs(correlation: Correlation | None, enabled: BoolArray,
+                   max_pairs: int) -> tuple[IntArray, IntArray, FloatArray]:
+    """The feature pairs (i < j, both non-constant) whose correlation is watched and their
+    reference correlations; the most correlated ``max_pairs`` when there are more."""
+    pairs: list[tuple[int, int]] = []
+    r: list[float] = []
+    if correlation is not None and max_pairs > 0:
+        matrix = correlation.matrix
+        d = enabled.size - 1  # the last column is the score
+        pairs = [(i, j) for i in range(d) for j in range(i + 1, d) if enabled[i] and enabled[j]]
+        if len(pairs) > max_pairs:
+            pairs.sort(key=lambda ij: -abs(matrix[ij[0], ij[1]]))
+            pairs = sorted(pairs[:max_pairs])
+        r = [float(np.clip(matrix[i, j], -0.95, 0.95)) for i, j in pairs]
+    return (np.asarray([i for i, _ in pairs], dtype=np.intp),
+            np.asarray([j for _, j in pairs], dtype=np.intp), np.asarray(r))
+
+
+def _add_rate_streams(streams: _Streams, reference: Reference, flag_stat: int, columns: int,
+                      config: DriftConfig) -> tuple[list[RateStream], int]:
+    """Bernoulli likelihood ratios against the reference rates: the anomaly rate up and down,
+    the invalid-input rate up. Returns the rate streams' nulls and the invalid stream's index
+    (-1 without an invalid-rate reference)."""
+    rates: list[RateStream] = []
+
+    def add(key: str, signal: str, stat: int, ref: Rate, p0: float, p1: float) -> None:
+        a, b = bernoulli_lr(p0, p1)
+        streams.add(key, signal, stat, a, b, columns, columns)
+        rates.append((ref.events, ref.n, a, b))
+
+    if reference.anomaly_rate is not None:
+        ref = reference.anomaly_rate
+        p0 = (ref.events + 0.5) / (ref.n + 1.0)
+        add("anomaly_rate:rate+", "anomaly_rate", flag_stat, ref, p0,
+            min(p0 * config.rate_ratio_design, (1.0 + p0) / 2.0))
+        add("anomaly_rate:rate-", "anomaly_rate", flag_stat, ref, p0,
+            p0 / config.rate_ratio_design)
+    invalid_stream = -1
+    if reference.invalid_rate is not None:
+        ref = reference.invalid_rate
+        p0 = (ref.events + 0.5) / (ref.n + 1.0)
+        invalid_stream = len(streams.keys)
+        add("invalid_rate:rate+", "invalid_rate", flag_stat + 1, ref, p0,
+            min(max(p0 * config.rate_ratio_design, p0 + config.invalid_rate_design),
+                (1.0 + p0) / 2.0))
+    return rates, invalid_stream
+
+
+def _streams_by_signal(signal_of: tuple[str, ...]) -> dict[str, IntArray]:
+    """The indices of each signal's streams."""
+    by_signal: dict[str, list[int]] = {}
+    for k, signal in enumerate(signal_of):
+        by_signal.setdefault(signal, []).append(k)
+    return {signal: np.asarray(ks, dtype=np.intp) for signal, ks in by_signal.items()}
+
+
+__all__ = ["Engine"]
