@@ -20,3 +20,6 @@ def json_float(value: float) -> float | None:
 
 def finite_list(array: FloatArray) -> list[float]:
     return [float(v) for v in np.asarray(array, dtype=np.float64).ravel()]
+
+
+__all__ = ["BoolArray", "FloatArray", "IntArray", "finite_list", "json_float"]

@@ -88,5 +88,4 @@ class DriftConfig:
         return cls(**values)
 
 
-
 __all__ = ["DriftConfig"]

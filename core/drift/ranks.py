@@ -103,7 +103,6 @@ def _code_pmf(grid: FloatArray, oversample: int = 8) -> FloatArray:
     return np.bincount(codes, minlength=2 * q + 1).astype(np.float64) / fine.size
 
 
-
 @dataclass(frozen=True, slots=True)
 class ColumnTables:
     """Per column, per mid-rank code: the null pmf and the two standardised scores."""
@@ -121,6 +120,7 @@ def _standardise(table: FloatArray, pmf: FloatArray) -> tuple[FloatArray, FloatA
 
 
 def column_tables(grids: FloatArray, present: BoolArray) -> ColumnTables:
+    """The tables of reference grids (F, Q); a column not ``present`` has a zero pmf."""
     columns, q = grids.shape
     pmf = np.zeros((columns, 2 * q + 1))
     for c in np.flatnonzero(present):
@@ -130,3 +130,5 @@ def column_tables(grids: FloatArray, present: BoolArray) -> ColumnTables:
     uniform, _ = _standardise((codes + 1.0) / (q + 1.0) - 1.0, pmf)
     return ColumnTables(pmf, normal, uniform, sd)
 
+
+__all__ = ["ColumnTables", "RankTransform", "column_tables", "quantile_levels"]

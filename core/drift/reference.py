@@ -27,7 +27,6 @@ def _frozen(array: NDArray[Any]) -> NDArray[Any]:
     return array
 
 
-
 @dataclass(frozen=True, slots=True)
 class Distribution:
     """A one-dimensional reference distribution: its quantiles at levels ``(i + 0.5) / Q``.
@@ -136,7 +135,6 @@ class Correlation:
     def from_dict(cls, data: Mapping[str, Any]) -> Correlation:
         matrix = np.asarray(data["matrix"], dtype=np.float64)
         return cls(_frozen(matrix), int(data["n"]), str(data.get("source", "summary")))
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,7 +334,6 @@ def _reference_from_summary(summary: Mapping[str, Any], names: tuple[str, ...],
                      rates.get("invalid_rate"), latency)
 
 
-
 def _correlation_from_rows(reference: Reference, matrix: FloatArray, levels: int,
                            source: str) -> Correlation | None:
     d = len(reference.feature_names)
@@ -420,7 +417,6 @@ class BaselineCollector:
         collector._latencies = [float(v) for v in state.get("latencies", [])]
         collector.invalid = int(state.get("invalid", 0))
         return collector
-
 
 
 __all__ = ["REFERENCE_FORMAT", "BaselineCollector", "Correlation", "Distribution", "Rate",
