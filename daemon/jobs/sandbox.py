@@ -21,7 +21,8 @@ pickle, so nothing it says is ever unpickled by the daemon.
 This contains faults (hangs, segfaults, memory exhaustion, NaN scores); it is not a security
 boundary: the child runs as the daemon's user with its filesystem and network access. What
 keeps hostile code out is in ``core/trust.py`` (manifest, signatures) and ``core/loader.py``
-(the skops allowlist, refusing pickle). A model that behaves in the child and differently in the daemon is not caught here.
+(the skops allowlist, refusing pickle). A model that behaves in the child and differently in
+the daemon is not caught here.
 """
 
 from __future__ import annotations
