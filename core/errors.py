@@ -38,6 +38,19 @@ class ArtifactInvalid(ArtifactError):
     """The artifact is complete but cannot be served correctly."""
 
 
+class EstimatorUnloadable(ArtifactInvalid):
+    """An estimator file (the model or the scaler) raised while it was being loaded.
+
+    ``cause`` is what the loader raised (an unpickling error, a MemoryError, ...).
+    """
+
+    def __init__(self, path: str, file: str, cause: Exception) -> None:
+        self.file = file
+        self.cause = cause
+        self.problem = f"{type(cause).__name__}: {cause}"
+        super().__init__(path, f"{file} cannot be loaded: {self.problem}")
+
+
 class ArtifactUntrusted(ArtifactError):
     """The artifact fails an integrity or trust check; none of its files was unpickled."""
 
@@ -84,6 +97,15 @@ class ModelLoadFailed(ModeldError):
         self.version = version
         self.reason = reason
         super().__init__(f"version {version!r} could not be loaded: {reason}")
+
+
+class WarmupNonFinite(ModelLoadFailed):
+    """Scoring the warmup rows gave NaN or infinite scores (``bad`` of ``rows``)."""
+
+    def __init__(self, version: str, bad: int, rows: int) -> None:
+        self.bad = bad
+        self.rows = rows
+        super().__init__(version, "scoring the warmup rows gave non-finite scores")
 
 
 class RecordInvalid(ModeldError):

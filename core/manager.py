@@ -33,8 +33,9 @@ from modeld.core.errors import (
     UnknownVersion,
     VersionConflict,
 )
+from modeld.core.loader import DEFAULT_LOADER, ModelLoader, ServableModel, load_servable
 from modeld.core.registry import Actor, DeploymentRow, FolderRow, Registry, VersionRow
-from modeld.core.serving import ServableModel, ServingSlot
+from modeld.core.serving import ServingSlot
 from modeld.core.source import (
     ArtifactFolder,
     SettleTracker,
@@ -47,12 +48,9 @@ from modeld.core.source import (
 from modeld.core.store import ModelStore, StagedArtifact
 from modeld.core.trust import check_manifest, verify_signature
 from modeld.core.validate import (
-    DEFAULT_LOADER,
     ArtifactMetadata,
-    ModelLoader,
     Validation,
     ValidationPolicy,
-    load_servable,
     parse_metadata,
     parse_timestamp,
     validate_folder,
@@ -88,9 +86,12 @@ class TrustPolicy:
 
 
 class FirstLoad(Protocol):
-    """Loads a staged artifact once somewhere safe (the daemon: a limited child process).
+    """Runs the Loader stage (``core/loader.py``) on a staged artifact once somewhere safe,
+    before the manager's own validation loads it (the daemon: a limited child process,
+    ``daemon/jobs/sandbox.py``).
 
-    Raises ArtifactInvalid or ArtifactUntrusted with the reason; called without the lock.
+    Called on the import thread, without the lock. Raises ArtifactInvalid or ArtifactUntrusted
+    with the reason.
     """
 
     def __call__(self, folder: Path, digests: Mapping[str, str]) -> None: ...
@@ -545,7 +546,12 @@ class ModelManager:
         problem = self.store.verify(version, row.checksums)
         if problem is not None:
             raise ModelLoadFailed(version, problem)
-        return load_servable(self.store.path_of(version), self.validation, self.loader)
+        folder = self.store.path_of(version)
+        try:
+            meta = parse_metadata(read_metadata(folder), folder)
+        except ArtifactInvalid as exc:
+            raise ModelLoadFailed(version, exc.reason) from exc
+        return load_servable(folder, meta, self.validation.warmup_row_count, self.loader)
 
     def _deploy(self, decision: Decision, servable: ServableModel | None = None) -> str:
         started = time.perf_counter()

@@ -2,26 +2,26 @@
 
 Everything here works on the daemon's staged copy of a candidate folder (see ``core/store.py``)
 and on the digests computed while copying it, so what is checked is exactly what will be loaded.
-The checks, in the order the manager runs them:
+The checks, in the order the manager runs them, before the Loader stage (``core/loader.py``)
+opens any estimator file:
 
 1. :func:`check_manifest`: the ``files`` manifest of metadata.json, when present (or when
    ``security.require_manifest`` makes it mandatory), lists exactly the folder's files.
 2. :func:`verify_signature`: with ``security.verify_key`` set, ``model.sig`` is an OpenSSF
    model-signing signature (a Sigstore bundle holding a DSSE envelope whose in-toto statement
    lists every file's sha256), made with the private half of that key, covering every file.
-3. :class:`LoadPolicy`: how estimator files are loaded: ``model.skops`` with skops and an
-   explicit allowlist of types (:class:`SkopsLoader`), joblib/pickle files only while
-   ``security.allow_pickle`` is true (:class:`PickleRefused` otherwise).
+
+What may then be loaded, and how (skops with an allowlist of types, pickle only while
+``security.allow_pickle`` is true), is the Loader stage's: ``core/loader.py``.
 
 The signature format is the one the ``model-signing`` package (sigstore/model-transparency)
 writes with ``model_signing sign key``; it is verified here with ``cryptography`` alone: no
 network, no Sigstore trust root, nothing unpickled. :func:`sign_folder` writes the same format
 (for tests, and for producers that do not want the ``model-signing`` package).
 
-Pure functions and small callables: no threads, no clock, no logging. Failures are raised as
-:class:`~core.errors.ArtifactUntrusted` (the bytes cannot be believed) or
-:class:`~core.errors.ArtifactInvalid` (the bytes are what they claim but cannot be used); a bad
-operator key file is a :class:`~core.errors.ConfigError`.
+Pure functions: no threads, no clock, no logging. Failures are raised as
+:class:`~core.errors.ArtifactUntrusted` (the bytes cannot be believed); a bad operator key file
+is a :class:`~core.errors.ConfigError`.
 """
 
 from __future__ import annotations
@@ -33,8 +33,7 @@ import json
 import os
 import re
 import stat as stat_module
-import zipfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -43,24 +42,17 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from modeld.core.errors import ArtifactInvalid, ArtifactUntrusted, ConfigError
+from modeld.core.errors import ArtifactUntrusted, ConfigError
 from modeld.core.source import METADATA_FILE, SUCCESS_MARKER, sha256_file
 
 __all__ = [
     "BUNDLE_MEDIA_TYPE",
-    "DEFAULT_TRUSTED_TYPES",
     "SIGNATURE_FILE",
-    "FormatLoader",
-    "LoadPolicy",
-    "PickleRefused",
-    "SkopsLoader",
     "VerifiedSignature",
     "check_manifest",
-    "estimator_files",
     "key_fingerprint",
     "load_public_key",
     "sign_folder",
-    "skops_types",
     "verify_signature",
 ]
 
@@ -78,48 +70,11 @@ DSSE_PAYLOAD_TYPE: Final = "application/vnd.in-toto+json"
 IN_TOTO_STATEMENT: Final = "https://in-toto.io/Statement/v1"
 PREDICATE_V1: Final = "https://model_signing/signature/v1.0"
 MAX_SIGNATURE_BYTES: Final = 8 * 1024 * 1024
-MAX_SKOPS_SCHEMA_BYTES: Final = 64 * 1024 * 1024
 SUPPORTED_CURVES: Final[Mapping[str, Callable[[], hashes.HashAlgorithm]]] = {
     # The hash model-signing pairs with each curve (as Sigstore's protobuf specs do).
     "secp256r1": hashes.SHA256, "secp384r1": hashes.SHA384, "secp521r1": hashes.SHA512,
 }
-PICKLE_FREE_SUFFIXES: Final = frozenset({".skops"})
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
-
-DEFAULT_TRUSTED_TYPES: Final[tuple[str, ...]] = (
-    # Containers and scalars skops writes for any estimator's attributes.
-    "builtins.dict",
-    "builtins.list",
-    "builtins.str",
-    "builtins.tuple",
-    "numpy.dtype",
-    "numpy.float32",
-    "numpy.float64",
-    "numpy.int64",
-    "numpy.ndarray",
-    "numpy.random.mtrand.RandomState",
-    # IsolationForest: its base estimator and trees.
-    "sklearn.ensemble._iforest.IsolationForest",
-    "sklearn.tree._classes.ExtraTreeRegressor",
-    "sklearn.tree._tree.Tree",
-    # LocalOutlierFactor (novelty=True) and its neighbour index: KDTree or BallTree with the
-    # distance metric of metric="minkowski" (p=1, 2 or other), "euclidean", "manhattan" or
-    # "chebyshev"; algorithm="brute" (and metric="cosine") stores no index at all.
-    "sklearn.neighbors._lof.LocalOutlierFactor",
-    "sklearn.neighbors._kd_tree.KDTree",
-    "sklearn.neighbors._ball_tree.BallTree",
-    "sklearn.metrics._dist_metrics.EuclideanDistance64",
-    "sklearn.metrics._dist_metrics.ManhattanDistance64",
-    "sklearn.metrics._dist_metrics.ChebyshevDistance64",
-    "sklearn.metrics._dist_metrics.MinkowskiDistance64",
-    # The scaler.
-    "sklearn.preprocessing._data.StandardScaler",
-)
-"""Every type a skops dump of a fitted IsolationForest, LocalOutlierFactor(novelty=True) or
-StandardScaler holds with scikit-learn 1.9 (found by dumping each variant and listing the types
-of its schema; ``tests/test_trust.py`` re-checks it). Names are fully qualified, private modules
-included, so a scikit-learn upgrade that moves a class shows up as a refused type, never as a
-silently trusted one."""
 
 
 # --------------------------------------------------------------------------- manifest
@@ -484,163 +439,3 @@ def _signable_files(folder: Path) -> Iterable[str]:
             if entry.name != SIGNATURE_FILE and entry.is_file(follow_symlinks=False):
                 yield entry.name
 
-
-# --------------------------------------------------------------------------- loading
-
-Loader = Callable[[Path], Any]
-
-
-def estimator_files(folder: Path) -> tuple[Path, Path | None]:
-    """The model file to load (``model.skops`` before ``model.joblib``) and the scaler, if any.
-
-    Raises ArtifactInvalid when there is no model file.
-    """
-    for name in ("model.skops", "model.joblib"):
-        if (folder / name).is_file():
-            model = folder / name
-            break
-    else:
-        raise ArtifactInvalid(str(folder), "neither model.skops nor model.joblib is there")
-    scaler = next((folder / n for n in ("scaler.skops", "scaler.joblib")
-                   if (folder / n).is_file()), None)
-    return model, scaler
-
-
-def skops_types(path: Path) -> frozenset[str]:
-    """Every type a skops file names in its schema, read without constructing anything.
-
-    Walks ``schema.json`` inside the zip: each node names its type by ``__module__`` and
-    ``__class__`` (methods add ``.<name>``). Raises ArtifactInvalid when the file is not a skops
-    zip or its schema is oversized or not JSON.
-    """
-    where = str(path.parent)
-    try:
-        with zipfile.ZipFile(path) as archive:
-            info = archive.getinfo("schema.json")
-            if info.file_size > MAX_SKOPS_SCHEMA_BYTES:
-                raise ArtifactInvalid(where, f"{path.name}: schema.json is larger than "
-                                      f"{MAX_SKOPS_SCHEMA_BYTES} bytes")
-            schema = json.loads(archive.read(info))
-    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
-        raise ArtifactInvalid(where, f"{path.name} is not a skops file: {exc}") from exc
-    found: set[str] = set()
-    stack: list[Any] = [schema]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            module, name = node.get("__module__"), node.get("__class__")
-            if isinstance(module, str) and isinstance(name, str):
-                found.add(f"{module}.{name}")
-                content = node.get("content")
-                if node.get("__loader__") == "MethodNode" and isinstance(content, dict):
-                    found.add(f"{module}.{name}.{content.get('func')}")
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
-    return frozenset(found)
-
-
-class SkopsLoader:
-    """Loads a ``.skops`` file when every type in it is in the allowlist.
-
-    ``trusted_types`` is ``security.trusted_types`` (fully qualified names, default
-    :data:`DEFAULT_TRUSTED_TYPES`); nothing outside it is ever constructed, and skops' own
-    default trust is not relied on: the types named anywhere in the file's schema and those
-    ``skops.io.get_untrusted_types`` reports must all be listed. Called on whatever thread loads
-    (the manager's, or the canary child's). Raises ArtifactUntrusted naming the refused types,
-    ArtifactInvalid when skops is not installed or the file is not a skops file, and whatever
-    skops raises for a corrupt file.
-    """
-
-    __slots__ = ("trusted_types",)
-
-    def __init__(self, trusted_types: Sequence[str] = DEFAULT_TRUSTED_TYPES) -> None:
-        if isinstance(trusted_types, str):
-            raise TypeError("trusted_types must be a sequence of type names, not one string")
-        self.trusted_types: frozenset[str] = frozenset(trusted_types)
-
-    def __call__(self, path: Path) -> Any:
-        where = str(path.parent)
-        try:
-            import skops.io as sio
-        except ImportError as exc:
-            raise ArtifactInvalid(where, f"{path.name} needs skops (pip install "
-                                  "'modeld[skops]')") from exc
-        named = skops_types(path)
-        untrusted = frozenset(sio.get_untrusted_types(file=path))
-        refused = sorted((named | untrusted) - self.trusted_types)
-        if refused:
-            raise ArtifactUntrusted(where, f"{path.name} holds types outside "
-                                    f"security.trusted_types: {', '.join(refused)}")
-        return sio.load(path, trusted=sorted(untrusted))
-
-
-def joblib_file_loader(path: Path) -> Any:
-    """Unpickle with joblib: runs whatever code the file names. Only behind the checks."""
-    import joblib
-
-    return joblib.load(path)
-
-
-class FormatLoader:
-    """Loads ``*.skops`` with a :class:`SkopsLoader` and anything else with joblib."""
-
-    __slots__ = ("pickle", "skops")
-
-    def __init__(self, skops: Loader, pickle: Loader = joblib_file_loader) -> None:
-        self.skops = skops
-        self.pickle = pickle
-
-    def __call__(self, path: Path) -> Any:
-        return self.skops(path) if path.suffix == ".skops" else self.pickle(path)
-
-
-class PickleRefused:
-    """Wraps a loader so that it refuses every file that is not in a pickle-free format.
-
-    Used when ``security.allow_pickle`` is false: ``model.joblib`` (or any other file than
-    ``*.skops``) raises ArtifactUntrusted before a byte of it is read; ``*.skops`` files go to
-    the wrapped loader.
-    """
-
-    __slots__ = ("inner",)
-
-    def __init__(self, inner: Loader) -> None:
-        self.inner = inner
-
-    def __call__(self, path: Path) -> Any:
-        if path.suffix not in PICKLE_FREE_SUFFIXES:
-            raise ArtifactUntrusted(
-                str(path.parent), f"security.allow_pickle is false: {path.name} refused"
-            )
-        return self.inner(path)
-
-
-@dataclass(frozen=True, slots=True)
-class LoadPolicy:
-    """How estimator files may be loaded (from the ``security`` configuration section).
-
-    The same policy is given to the daemon's loader and, as :meth:`to_dict`, to the canary
-    child (``daemon/sandbox.py``), so both refuse and trust the same things.
-    """
-
-    allow_pickle: bool = True
-    trusted_types: tuple[str, ...] = DEFAULT_TRUSTED_TYPES
-
-    def loader(self) -> Loader:
-        """A ``ModelLoader`` (see core.validate) obeying this policy."""
-        formats = FormatLoader(SkopsLoader(self.trusted_types))
-        return formats if self.allow_pickle else PickleRefused(formats)
-
-    def refuses(self, path: Path) -> str | None:
-        """Why this policy refuses to load ``path`` without reading it, or None."""
-        if not self.allow_pickle and path.suffix not in PICKLE_FREE_SUFFIXES:
-            return f"security.allow_pickle is false: {path.name} refused"
-        return None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"allow_pickle": self.allow_pickle, "trusted_types": list(self.trusted_types)}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> LoadPolicy:
-        return cls(bool(data["allow_pickle"]), tuple(str(t) for t in data["trusted_types"]))

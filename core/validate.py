@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import re
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -20,9 +19,14 @@ from typing import Any, Literal
 import sklearn
 
 from modeld.core.errors import ArtifactInvalid, ArtifactUntrusted, ModelLoadFailed
-from modeld.core.serving import ServableModel, build_servable
+from modeld.core.loader import (
+    DEFAULT_LOADER,
+    ModelLoader,
+    ServableModel,
+    build_servable,
+    load_artifact,
+)
 from modeld.core.source import read_metadata
-from modeld.core.trust import Loader, LoadPolicy, estimator_files
 
 SUPPORTED_TYPES = ("IsolationForest", "LocalOutlierFactor")
 VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -123,11 +127,6 @@ class ArtifactMetadata:
     sklearn_version: str | None
     warmup: tuple[Any, ...]
     raw: Mapping[str, Any] = field(repr=False)
-
-
-# Loads one estimator file and raises on any failure; called on the importing thread.
-ModelLoader = Loader
-DEFAULT_LOADER: ModelLoader = LoadPolicy().loader()
 
 
 def quality_score(errors: int, warnings_count: int) -> float:
@@ -337,26 +336,6 @@ def _recommendations(findings: Sequence[Finding]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(advice[f.code] for f in findings if f.code in advice))
 
 
-def _load(loader: ModelLoader, path: Path, what: str) -> tuple[Any, list[Finding]]:
-    """Load one estimator file, turning sklearn's version warnings into findings."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            obj = loader(path)
-        except ArtifactUntrusted:
-            raise
-        except Exception as exc:  # unpickling runs arbitrary code: any failure is a finding
-            raise ArtifactInvalid(
-                str(path.parent), f"{what} cannot be loaded: {type(exc).__name__}: {exc}"
-            ) from exc
-    found = [
-        Finding("version_mismatch", f"{what}: {str(w.message).splitlines()[0]}", "warning")
-        for w in caught
-        if type(w.message).__name__ == "InconsistentVersionWarning"
-    ]
-    return obj, found
-
-
 def validate_folder(
     folder: Path,
     policy: ValidationPolicy,
@@ -366,8 +345,11 @@ def validate_folder(
 ) -> Validation:
     """Judge the artifact in ``folder`` (already in the daemon's staging) and prepare it to serve.
 
-    Never raises for a bad artifact: every problem becomes a finding. With ``quality_gate``
-    false the score is reported but does not reject; blocking findings always do.
+    Called by the manager on its import thread (and for a re-validation). The estimators are
+    loaded and warmed by the Loader stage (``core/loader.py``) with ``loader``; what it loaded
+    is judged in between. Never raises for a bad artifact: every problem becomes a finding.
+    With ``quality_gate`` false the score is reported but does not reject; blocking findings
+    always do.
     """
     findings: list[Finding] = []
 
@@ -398,53 +380,23 @@ def validate_folder(
                                 "warning"))
 
     try:
-        model_path, scaler_path = estimator_files(folder)
-        estimator, load_findings = _load(loader, model_path, model_path.name)
-        findings += load_findings
-        scaler = None
-        if scaler_path is not None:
-            scaler, load_findings = _load(loader, scaler_path, scaler_path.name)
-            findings += load_findings
+        loaded = load_artifact(folder, loader)
     except (ArtifactInvalid, ArtifactUntrusted) as exc:
         findings.append(Finding("load_failed", exc.reason, "error", blocking=True))
         return finish(meta, None)
+    findings += [Finding("version_mismatch", line, "warning") for line in loaded.version_warnings]
 
-    findings += _estimator_findings(estimator, meta, policy)
-    if scaler is not None:
-        findings += _scaler_findings(scaler, len(meta.feature_names))
+    findings += _estimator_findings(loaded.model, meta, policy)
+    if loaded.scaler is not None:
+        findings += _scaler_findings(loaded.scaler, len(meta.feature_names))
     findings = list({(f.code, f.message): f for f in findings}.values())
     if any(f.blocking for f in findings):
         return finish(meta, None)
     try:
-        servable = build_servable(
-            meta.version, type(estimator).__name__, estimator, scaler, meta.feature_names,
-            meta.warmup, policy.warmup_row_count,
-        )
+        servable = build_servable(loaded, meta, policy.warmup_row_count)
     except ModelLoadFailed as exc:
         findings.append(Finding("cannot_score", f"scoring sample rows failed: {exc.reason}",
                                 "error", blocking=True))
         return finish(meta, None)
     return finish(meta, servable)
 
-
-def load_servable(
-    folder: Path, policy: ValidationPolicy, loader: ModelLoader = DEFAULT_LOADER
-) -> ServableModel:
-    """Load an already validated version from the store; raises ModelLoadFailed with the reason.
-
-    Called by the manager when it deploys a version that is not in memory, and at startup.
-    """
-    name = folder.name
-    try:
-        meta = parse_metadata(read_metadata(folder), folder)
-        model_path, scaler_path = estimator_files(folder)
-        estimator, _ = _load(loader, model_path, model_path.name)
-        scaler = None
-        if scaler_path is not None:
-            scaler, _ = _load(loader, scaler_path, scaler_path.name)
-    except (ArtifactInvalid, ArtifactUntrusted) as exc:
-        raise ModelLoadFailed(name, exc.reason) from exc
-    return build_servable(
-        meta.version, type(estimator).__name__, estimator, scaler, meta.feature_names,
-        meta.warmup, policy.warmup_row_count,
-    )

@@ -10,8 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from modeld.core.loader import LoadPolicy
 from modeld.core.manager import TrustPolicy
-from modeld.core.trust import LoadPolicy, sign_folder
+from modeld.core.trust import sign_folder
 from tests.bad_corpus import BAD_REQUESTS, Sentinel, bad_artifacts
 from tests.helpers import (
     DaemonProcess,

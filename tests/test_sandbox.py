@@ -27,7 +27,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from modeld.core.errors import ArtifactInvalid, ArtifactUntrusted
-from modeld.core.trust import LoadPolicy
+from modeld.core.loader import LoadPolicy
 from modeld.daemon.jobs.sandbox import Zygote, canary_load
 from tests.helpers import metadata, records
 

@@ -327,7 +327,7 @@ SANDBOXED_WORKLOAD = textwrap.dedent(
     listener.close()
 
     # The canary child (limits set with setrlimit, a new session) inherits the filter.
-    from modeld.core.trust import LoadPolicy
+    from modeld.core.loader import LoadPolicy
     from modeld.daemon.jobs.sandbox import canary_load
     from tests.helpers import artifact_files
     artifact = f"{work}/artifact"

@@ -19,8 +19,8 @@ import sklearn
 
 from modeld.core.errors import ArtifactError
 from modeld.core.features import FEATURE_CATALOG, FeatureExtractor, compute_features
+from modeld.core.loader import LoadPolicy
 from modeld.core.source import manifest_mismatches, read_manifest, sha256_file
-from modeld.core.trust import LoadPolicy
 from modeld.core.validate import ValidationPolicy, validate_folder
 from modeld.daemon.cli import main
 from modeld.daemon.producer.simulator import ANOMALY_LABEL, simulate_wifi_logs

@@ -29,20 +29,22 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import OneClassSVM
 
 from modeld.core.errors import ArtifactInvalid, ArtifactUntrusted, ConfigError
-from modeld.core.source import read_manifest
-from modeld.core.store import ModelStore, StagedArtifact
-from modeld.core.trust import (
+from modeld.core.loader import (
     DEFAULT_TRUSTED_TYPES,
-    SIGNATURE_FILE,
     LoadPolicy,
     PickleRefused,
     SkopsLoader,
-    check_manifest,
     estimator_files,
+    skops_types,
+)
+from modeld.core.source import read_manifest
+from modeld.core.store import ModelStore, StagedArtifact
+from modeld.core.trust import (
+    SIGNATURE_FILE,
+    check_manifest,
     key_fingerprint,
     load_public_key,
     sign_folder,
-    skops_types,
     verify_signature,
 )
 from tests.bad_corpus import Sentinel

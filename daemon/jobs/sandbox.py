@@ -1,9 +1,10 @@
 """Sandbox: the first load of a new artifact, with a canary scoring, in a child process.
 
 Unpickling runs code, and even a skops file drives compiled scikit-learn internals with the
-artifact's numbers. The first time modeld meets an artifact it therefore loads it (model and
-scaler, with the daemon's own :class:`~modeld.core.trust.LoadPolicy`) and scores a few sample rows in
-a separate process under limits, before the daemon itself loads it:
+artifact's numbers. The first time modeld meets an artifact it therefore runs the Loader stage
+(``core/loader.py``: model and scaler loaded with the daemon's own
+:class:`~modeld.core.loader.LoadPolicy`, then warmed up by scoring a few sample rows exactly
+as serving will) in a separate process under limits, before the daemon itself loads it:
 
 * a memory limit (``RLIMIT_AS``, set by the child on itself before it loads anything), so
   that a runaway allocation fails in the child and not in the daemon;
@@ -19,8 +20,9 @@ pickle, so nothing it says is ever unpickled by the daemon.
 
 This contains faults (hangs, segfaults, memory exhaustion, NaN scores); it is not a security
 boundary: the child runs as the daemon's user with its filesystem and network access. What
-keeps hostile code out is in ``core/trust.py`` (signatures, the skops allowlist, refusing
-pickle). A model that behaves in the child and differently in the daemon is not caught here.
+keeps hostile code out is in ``core/trust.py`` (manifest, signatures) and ``core/loader.py``
+(the skops allowlist, refusing pickle). A model that behaves in the child and differently in
+the daemon is not caught here.
 """
 
 from __future__ import annotations
@@ -46,9 +48,15 @@ from typing import Any
 
 import structlog
 
-from modeld.core.errors import ArtifactInvalid, ArtifactUntrusted
+from modeld.core.errors import (
+    ArtifactInvalid,
+    ArtifactUntrusted,
+    EstimatorUnloadable,
+    ModelLoadFailed,
+    WarmupNonFinite,
+)
+from modeld.core.loader import LoadPolicy, estimator_files, load_artifact, warm
 from modeld.core.source import sha256_file
-from modeld.core.trust import LoadPolicy, estimator_files
 
 log = structlog.get_logger("modeld.sandbox")
 
@@ -91,7 +99,8 @@ def canary_load(
     ``time_limit`` seconds plus the time to kill and reap the child. ``loader_spec`` is the
     daemon's load policy: the child refuses and trusts exactly what the daemon would. Sample
     rows are the metadata's ``warmup`` records when there are any, else ``sample_rows`` random
-    rows of the model's width (around the scaler's mean when there is one).
+    rows of the model's width (around the scaler's mean when there is one): the Loader stage's
+    :func:`~modeld.core.loader.warmup_rows`.
 
     With ``expected_digests`` (the sha256 of each staged file, as computed while staging), the
     folder is checked afterwards to be exactly as it was, so that what the daemon loads next is
@@ -349,27 +358,11 @@ def _set_limits(time_limit: float, memory_limit: int) -> None:
     signal.alarm(seconds)  # the default action ends the process, should the parent be gone
 
 
-def _sample_rows(meta: Any, scaler: Any, width: int, count: int) -> Any:
-    import numpy as np
-
-    from modeld.core.features import FeatureExtractor
-
-    if meta is not None and meta.warmup:
-        return FeatureExtractor(list(meta.feature_names)).transform(list(meta.warmup))
-    centre = np.zeros(width)
-    mean = getattr(scaler, "mean_", None)
-    if mean is not None and np.shape(mean) == (width,):
-        centre = np.asarray(mean, dtype=np.float64)
-    rng = np.random.default_rng(0)
-    return centre + rng.standard_normal((count, width))
-
-
 def _canary(folder: Path, policy: LoadPolicy, count: int) -> dict[str, Any]:
-    """Load and score in this (child) process; the answer to write back."""
+    """Run the Loader stage in this (child) process, load and warmup; the answer to write back."""
     import warnings
 
-    import numpy as np
-
+    from modeld.core.features import FeatureExtractor
     from modeld.core.source import read_metadata
     from modeld.core.validate import parse_metadata
 
@@ -377,53 +370,40 @@ def _canary(folder: Path, policy: LoadPolicy, count: int) -> dict[str, Any]:
         meta = parse_metadata(read_metadata(folder), folder)
     except ArtifactInvalid:
         meta = None  # validation reports it; the canary still exercises the model
-    model_path, scaler_path = estimator_files(folder)
-    load = policy.loader()
-    loaded = {}
-    for path in (model_path, scaler_path):
-        if path is None:
-            continue
-        try:
-            loaded[path] = load(path)
-        except ArtifactUntrusted as exc:
-            return {"status": "untrusted", "detail": exc.reason}
-        except MemoryError:
-            raise
-        except Exception as exc:  # unpickling third-party code: any failure is the answer
-            return {"status": "failed", "detail": f"{path.name}: {type(exc).__name__}: {exc}"}
-    model = loaded[model_path]
-    scaler = loaded.get(scaler_path) if scaler_path is not None else None
+    try:
+        loaded = load_artifact(folder, policy.loader())
+    except ArtifactUntrusted as exc:
+        return {"status": "untrusted", "detail": exc.reason}
+    except EstimatorUnloadable as exc:
+        if isinstance(exc.cause, MemoryError):
+            raise exc.cause from None
+        return {"status": "failed", "detail": f"{exc.file}: {exc.problem}"}
+    model, scaler = loaded.model, loaded.scaler
     # The model's own width: a metadata mismatch is validation's to report, in its words.
     width = getattr(model, "n_features_in_", 0) or (len(meta.feature_names) if meta else 0)
     if meta is not None and len(meta.feature_names) != width:
         meta = None
-    score = getattr(model, "score_samples", None)
     scaler_width = getattr(scaler, "n_features_in_", width)
-    if not callable(score) or not width or scaler_width != width:
+    if not callable(getattr(model, "score_samples", None)) or not width or scaler_width != width:
         # Nothing to exercise; what is wrong with it is validation's to say, in its words.
-        return {"status": "ok", "model_type": type(model).__name__, "scores": [], "rows": 0}
+        return {"status": "ok", "model_type": loaded.model_type, "scores": [], "rows": 0}
+    extractor = None if meta is None else FeatureExtractor(meta.feature_names)
     try:
-        rows = np.asarray(_sample_rows(meta, scaler, width, count), dtype=np.float64)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            x = scaler.transform(rows) if scaler is not None else rows
-            scores = np.asarray(score(x), dtype=np.float64).reshape(-1)
-    except MemoryError:
-        raise
-    except Exception as exc:  # third-party estimator code
-        return {"status": "failed", "detail": f"scoring sample rows raised "
-                f"{type(exc).__name__}: {exc}"}
-    if scores.shape != (len(rows),):
-        return {"status": "failed", "detail": f"scoring {len(rows)} rows gave shape "
-                f"{scores.shape}"}
-    bad = int(np.count_nonzero(~np.isfinite(scores)))
-    if bad:
-        return {"status": "nonfinite", "detail": f"{bad} of {len(rows)} sample rows"}
+            warmed = warm(loaded, folder.name, width, extractor,
+                          () if meta is None else meta.warmup, count)
+    except WarmupNonFinite as exc:
+        return {"status": "nonfinite", "detail": f"{exc.bad} of {exc.rows} sample rows"}
+    except ModelLoadFailed as exc:
+        if isinstance(exc.__cause__, MemoryError):
+            raise exc.__cause__ from None
+        return {"status": "failed", "detail": f"scoring sample rows failed: {exc.reason}"}
     return {
         "status": "ok",
-        "model_type": type(model).__name__,
-        "scores": [float(s) for s in scores],
-        "rows": len(rows),
+        "model_type": loaded.model_type,
+        "scores": [-float(s) for s in warmed.scores],  # back to sklearn's sign (CanaryResult)
+        "rows": len(warmed.rows),
     }
 
 
@@ -436,6 +416,7 @@ def _preimport() -> None:
     import sklearn.preprocessing  # noqa: F401
 
     import modeld.core.features
+    import modeld.core.loader
     import modeld.core.validate  # noqa: F401
 
 

@@ -30,7 +30,8 @@ from pydantic_settings import (
 
 from modeld.core.drift import DriftConfig
 from modeld.core.errors import ConfigError
-from modeld.core.trust import DEFAULT_TRUSTED_TYPES, LoadPolicy, load_public_key
+from modeld.core.loader import DEFAULT_TRUSTED_TYPES, LoadPolicy
+from modeld.core.trust import load_public_key
 from modeld.core.validate import ValidationPolicy
 from modeld.daemon.jobs.alerting import AlertingSettings
 
