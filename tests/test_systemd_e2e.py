@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -18,28 +19,45 @@ pytestmark = pytest.mark.e2e
 
 
 class NotifyReceiver:
+    """The notify socket's reader, on a thread of its own as systemd reads it.
+
+    A datagram socket's queue is short (net.unix.max_dgram_qlen, 10 on these machines): read
+    only between the test's steps, watchdog pings queued during a slow CLI call would fill it,
+    and the daemon's next message (STOPPING=1) would be dropped, which systemd never does.
+    """
+
     def __init__(self, path: Path) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(path))
         self.sock.settimeout(0.1)
         self.messages: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._reader = threading.Thread(target=self._read, name="notify-receiver")
+        self._reader.start()
 
-    def drain(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
+    def _read(self) -> None:
+        while not self._stop.is_set():
             try:
                 data = self.sock.recv(4096)
             except TimeoutError:
                 continue
             self.messages.append((time.monotonic(), data.decode()))
 
+    def drain(self, seconds: float) -> None:
+        time.sleep(seconds)
+
     def until(self, predicate: str, timeout: float = 20) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            self.drain(0.1)
-            if any(predicate in m for _, m in self.messages):
+            if any(predicate in m for _, m in list(self.messages)):
                 return
+            time.sleep(0.05)
         raise AssertionError(f"no {predicate!r} in {self.kinds()}")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._reader.join(2)
+        self.sock.close()
 
     def kinds(self) -> list[str]:
         return [m.split("\n")[0].split("=")[0] for _, m in self.messages]
@@ -107,7 +125,7 @@ def test_notify_sequence_reload_watchdog_and_stop(tmp_path: Path) -> None:
         assert "STOPPING=1" in [m for _, m in receiver.messages]
     finally:
         daemon.stop()
-        receiver.sock.close()
+        receiver.close()
 
 
 def test_no_notify_socket_sends_nothing_and_runs(daemon: DaemonProcess) -> None:
