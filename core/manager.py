@@ -85,6 +85,22 @@ class TrustPolicy:
     verify_key: Path | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ManagerPolicy:
+    """Everything a reload may change about imports and deployments, as one value.
+
+    The daemon builds it from its settings; a reload swaps it with
+    :meth:`ModelManager.set_policy` in one step, as the serving slot swaps its state. An
+    import reads it once when it starts and finishes on that policy.
+    """
+
+    validation: ValidationPolicy = field(default_factory=ValidationPolicy)
+    deployment: DeploymentPolicy = field(default_factory=DeploymentPolicy)
+    settle_seconds: float = 2.0
+    loader: ModelLoader = DEFAULT_LOADER
+    trust: TrustPolicy = field(default_factory=TrustPolicy)
+
+
 class FirstLoad(Protocol):
     """Runs the Loader stage (``core/loader.py``) on a staged artifact once somewhere safe,
     before the manager's own validation loads it (the daemon: a limited child process,
@@ -196,20 +212,21 @@ class ModelManager:
     store: ModelStore
     slot: ServingSlot
     models_dir: Path
-    validation: ValidationPolicy
-    deployment: DeploymentPolicy
-    settle_seconds: float
-    loader: ModelLoader = DEFAULT_LOADER
-    trust: TrustPolicy = field(default_factory=TrustPolicy)
+    policy: ManagerPolicy = field(default_factory=ManagerPolicy)
     first_load: FirstLoad = lambda _folder, _digests: None
     clock: Clock = utc_now
     listener: Listener = lambda _event, _fields: None
-    fault: Callable[[str], None] = lambda _step: None
     lock: threading.RLock = field(default_factory=threading.RLock)
     tracker: SettleTracker = field(init=False)
 
     def __post_init__(self) -> None:
-        self.tracker = SettleTracker(self.settle_seconds)
+        self.tracker = SettleTracker(self.policy.settle_seconds)
+
+    def set_policy(self, policy: ManagerPolicy) -> None:
+        """Swap in a reloaded policy; an import under way finishes on the one it started with."""
+        with self.lock:
+            self.policy = policy
+            self.tracker.settle_seconds = policy.settle_seconds
 
     def _emit(self, event: str, **fields: Any) -> None:
         self.listener(event, fields)
@@ -308,7 +325,7 @@ class ModelManager:
             outcomes.append(outcome)
             if outcome.status == "incomplete":
                 pending.append(folder.name)
-                retry = now + max(self.settle_seconds, 0.2)
+                retry = now + max(self.policy.settle_seconds, 0.2)
                 next_check = min(next_check or retry, retry)
         return PollResult(tuple(outcomes), tuple(pending), next_check)
 
@@ -374,7 +391,6 @@ class ModelManager:
             log.error("staging_failed", path=str(folder.path), reason=str(exc))
             self._emit("import_failed", path=str(folder.path), reason=str(exc))
             return ImportOutcome(str(folder.path), "failed", reason=f"staging failed: {exc}")
-        self.fault("staged")
         try:
             return self._import_staged(folder, staged, quality_gate, actor, started)
         finally:
@@ -395,18 +411,19 @@ class ModelManager:
         if after.fingerprint != folder.fingerprint:
             return ImportOutcome(str(folder.path), "incomplete", reason="changed while copying")
         digests = {name: d.sha256 for name, d in staged.files.items()}
+        policy = self.policy  # read once: a reload mid-import does not mix two policies
         try:
             # Everything here reads the staged copy, which the producer cannot touch: what is
             # checked is what is loaded. Nothing is unpickled before the signature passes.
             check_manifest(staged.files, read_manifest(staged.path),
-                           self.trust.require_manifest, str(folder.path))
-            if self.trust.verify_key is not None:
-                verify_signature(staged.path, self.trust.verify_key, digests)
+                           policy.trust.require_manifest, str(folder.path))
+            if policy.trust.verify_key is not None:
+                verify_signature(staged.path, policy.trust.verify_key, digests)
             self.first_load(staged.path, digests)
         except (ArtifactUntrusted, ArtifactInvalid) as exc:
             return self._reject(folder, exc.reason, meta=peek_metadata(staged.path))
         validation = validate_folder(
-            staged.path, self.validation, self.clock(), self.loader, quality_gate
+            staged.path, policy.validation, self.clock(), policy.loader, quality_gate
         )
         with self.lock:
             return self._commit(folder, staged, validation, actor, started)
@@ -427,7 +444,6 @@ class ModelManager:
         if not validation.report.accepted:
             return self._reject(folder, validation.report.reason, validation)
         assert meta is not None and validation.servable is not None
-        self.fault("validated")
         stored = self.store.commit(staged, meta.version)
         now = iso(self.clock())
         row = VersionRow(
@@ -443,7 +459,6 @@ class ModelManager:
                                        "completed")
             self.registry.record_folder(FolderRow(folder.name, folder.fingerprint, "imported",
                                                   meta.version, "", now))
-        self.fault("registered")
         took_ms = round((time.perf_counter() - started) * 1000, 2)
         log.info("model_imported", version=meta.version, path=str(folder.path),
                  quality_score=row.quality_score, warnings=validation.report.warnings,
@@ -523,7 +538,7 @@ class ModelManager:
         return {r.version: r for r in self.registry.list_versions() if r.status == "available"}
 
     def _consider(self, row: VersionRow, servable: ServableModel | None) -> bool:
-        decision = next_deployment(self._snapshot(), row, self.deployment)
+        decision = next_deployment(self._snapshot(), row, self.policy.deployment)
         deployed = False
         if decision is not None:
             try:
@@ -551,7 +566,8 @@ class ModelManager:
             meta = parse_metadata(read_metadata(folder), folder)
         except ArtifactInvalid as exc:
             raise ModelLoadFailed(version, exc.reason) from exc
-        return load_servable(folder, meta, self.validation.warmup_row_count, self.loader)
+        policy = self.policy
+        return load_servable(folder, meta, policy.validation.warmup_row_count, policy.loader)
 
     def _deploy(self, decision: Decision, servable: ServableModel | None = None) -> str:
         started = time.perf_counter()
@@ -568,10 +584,8 @@ class ModelManager:
             log.error("swap_failed", old=old, new=decision.version, reason=exc.reason)
             self._emit("swap_failed", version=decision.version, reason=exc.reason)
             raise
-        self.fault("loaded")
         self.registry.record_deployment(old, decision.version, iso(self.clock()),
                                         decision.reason, decision.actor)
-        self.fault("deployment_recorded")
         self.slot.swap(new)
         took_ms = round((time.perf_counter() - started) * 1000, 2)
         log.info("model_swapped", old=old, new=decision.version, actor=decision.actor,
@@ -621,8 +635,9 @@ class ModelManager:
             if row.store_path is None or row.status != "available":
                 raise VersionConflict(version, f"is {row.status}: there are no stored files "
                                       "to validate")
-            validation = validate_folder(self.store.path_of(version), self.validation,
-                                         self.clock(), self.loader)
+            policy = self.policy
+            validation = validate_folder(self.store.path_of(version), policy.validation,
+                                         self.clock(), policy.loader)
             report = validation.report.to_dict()
             self.registry.set_report(version, report, validation.report.quality_score)
             log.info("model_revalidated", version=version, accepted=validation.report.accepted,

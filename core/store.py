@@ -17,7 +17,7 @@ import os
 import shutil
 import stat as stat_module
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,14 +74,12 @@ class ModelStore:
         self,
         directory: Path,
         max_artifact_bytes: int = 2 * 1024**3,
-        fault: Callable[[str], None] = lambda _step: None,
     ) -> None:
         self.directory = directory
         self.versions = directory / "versions"
         self.staging = directory / "staging"
         self.trash = directory / "trash"
         self.max_artifact_bytes = max_artifact_bytes
-        self._fault = fault
         for folder in (self.directory, self.versions, self.staging, self.trash):
             folder.mkdir(parents=True, exist_ok=True)
 
@@ -130,7 +128,6 @@ class ModelStore:
                     str(source), f"the artifact exceeds {self.max_artifact_bytes} bytes"
                 )
             files[entry.name] = self._copy_file(source / entry.name, target / entry.name)
-            self._fault("stage_file_copied")
         return files
 
     def _copy_file(self, src: Path, dst: Path) -> FileDigest:
@@ -166,7 +163,6 @@ class ModelStore:
             # name, and the registry knows nothing of it, so the new copy replaces it.
             self.remove(version)
         os.rename(staged.path, target)
-        self._fault("store_renamed")
         fsync_dir(self.versions)
         return target
 

@@ -16,53 +16,31 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from modeld.core.manager import DeploymentPolicy, ModelManager
-from modeld.core.registry import Registry
-from modeld.core.serving import ServingSlot
-from modeld.core.store import ModelStore
 from modeld.daemon.http.app import create_app
-from modeld.daemon.jobs.alerting import Alerter
-from modeld.daemon.jobs.monitoring import Monitors
-from modeld.daemon.process.metrics import DaemonMetrics
+from modeld.daemon.process import wiring
 from modeld.daemon.process.runtime import Runtime
 from modeld.daemon.process.settings import Settings
 from tests.bad_corpus import Sentinel
 from tests.helpers import artifact_files, records, stamp, write_in_place, write_renamed
 
 
-def build_runtime(root: Path, token: str | None = None) -> Runtime:
+def build_runtime(root: Path, token: str | None = None, **sections: Any) -> Runtime:
+    """The daemon's own composition root on temporary folders; ``sections`` add settings."""
     settings = Settings(
         storage={"directory": str(root / "state")},
         integration={"training_service_path": str(root / "training"), "settle_seconds": 0},
         api={"token": token},
+        **sections,
     )
-    models = settings.integration.models_dir
-    models.mkdir(parents=True, exist_ok=True)
-    manager = ModelManager(
-        registry=Registry(root / "state" / "registry.sqlite3"),
-        store=ModelStore(root / "state" / "store"),
-        slot=ServingSlot(),
-        models_dir=models.resolve(),
-        validation=settings.model.validation_policy(),
-        deployment=DeploymentPolicy(True),
-        settle_seconds=0,
-    )
-    metrics = DaemonMetrics(False)
-    alerter = Alerter(settings.monitoring.alerting)
-    monitors = Monitors(settings.monitoring, manager.registry, manager.store.versions, metrics,
-                        alerter)
-    runtime = Runtime(settings=settings, manager=manager, metrics=metrics, alerter=alerter,
-                      monitors=monitors, token=token)
-    manager.listener = runtime.on_manager_event
-    manager.start()
-    return runtime
+    settings.integration.models_dir.mkdir(parents=True, exist_ok=True)
+    return wiring.build_runtime(settings)
 
 
 @pytest.fixture
 def runtime(tmp_path: Path) -> Iterator[Runtime]:
     rt = build_runtime(tmp_path)
     yield rt
-    rt.manager.registry.close()
+    rt.close()
 
 
 @pytest.fixture
@@ -187,7 +165,7 @@ def test_bearer_token(tmp_path: Path) -> None:
         assert http.post("/api/v1/models/x/deploy").status_code == 401
         ok = http.get("/api/v1/status", headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200
-    runtime.manager.registry.close()
+    runtime.close()
 
 
 def test_concurrent_operations_are_serialised(client: TestClient, runtime: Runtime) -> None:
@@ -269,4 +247,4 @@ def test_fuzz_the_openapi_schema_no_5xx_and_refusals_change_nothing(tmp_path: Pa
     fuzz()
     # the fuzz may have deployed a real version by name; never to anything unknown
     assert runtime.manager.registry.deployed_version() in {deployed_before, "v1", "v2"}
-    runtime.manager.registry.close()
+    runtime.close()

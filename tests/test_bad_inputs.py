@@ -10,8 +10,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from modeld.core.loader import LoadPolicy
-from modeld.core.manager import TrustPolicy
 from modeld.core.trust import sign_folder
 from tests.bad_corpus import BAD_REQUESTS, Sentinel, bad_artifacts
 from tests.helpers import (
@@ -80,14 +78,10 @@ def test_the_sentinel_pickle_never_runs_where_trust_is_required(tmp_path: Path,
 
     sentinel = tmp_path / "sentinel"
     private, public = write_key_pair(tmp_path, "trainer")
-    runtime = build_runtime(tmp_path)
+    security = {"signature": {"verify_key": str(public)}, "manifest": {"require_manifest": True},
+                "no-pickle": {"allow_pickle": False}}[mode]
+    runtime = build_runtime(tmp_path, security=security)
     manager = runtime.manager
-    if mode == "signature":
-        manager.trust = TrustPolicy(verify_key=public)
-    elif mode == "manifest":
-        manager.trust = TrustPolicy(require_manifest=True)
-    else:
-        manager.loader = LoadPolicy(allow_pickle=False).loader()
     files = artifact_files("evil", created_at=stamp(0))
     files["model.joblib"] = pickle.dumps(Sentinel(sentinel))
     if mode == "no-pickle":
@@ -108,16 +102,16 @@ def test_the_sentinel_pickle_never_runs_where_trust_is_required(tmp_path: Path,
     manager.poll_once()
     assert not sentinel.exists()
     assert runtime.manager.registry.deployed_version() is None
-    runtime.manager.registry.close()
+    runtime.close()
 
 
 def test_a_signed_artifact_is_accepted(tmp_path: Path) -> None:
     private, public = write_key_pair(tmp_path, "trainer")
-    runtime = build_runtime(tmp_path)
-    runtime.manager.trust = TrustPolicy(require_manifest=True, verify_key=public)
+    runtime = build_runtime(tmp_path, security={"require_manifest": True,
+                                                "verify_key": str(public)})
     folder = runtime.manager.models_dir / "signed"
     write_in_place(folder, with_manifest(artifact_files("signed", created_at=stamp(0))))
     sign_folder(folder, private)
     outcome = runtime.manager.import_path("signed")
     assert outcome.status == "imported", outcome.reason
-    runtime.manager.registry.close()
+    runtime.close()

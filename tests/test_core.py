@@ -23,6 +23,7 @@ from modeld.core.errors import (
 )
 from modeld.core.manager import (
     DeploymentPolicy,
+    ManagerPolicy,
     ModelManager,
     RegistrySnapshot,
     next_deployment,
@@ -68,9 +69,7 @@ def make_manager(tmp_path: Path, clock: Clock | None = None, auto_deploy: bool =
         store=ModelStore(tmp_path / "store"),
         slot=ServingSlot(),
         models_dir=models,
-        validation=ValidationPolicy(),
-        deployment=DeploymentPolicy(auto_deploy),
-        settle_seconds=settle,
+        policy=ManagerPolicy(ValidationPolicy(), DeploymentPolicy(auto_deploy), settle),
         clock=clock or Clock(),
     )
     manager.start()

@@ -1,7 +1,8 @@
 """SIGKILL at each step of an import and of a deployment, then restart: nothing is lost.
 
 The crash points are test-only: `MODELD_TEST_CRASH_AT=<step>` makes the daemon SIGKILL itself
-when it reaches that step (daemon.main.fault_point_from_env); production never sets it.
+when it reaches that step (modeld.daemon.process.crashpoints, injected by the composition
+root); production never sets it.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import UTC
 from pathlib import Path
 from types import FrameType
@@ -24,50 +24,21 @@ import structlog
 import uvicorn
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from modeld.core.drift import DriftConfig
 from modeld.core.errors import ConfigError
-from modeld.core.manager import (
-    DeploymentPolicy,
-    FirstLoad,
-    ModelManager,
-    TrustPolicy,
-    iso,
-    utc_now,
-)
-from modeld.core.registry import Registry, backup_registry
-from modeld.core.serving import ServingSlot
-from modeld.core.store import ModelStore
+from modeld.core.manager import iso, utc_now
+from modeld.core.registry import backup_registry
 from modeld.daemon.http.app import create_app
-from modeld.daemon.jobs.alerting import Alerter
-from modeld.daemon.jobs.monitoring import Monitors
-from modeld.daemon.jobs.sandbox import Zygote, canary_load
 from modeld.daemon.jobs.watch import PollWorker
+from modeld.daemon.process.crashpoints import CRASH_ENV
 from modeld.daemon.process.logs import configure_logging
-from modeld.daemon.process.metrics import DaemonMetrics
 from modeld.daemon.process.runtime import ReloadResult, Runtime
 from modeld.daemon.process.sdnotify import SystemdNotifier
 from modeld.daemon.process.settings import Settings, load_settings
+from modeld.daemon.process.wiring import apply_settings, build_runtime
 
 log = structlog.get_logger("modeld.main")
 
 STOP_TIMEOUT = 3.0  # per component; all of them together stay within systemd's 10 s
-FAULT_ENV = "MODELD_TEST_CRASH_AT"
-
-
-def fault_point_from_env() -> Callable[[str], None]:
-    """Test-only crash points: ``MODELD_TEST_CRASH_AT=step`` SIGKILLs the process at ``step``.
-
-    Production never sets the variable; then this is a no-op.
-    """
-    wanted = os.environ.get(FAULT_ENV)
-    if not wanted:
-        return lambda _step: None
-
-    def crash(step: str) -> None:
-        if step == wanted:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    return crash
 
 
 class Daemon:
@@ -112,73 +83,21 @@ class Daemon:
             return 1
         finally:
             self.notifier.stopping()
-            for name, cleanup in reversed(cleanups):
-                try:
-                    cleanup()
-                except Exception:
-                    log.exception("cleanup_failed", component=name)
+            Runtime.run_closers(cleanups)
             log.info("stopped")
         return 0
 
     def _start(self, cleanups: list[tuple[str, Callable[[], None]]]) -> Runtime:
         s = self.settings
-        token = s.api_token()
-        fault = fault_point_from_env()
-        store = ModelStore(s.storage.directory / "store", s.security.max_artifact_bytes,
-                           fault=fault)
-        registry = Registry(s.storage.directory / "registry.sqlite3")
-        cleanups.append(("registry", registry.close))
-        metrics = DaemonMetrics(s.monitoring.resource_monitoring)
-        alerter = Alerter(s.monitoring.alerting)
-        alerter.start()
-        slot = ServingSlot(anomaly_threshold=s.model.anomaly_threshold)
-        manager = ModelManager(
-            registry=registry, store=store, slot=slot,
-            models_dir=s.integration.models_dir.resolve(),
-            validation=s.model.validation_policy(),
-            deployment=DeploymentPolicy(s.integration.auto_deploy),
-            settle_seconds=s.integration.settle_seconds,
-            loader=s.security.load_policy().loader(),
-            trust=TrustPolicy(s.security.require_manifest, s.security.verify_key),
-            fault=fault,
-        )
-        zygote = Zygote()
-        if s.security.isolate_first_load:
-            zygote.warm()
-        cleanups.append(("canary zygote", zygote.close))
-        manager.first_load = self._canary(zygote)
-        monitors = Monitors(s.monitoring, registry, store.versions, metrics, alerter)
-        runtime = Runtime(settings=s, manager=manager, metrics=metrics, alerter=alerter,
-                          monitors=monitors, token=token)
-        cleanups.append(("alerter", lambda: runtime.alerter.stop(1.0)))
-        manager.listener = runtime.on_manager_event
-        slot.on_fallback = manager.scoring_failed
-        manager.start()
-        runtime.on_manager_event("started", {})
+        runtime = build_runtime(s, utc_now, crash_at=os.environ.get(CRASH_ENV))
+        cleanups.append(("runtime", runtime.close))
         log.info("starting", config=str(self.config_path), store=str(s.storage.directory),
-                 models_dir=str(manager.models_dir), deployed=runtime.status()["deployed_version"])
+                 models_dir=str(runtime.manager.models_dir),
+                 deployed=runtime.status()["deployed_version"])
+        self.http_thread = self._start_http(runtime, cleanups)
 
-        server = uvicorn.Server(uvicorn.Config(
-            create_app(runtime), host=s.api.host, port=s.api.port, log_config=None,
-            access_log=False, lifespan="off", timeout_graceful_shutdown=STOP_TIMEOUT,
-        ))
-        http = threading.Thread(target=server.run, name="modeld-http", daemon=True)
-        http.start()
-        deadline = time.monotonic() + 10
-        while not server.started:
-            if not http.is_alive() or time.monotonic() > deadline:
-                raise OSError(f"the HTTP server could not listen on {s.api.host}:{s.api.port}")
-            time.sleep(0.01)
-        log.info("http_listening", host=s.api.host, port=self._bound_port(server))
-
-        def stop_http() -> None:
-            server.should_exit = True
-            http.join(STOP_TIMEOUT)
-
-        cleanups.append(("http", stop_http))
-
-        worker = PollWorker(manager, s.integration.force_polling, s.integration.polling_interval,
-                            enabled=s.integration.auto_import)
+        worker = PollWorker(runtime.manager, s.integration.force_polling,
+                            s.integration.polling_interval, enabled=s.integration.auto_import)
         if not s.integration.auto_import:
             log.info("auto_import_off", reason="integration.auto_import is false; import with "
                      "the API or `modeld models import`")
@@ -192,21 +111,31 @@ class Daemon:
         cleanups.append(("scheduler", lambda: scheduler.shutdown(wait=False)))
         cleanups.append(("flush monitors", runtime.monitors.flush))
         self.scheduler = scheduler
-        self.http_thread = http
         return runtime
 
-    def _canary(self, zygote: Zygote) -> FirstLoad:
-        def first_load(folder: Path, digests: Mapping[str, str]) -> None:
-            security = self.settings.security  # the current one: a reload may change it
-            if not security.isolate_first_load:
-                return
-            canary_load(folder, time_limit=security.canary_time_limit,
-                        memory_limit_bytes=security.canary_memory_limit,
-                        loader_spec=security.load_policy(),
-                        sample_rows=self.settings.model.warmup_rows,
-                        expected_digests=digests, zygote=zygote)
+    def _start_http(self, runtime: Runtime,
+                    cleanups: list[tuple[str, Callable[[], None]]]) -> threading.Thread:
+        """Serve the API on its own thread; raises OSError when it cannot listen."""
+        api = runtime.settings.api
+        server = uvicorn.Server(uvicorn.Config(
+            create_app(runtime), host=api.host, port=api.port, log_config=None,
+            access_log=False, lifespan="off", timeout_graceful_shutdown=STOP_TIMEOUT,
+        ))
+        http = threading.Thread(target=server.run, name="modeld-http", daemon=True)
+        http.start()
+        deadline = time.monotonic() + 10
+        while not server.started:
+            if not http.is_alive() or time.monotonic() > deadline:
+                raise OSError(f"the HTTP server could not listen on {api.host}:{api.port}")
+            time.sleep(0.01)
+        log.info("http_listening", host=api.host, port=self._bound_port(server))
 
-        return first_load
+        def stop_http() -> None:
+            server.should_exit = True
+            http.join(STOP_TIMEOUT)
+
+        cleanups.append(("http", stop_http))
+        return http
 
     @staticmethod
     def _bound_port(server: uvicorn.Server) -> int | None:
@@ -323,42 +252,30 @@ class Daemon:
             self.notifier.status(f"Reload refused: {exc}")
             self.worker.request()
             return
-        restart_needed = [
-            key for key, old, fresh in (
-                ("api.host", self.settings.api.host, new.api.host),
-                ("api.port", self.settings.api.port, new.api.port),
-                ("storage.directory", self.settings.storage.directory, new.storage.directory),
-                ("integration.training_service_path", self.settings.integration.training_service_path,
-                 new.integration.training_service_path),
-            ) if old != fresh
-        ]
+        restart_needed = restart_keys(self.settings, new)
         if restart_needed:
             log.warning("reload_needs_restart", keys=restart_needed,
                         reason="these keys take effect at the next start")
-        manager = runtime.manager
-        with manager.lock:
-            manager.validation = new.model.validation_policy()
-            manager.deployment = DeploymentPolicy(new.integration.auto_deploy)
-            manager.settle_seconds = new.integration.settle_seconds
-            manager.tracker.settle_seconds = new.integration.settle_seconds
-            manager.loader = new.security.load_policy().loader()
-            manager.trust = TrustPolicy(new.security.require_manifest, new.security.verify_key)
+        apply_settings(runtime, new, token)
         self.settings = new
-        runtime.settings = new
-        runtime.token = token
         self._reschedule(runtime)
         self.worker.enabled = new.integration.auto_import
-        runtime.slot.anomaly_threshold = new.model.anomaly_threshold
-        runtime.monitors.settings = new.monitoring
-        runtime.monitors.config = DriftConfig.from_mapping(new.monitoring.model_dump())
-        if new.monitoring.alerting != runtime.alerter.settings:
-            runtime.alerter.stop(1.0)
-            runtime.alerter = Alerter(new.monitoring.alerting)
-            runtime.alerter.start()
-            runtime.monitors.alerter = runtime.alerter
         runtime.config_generation = generation
         runtime.last_reload = ReloadResult(generation, True, None, now)
         self.worker.request()
         log.info("reloaded", generation=generation, config=str(self.config_path))
         self.notifier.ready()
         self.notifier.status(self._status_line(runtime))
+
+
+def restart_keys(old: Settings, new: Settings) -> list[str]:
+    """The changed keys that a reload cannot apply: they take effect at the next start."""
+    return [
+        key for key, before, after in (
+            ("api.host", old.api.host, new.api.host),
+            ("api.port", old.api.port, new.api.port),
+            ("storage.directory", old.storage.directory, new.storage.directory),
+            ("integration.training_service_path", old.integration.training_service_path,
+             new.integration.training_service_path),
+        ) if before != after
+    ]

@@ -1,6 +1,6 @@
 """The running daemon's shared state: what the HTTP app, the scheduler and the main loop use.
 
-Built once by :mod:`modeld.daemon.process.main` in dependency order. ``score`` runs on request threads (or
+Built once, in dependency order, by :func:`modeld.daemon.process.wiring.build_runtime`. ``score`` runs on request threads (or
 the event loop); it reads the slot's state once and holds only the tiny monitor lock, never the
 manager's operation lock.
 """
@@ -8,7 +8,7 @@ manager's operation lock.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +43,11 @@ class ReloadResult:
 
 @dataclass(slots=True)
 class Runtime:
-    """Everything a request or job needs, in one place. One per daemon process."""
+    """Everything a request or job needs, in one place. One per daemon process.
+
+    ``closers`` are the stops of what ``build_runtime`` opened, in the order it opened them;
+    :meth:`close` runs them in reverse.
+    """
 
     settings: Settings
     manager: ModelManager
@@ -55,20 +59,38 @@ class Runtime:
     config_generation: int = 1
     last_reload: ReloadResult | None = None
     health: dict[str, bool] = field(default_factory=dict)
+    closers: list[tuple[str, Callable[[], None]]] = field(default_factory=list)
     _counters: dict[str, tuple[Any, Any]] = field(default_factory=dict)
 
     @property
     def slot(self) -> ServingSlot:
         return self.manager.slot
 
-    def on_manager_event(self, event: str, fields: Mapping[str, Any]) -> None:
-        """The manager's listener: metrics, the deployed-version info, alerts."""
-        self.metrics.on_event(event, fields)
+    def close(self) -> None:
+        """Stop what was opened, last first; called once by the main thread at shutdown."""
+        self.run_closers(self.closers)
+
+    @staticmethod
+    def run_closers(closers: Sequence[tuple[str, Callable[[], None]]]) -> None:
+        """Run each stop, last first; a failing one is logged and the rest still run."""
+        for name, close in reversed(closers):
+            try:
+                close()
+            except Exception:
+                log.exception("cleanup_failed", component=name)
+
+    def publish_deployed(self) -> None:
+        """The deployed and fallback versions, as the ``modeld_deployed_model`` metric."""
         state = self.slot.state
         self.metrics.set_deployed(
             state.deployed.version if state.deployed else None,
             state.fallback.version if state.fallback else None,
         )
+
+    def on_manager_event(self, event: str, fields: Mapping[str, Any]) -> None:
+        """The manager's listener: metrics, the deployed-version info, alerts."""
+        self.metrics.on_event(event, fields)
+        self.publish_deployed()
         title = ALERTED_EVENTS.get(event)
         if title is not None:
             kind = {"fallback": "fallback_used"}.get(event, event)
@@ -135,6 +157,6 @@ class Runtime:
                 "at": self.last_reload.at,
             },
             "training_models_dir": str(self.manager.models_dir),
-            "auto_deploy": self.manager.deployment.auto_deploy,
+            "auto_deploy": self.manager.policy.deployment.auto_deploy,
             "health": dict(self.health),
         }

@@ -1,0 +1,145 @@
+"""The composition root: one function builds the running daemon from its settings and a clock.
+
+``modeld run`` (:mod:`modeld.daemon.process.main`) and the tests both call
+:func:`build_runtime`, so what a test drives is wired exactly as production is: the manager's
+listener (metrics, alerts), the serving slot's fallback hook, the canary first load and the
+test-only crash points when ``MODELD_TEST_CRASH_AT`` asks for them. The process around it
+(HTTP server, poll worker, scheduler, signals) is started by ``main``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from modeld.core.drift import DriftConfig
+from modeld.core.manager import (
+    Clock,
+    DeploymentPolicy,
+    FirstLoad,
+    Listener,
+    ManagerPolicy,
+    ModelManager,
+    TrustPolicy,
+    utc_now,
+)
+from modeld.core.registry import Registry
+from modeld.core.serving import ServingSlot
+from modeld.core.store import ModelStore
+from modeld.daemon.jobs.alerting import Alerter
+from modeld.daemon.jobs.monitoring import Monitors
+from modeld.daemon.jobs.sandbox import Zygote, canary_load
+from modeld.daemon.process.crashpoints import CrashPoint
+from modeld.daemon.process.metrics import DaemonMetrics
+from modeld.daemon.process.runtime import Runtime
+from modeld.daemon.process.settings import Settings
+
+
+def manager_policy(settings: Settings) -> ManagerPolicy:
+    """The manager's share of the settings, as the one value a reload swaps."""
+    return ManagerPolicy(
+        validation=settings.model.validation_policy(),
+        deployment=DeploymentPolicy(settings.integration.auto_deploy),
+        settle_seconds=settings.integration.settle_seconds,
+        loader=settings.security.load_policy().loader(),
+        trust=TrustPolicy(settings.security.require_manifest, settings.security.verify_key),
+    )
+
+
+def build_runtime(settings: Settings, clock: Clock = utc_now,
+                  crash_at: str | None = None) -> Runtime:
+    """Open the registry and store, recover (:meth:`ModelManager.start`) and wire every part.
+
+    Called once on the main thread. ``crash_at`` is ``MODELD_TEST_CRASH_AT`` (tests only).
+    Raises ConfigError or OSError; whatever was opened before the failure is closed again.
+    The caller stops the result with :meth:`Runtime.close`.
+    """
+    crash = None if crash_at is None else CrashPoint(crash_at)
+    closers: list[tuple[str, Callable[[], None]]] = []
+    try:
+        return _assemble(settings, clock, crash, closers)
+    except BaseException:
+        Runtime.run_closers(closers)
+        raise
+
+
+def _assemble(settings: Settings, clock: Clock, crash: CrashPoint | None,
+              closers: list[tuple[str, Callable[[], None]]]) -> Runtime:
+    s = settings
+    state = s.storage.directory
+    store = (ModelStore(state / "store", s.security.max_artifact_bytes) if crash is None
+             else crash.store(state / "store", s.security.max_artifact_bytes))
+    registry = Registry(state / "registry.sqlite3") if crash is None else crash.registry(
+        state / "registry.sqlite3")
+    closers.append(("registry", registry.close))
+    metrics = DaemonMetrics(s.monitoring.resource_monitoring)
+    alerter = Alerter(s.monitoring.alerting)
+    alerter.start()
+
+    def fallback_used(deployed: str, fallback: str | None, reason: str) -> None:
+        manager.scoring_failed(deployed, fallback, reason)  # the manager is built just below
+
+    slot = ServingSlot(on_fallback=fallback_used, anomaly_threshold=s.model.anomaly_threshold)
+    manager = ModelManager(registry=registry, store=store, slot=slot,
+                           models_dir=s.integration.models_dir.resolve(),
+                           policy=manager_policy(s), clock=clock)
+    zygote = Zygote()
+    if s.security.isolate_first_load:
+        zygote.warm()
+    closers.append(("canary zygote", zygote.close))
+    monitors = Monitors(s.monitoring, registry, store.versions, metrics, alerter)
+    runtime = Runtime(settings=s, manager=manager, metrics=metrics, alerter=alerter,
+                      monitors=monitors, token=s.api_token(), closers=closers)
+    closers.append(("alerter", lambda: runtime.alerter.stop(1.0)))  # a reload may replace it
+    manager.first_load = _canary(runtime, zygote)
+    manager.listener = (runtime.on_manager_event if crash is None
+                        else _both(runtime.on_manager_event, crash.on_event))
+    manager.start()
+    runtime.publish_deployed()
+    return runtime
+
+
+def apply_settings(runtime: Runtime, new: Settings, token: str | None) -> None:
+    """Apply a reloaded configuration to what :func:`build_runtime` built.
+
+    Called by the main thread on SIGHUP once ``new`` has been read and checked. Each part
+    swaps one value (the manager its policy, the slot its threshold); the alerter is replaced
+    only when its settings changed. Keys that need a restart are left as they were started.
+    """
+    runtime.manager.set_policy(manager_policy(new))
+    runtime.settings = new
+    runtime.token = token
+    runtime.slot.anomaly_threshold = new.model.anomaly_threshold
+    runtime.monitors.settings = new.monitoring
+    runtime.monitors.config = DriftConfig.from_mapping(new.monitoring.model_dump())
+    if new.monitoring.alerting != runtime.alerter.settings:
+        runtime.alerter.stop(1.0)
+        runtime.alerter = Alerter(new.monitoring.alerting)
+        runtime.alerter.start()
+        runtime.monitors.alerter = runtime.alerter
+
+
+def _canary(runtime: Runtime, zygote: Zygote) -> FirstLoad:
+    """The first load of every artifact, in a limited child process (``security``)."""
+
+    def first_load(folder: Path, digests: Mapping[str, str]) -> None:
+        settings = runtime.settings  # the current one: a reload may change it
+        security = settings.security
+        if not security.isolate_first_load:
+            return
+        canary_load(folder, time_limit=security.canary_time_limit,
+                    memory_limit_bytes=security.canary_memory_limit,
+                    loader_spec=security.load_policy(),
+                    sample_rows=settings.model.warmup_rows,
+                    expected_digests=digests, zygote=zygote)
+
+    return first_load
+
+
+def _both(first: Listener, second: Listener) -> Listener:
+    def listener(event: str, fields: Mapping[str, Any]) -> None:
+        first(event, fields)
+        second(event, fields)
+
+    return listener
