@@ -33,6 +33,20 @@ from modeld.core.errors import (
     UnknownVersion,
     VersionConflict,
 )
+from modeld.core.events import (
+    DeployedVersionUnusable,
+    FallbackUsed,
+    ImportConflict,
+    ImportRejected,
+    Listener,
+    ManagerEvent,
+    ModelImported,
+    ModelSwapped,
+    ModelUnhealthy,
+    StagingFailed,
+    SwapFailed,
+    emit,
+)
 from modeld.core.loader import DEFAULT_LOADER, ModelLoader, ServableModel, load_servable
 from modeld.core.registry import Actor, DeploymentRow, FolderRow, Registry, VersionRow
 from modeld.core.serving import ServingSlot
@@ -59,7 +73,6 @@ from modeld.core.validate import (
 log = structlog.get_logger("modeld.manager")
 
 Clock = Callable[[], datetime]
-Listener = Callable[[str, Mapping[str, Any]], None]
 
 
 def utc_now() -> datetime:
@@ -215,7 +228,7 @@ class ModelManager:
     policy: ManagerPolicy = field(default_factory=ManagerPolicy)
     first_load: FirstLoad = lambda _folder, _digests: None
     clock: Clock = utc_now
-    listener: Listener = lambda _event, _fields: None
+    listener: Listener = lambda _event: None
     lock: threading.RLock = field(default_factory=threading.RLock)
     tracker: SettleTracker = field(init=False)
 
@@ -228,8 +241,8 @@ class ModelManager:
             self.policy = policy
             self.tracker.settle_seconds = policy.settle_seconds
 
-    def _emit(self, event: str, **fields: Any) -> None:
-        self.listener(event, fields)
+    def _emit(self, event: ManagerEvent) -> None:
+        emit(log, self.listener, event)
 
     # startup ------------------------------------------------------------------------------
 
@@ -256,9 +269,8 @@ class ModelManager:
         try:
             servable = self._load(deployed)
         except ModelLoadFailed as exc:
-            log.error("deployed_version_unusable", version=deployed, reason=exc.reason)
+            self._emit(DeployedVersionUnusable(deployed, exc.reason))
             self.registry.set_status(deployed, "rejected", f"unusable at startup: {exc.reason}")
-            self._emit("fallback", version=deployed, reason=exc.reason)
             self._fall_back(deployed, f"deployed version unusable at startup: {exc.reason}")
             return
         fallback = None
@@ -388,8 +400,7 @@ class ModelManager:
         except ArtifactUntrusted as exc:
             return self._reject(folder, exc.reason)
         except OSError as exc:
-            log.error("staging_failed", path=str(folder.path), reason=str(exc))
-            self._emit("import_failed", path=str(folder.path), reason=str(exc))
+            self._emit(StagingFailed(str(folder.path), str(exc)))
             return ImportOutcome(str(folder.path), "failed", reason=f"staging failed: {exc}")
         try:
             return self._import_staged(folder, staged, quality_gate, actor, started)
@@ -460,10 +471,8 @@ class ModelManager:
             self.registry.record_folder(FolderRow(folder.name, folder.fingerprint, "imported",
                                                   meta.version, "", now))
         took_ms = round((time.perf_counter() - started) * 1000, 2)
-        log.info("model_imported", version=meta.version, path=str(folder.path),
-                 quality_score=row.quality_score, warnings=validation.report.warnings,
-                 took_ms=took_ms)
-        self._emit("imported", version=meta.version, path=str(folder.path))
+        self._emit(ModelImported(meta.version, str(folder.path), row.quality_score,
+                                 validation.report.warnings, took_ms))
         deployed = self._consider(row, validation.servable)
         return ImportOutcome(str(folder.path), "imported", meta.version, "",
                              validation.report.to_dict(), deployed)
@@ -485,10 +494,7 @@ class ModelManager:
                                                   existing.version, reason, now))
             self.registry.add_transfer(existing.version, str(folder.path), None, now,
                                        "conflict", reason)
-        log.warning("import_conflict", version=existing.version, path=str(folder.path),
-                    reason=reason)
-        self._emit("import_rejected", version=existing.version, path=str(folder.path),
-                   reason=reason)
+        self._emit(ImportConflict(existing.version, str(folder.path), reason))
         return ImportOutcome(str(folder.path), "conflict", existing.version, reason,
                              existing.report)
 
@@ -523,8 +529,7 @@ class ModelManager:
             self.registry.add_transfer(version, str(folder.path), None, now, "rejected", reason)
             self.registry.record_folder(FolderRow(folder.name, folder.fingerprint, "rejected",
                                                   version, reason, now))
-        log.warning("import_rejected", version=version, path=str(folder.path), reason=reason)
-        self._emit("import_rejected", version=version, path=str(folder.path), reason=reason)
+        self._emit(ImportRejected(version, str(folder.path), reason))
         return ImportOutcome(str(folder.path), "rejected", version, reason, report)
 
     # deploying ----------------------------------------------------------------------------
@@ -581,16 +586,14 @@ class ModelManager:
             now = iso(self.clock())
             self.registry.add_event("swap_failed", decision.version, now,
                                     {"reason": exc.reason, "actor": decision.actor})
-            log.error("swap_failed", old=old, new=decision.version, reason=exc.reason)
-            self._emit("swap_failed", version=decision.version, reason=exc.reason)
+            self._emit(SwapFailed(old, decision.version, exc.reason))
             raise
         self.registry.record_deployment(old, decision.version, iso(self.clock()),
                                         decision.reason, decision.actor)
         self.slot.swap(new)
         took_ms = round((time.perf_counter() - started) * 1000, 2)
-        log.info("model_swapped", old=old, new=decision.version, actor=decision.actor,
-                 reason=decision.reason, took_ms=took_ms)
-        self._emit("swapped", old=old, new=decision.version, actor=decision.actor)
+        self._emit(ModelSwapped(old, decision.version, decision.actor, decision.reason,
+                                took_ms))
         return decision.version
 
     def deploy(self, version: str, reason: str = "deployed by an operator") -> str:
@@ -648,8 +651,7 @@ class ModelManager:
         """The deployed model raised while scoring and the fallback answered (or nobody)."""
         self.registry.add_event("fallback_used", deployed, iso(self.clock()),
                                 {"fallback": fallback, "reason": reason})
-        log.error("fallback_used", version=deployed, fallback=fallback, reason=reason)
-        self._emit("fallback_used", version=deployed, fallback=fallback, reason=reason)
+        self._emit(FallbackUsed(deployed, fallback, reason))
 
     def check_health(self) -> str | None:
         """Re-score the deployed model's warmup rows; replace it when they differ or fail.
@@ -679,10 +681,9 @@ class ModelManager:
                 self.slot.set(state.fallback, None)
             else:
                 self._fall_back(version, f"health check failed: {reason}")
-            log.error("model_unhealthy", version=version, reason=reason,
-                      new=self.registry.deployed_version())
-            self._emit("model_unhealthy", version=version, reason=reason)
-            return self.registry.deployed_version()
+            serving = self.registry.deployed_version()
+            self._emit(ModelUnhealthy(version, reason, serving))
+            return serving
 
     # retention ----------------------------------------------------------------------------
 

@@ -22,7 +22,14 @@ import pytest
 from aiosmtpd.controller import Controller
 from structlog.testing import capture_logs
 
-from modeld.daemon.jobs.alerting import Alert, Alerter, AlertingSettings, backoff_delay
+from modeld.core.events import ImportConflict, ModelImported, SwapFailed
+from modeld.daemon.jobs.alerting import (
+    Alert,
+    Alerter,
+    AlertingSettings,
+    backoff_delay,
+    manager_alert,
+)
 
 WORKER_THREAD = "modeld-alerting"
 
@@ -613,3 +620,13 @@ def test_enabled_without_channels_warns_and_sends_nothing() -> None:
         alerter.stop(1)
     [warning] = events(logs, "alerting_without_channels")
     assert warning["log_level"] == "warning"
+
+
+def test_manager_events_map_to_their_alerts() -> None:
+    swap = manager_alert(SwapFailed(old="v1", new="v2", reason="warmup scores are NaN"))
+    assert swap is not None and swap.kind == "swap_failed" and swap.version == "v2"
+    assert swap.title == "swap failed: v2" and swap.detail == "warmup scores are NaN"
+    assert dict(swap.fields) == {"version": "v2", "reason": "warmup scores are NaN"}
+    conflict = manager_alert(ImportConflict("v2", "/models/x", "different content"))
+    assert conflict is not None and conflict.kind == "import_rejected"
+    assert manager_alert(ModelImported("v3", "/models/v3", 0.9, [], 1.0)) is None

@@ -21,7 +21,14 @@ from modeld.daemon.process import wiring
 from modeld.daemon.process.runtime import Runtime
 from modeld.daemon.process.settings import Settings
 from tests.bad_corpus import Sentinel
-from tests.helpers import artifact_files, records, stamp, write_in_place, write_renamed
+from tests.helpers import (
+    artifact_files,
+    records,
+    stamp,
+    train_forest,
+    write_in_place,
+    write_renamed,
+)
 
 
 def build_runtime(root: Path, token: str | None = None, **sections: Any) -> Runtime:
@@ -210,6 +217,31 @@ def test_score_endpoint_basics(client: TestClient, runtime: Runtime) -> None:
     assert too_big.status_code == 413
     metrics = client.get("/metrics").text
     assert 'modeld_records_scored_total{version="v1"} 3.0' in metrics
+
+
+def test_the_composed_daemon_answers_a_scoring_failure_from_the_fallback_and_records_it(
+        tmp_path: Path) -> None:
+    from tests.test_core import RaisingForest
+
+    # RaisingForest lives in the tests package, which the canary child does not import
+    runtime = build_runtime(tmp_path, security={"isolate_first_load": False})
+    try:
+        add_versions(runtime, "v1")
+        write_renamed(runtime.manager.models_dir, "v2", artifact_files(
+            "v2", model=RaisingForest(train_forest(seed=3)), created_at=stamp(0)))
+        runtime.manager.note_moved_in("v2")
+        runtime.manager.poll_once()
+        deployed = runtime.slot.state.deployed
+        assert deployed is not None and deployed.version == "v2"
+        # arm the loaded instance: scoring now raises inside the deployed model
+        deployed.scorer.__closure__[0].cell_contents.__self__.armed = True
+        with TestClient(create_app(runtime)) as http:
+            answer = http.post("/api/v1/score", json={"records": records(2)})
+            assert answer.status_code == 200 and answer.json()["model_version"] == "v1"
+            assert "modeld_fallback_uses_total 1.0" in http.get("/metrics").text
+        assert runtime.manager.registry.events("fallback_used")[0]["fallback"] == "v1"
+    finally:
+        runtime.close()
 
 
 JSON = st.recursive(

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from sklearn.neighbors import LocalOutlierFactor
 from sklearn.preprocessing import StandardScaler
+from structlog.testing import capture_logs
 
 from modeld.core.errors import (
     ModelLoadFailed,
@@ -21,6 +22,7 @@ from modeld.core.errors import (
     UnknownVersion,
     VersionConflict,
 )
+from modeld.core.events import ManagerEvent, ModelImported, ModelSwapped
 from modeld.core.manager import (
     DeploymentPolicy,
     ManagerPolicy,
@@ -356,6 +358,22 @@ def test_a_swap_that_fails_to_load_keeps_the_old_model(tmp_path: Path) -> None:
     assert manager.slot.state.deployed.version == "v1"
     assert manager.registry.deployed_version() == "v1"
     assert manager.registry.events("swap_failed")[0]["version"] == "v2"
+
+
+def test_manager_events_are_logged_as_before_and_passed_on_as_types(tmp_path: Path) -> None:
+    manager = make_manager(tmp_path)
+    seen: list[ManagerEvent] = []
+    manager.listener = seen.append
+    with capture_logs() as logs:
+        drop(manager, "v1", artifact_files("v1", created_at=created(1)))
+        manager.poll_once()
+    assert [type(event) for event in seen] == [ModelImported, ModelSwapped]
+    imported = next(entry for entry in logs if entry["event"] == "model_imported")
+    assert {"version", "path", "quality_score", "warnings", "took_ms"} <= set(imported)
+    assert imported["version"] == "v1" and imported["log_level"] == "info"
+    swapped = next(entry for entry in logs if entry["event"] == "model_swapped")
+    assert (swapped["old"], swapped["new"], swapped["actor"], swapped["reason"]) == (
+        None, "v1", "auto", "first valid version")
 
 
 class RaisingForest:

@@ -34,6 +34,16 @@ import pydantic
 import structlog
 from pydantic import ConfigDict, Field, SecretStr
 
+from modeld.core.events import (
+    DeployedVersionUnusable,
+    FallbackUsed,
+    ImportConflict,
+    ImportRejected,
+    ManagerEvent,
+    ModelUnhealthy,
+    SwapFailed,
+)
+
 log = structlog.get_logger()
 
 AlertKind = Literal[
@@ -148,6 +158,36 @@ class Alert:
     def dedupe_key(self) -> str:
         """What makes two alerts "the same" for de-duplication: kind, version and title."""
         return f"{self.kind}|{self.version or '-'}|{self.title}"
+
+
+def manager_alert(event: ManagerEvent) -> Alert | None:
+    """The alert a manager event raises, or None: called by the manager's listener."""
+    match event:
+        case ImportRejected(version=version, path=path, reason=reason) | ImportConflict(
+            version=version, path=path, reason=reason
+        ):
+            return _event_alert("import_rejected", "import rejected", version, reason,
+                                {"version": version, "path": path, "reason": reason})
+        case SwapFailed(new=version, reason=reason):
+            return _event_alert("swap_failed", "swap failed", version, reason,
+                                {"version": version, "reason": reason})
+        case FallbackUsed(version=version, fallback=fallback, reason=reason):
+            return _event_alert("fallback_used", "fallback used", version, reason,
+                                {"version": version, "fallback": fallback, "reason": reason})
+        case DeployedVersionUnusable(version=version, reason=reason):
+            return _event_alert("fallback_used", "fell back to an earlier version", version,
+                                reason, {"version": version, "reason": reason})
+        case ModelUnhealthy(version=version, reason=reason):
+            return _event_alert("model_unhealthy", "deployed model failed its health check",
+                                version, reason, {"version": version, "reason": reason})
+        case _:
+            return None
+
+
+def _event_alert(kind: AlertKind, title: str, version: str | None, reason: str,
+                 fields: Mapping[str, FieldValue]) -> Alert:
+    return Alert(kind=kind, title=f"{title}: {version}" if version else title, detail=reason,
+                 version=version, fields=fields)
 
 
 def backoff_delay(attempts: int, initial: float, maximum: float) -> float:

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
+from modeld.core.events import ManagerEvent, ModelImported
 from modeld.core.registry import Actor, Registry
 from modeld.core.store import FileDigest, ModelStore, StagedArtifact
 
@@ -43,9 +42,9 @@ class CrashPoint:
     def registry(self, path: Path) -> Registry:
         return _CrashingRegistry(path, self)
 
-    def on_event(self, event: str, _fields: Mapping[str, Any]) -> None:
+    def on_event(self, event: ManagerEvent) -> None:
         """Listens beside the daemon: ``registered`` is the moment the import was committed."""
-        if event == "imported":
+        if isinstance(event, ModelImported):
             self.reached("registered")
 
 

@@ -6,9 +6,6 @@ thread-safe. Served at ``GET /metrics``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -17,6 +14,16 @@ from prometheus_client import (
     Info,
     PlatformCollector,
     ProcessCollector,
+)
+
+from modeld.core.events import (
+    FallbackUsed,
+    ImportConflict,
+    ImportRejected,
+    ManagerEvent,
+    ModelImported,
+    ModelSwapped,
+    SwapFailed,
 )
 
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
@@ -62,15 +69,18 @@ class DaemonMetrics:
     def set_deployed(self, deployed: str | None, fallback: str | None) -> None:
         self.deployed.info({"version": deployed or "", "fallback": fallback or ""})
 
-    def on_event(self, event: str, fields: Mapping[str, Any]) -> None:
+    def on_event(self, event: ManagerEvent) -> None:
         """The manager's listener: count what happened."""
-        if event == "imported":
-            self.imports.inc()
-        elif event == "import_rejected":
-            self.rejections.inc()
-        elif event == "swapped":
-            self.swaps.labels(fields.get("actor", "auto")).inc()
-        elif event == "swap_failed":
-            self.swap_failures.inc()
-        elif event == "fallback_used":
-            self.fallbacks.inc()
+        match event:
+            case ModelImported():
+                self.imports.inc()
+            case ImportRejected() | ImportConflict():
+                self.rejections.inc()
+            case ModelSwapped(actor=actor):
+                self.swaps.labels(actor).inc()
+            case SwapFailed():
+                self.swap_failures.inc()
+            case FallbackUsed():
+                self.fallbacks.inc()
+            case _:
+                pass  # not counted

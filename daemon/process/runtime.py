@@ -8,30 +8,22 @@ manager's operation lock.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
 from modeld.core.errors import NoModelDeployed, RecordInvalid
+from modeld.core.events import ManagerEvent
 from modeld.core.manager import ModelManager
 from modeld.core.serving import ServingSlot
-from modeld.daemon.jobs.alerting import Alert, Alerter
+from modeld.daemon.jobs.alerting import Alerter, manager_alert
 from modeld.daemon.jobs.monitoring import Monitors
 from modeld.daemon.process.metrics import DaemonMetrics
 from modeld.daemon.process.settings import Settings
 
 log = structlog.get_logger("modeld.runtime")
-
-ALERTED_EVENTS = {
-    "import_rejected": "import rejected",
-    "swap_failed": "swap failed",
-    "fallback_used": "fallback used",
-    "fallback": "fell back to an earlier version",
-    "model_unhealthy": "deployed model failed its health check",
-}
-
 
 @dataclass(frozen=True, slots=True)
 class ReloadResult:
@@ -87,22 +79,13 @@ class Runtime:
             state.fallback.version if state.fallback else None,
         )
 
-    def on_manager_event(self, event: str, fields: Mapping[str, Any]) -> None:
+    def on_manager_event(self, event: ManagerEvent) -> None:
         """The manager's listener: metrics, the deployed-version info, alerts."""
-        self.metrics.on_event(event, fields)
+        self.metrics.on_event(event)
         self.publish_deployed()
-        title = ALERTED_EVENTS.get(event)
-        if title is not None:
-            kind = {"fallback": "fallback_used"}.get(event, event)
-            version = fields.get("version")
-            self.alerter.send(Alert(
-                kind=kind,
-                title=f"{title}: {version}" if version else title,
-                detail=str(fields.get("reason", "")),
-                version=version,
-                fields={k: v if isinstance(v, str | int | float) or v is None else str(v)
-                        for k, v in fields.items()},
-            ))
+        alert = manager_alert(event)
+        if alert is not None:
+            self.alerter.send(alert)
 
     def score(self, records: Sequence[object]) -> dict[str, Any]:
         """Score one batch with whichever model is deployed now; all from one version."""

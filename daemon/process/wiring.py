@@ -11,14 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 from modeld.core.drift import DriftConfig
+from modeld.core.events import Listener, ManagerEvent
 from modeld.core.manager import (
     Clock,
     DeploymentPolicy,
     FirstLoad,
-    Listener,
     ManagerPolicy,
     ModelManager,
     TrustPolicy,
@@ -138,8 +137,8 @@ def _canary(runtime: Runtime, zygote: Zygote) -> FirstLoad:
 
 
 def _both(first: Listener, second: Listener) -> Listener:
-    def listener(event: str, fields: Mapping[str, Any]) -> None:
-        first(event, fields)
-        second(event, fields)
+    def listener(event: ManagerEvent) -> None:
+        first(event)
+        second(event)
 
     return listener
