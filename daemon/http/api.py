@@ -159,14 +159,17 @@ def _model_routes(router: APIRouter, runtime: Runtime) -> None:
         return {**version_view(row, deployed, fallback), "report": row.report,
                 "metadata": row.metadata, "checksums": row.checksums}
 
-    @router.post("/api/v1/models/import", summary="Import one folder of the training service now")
-    async def import_one(body: ImportRequest) -> dict[str, Any]:
+    # response_model: the 200 answer's schema; a refusal is a Response, which FastAPI sends as is
+    @router.post("/api/v1/models/import", summary="Import one folder of the training service now",
+                 response_model=dict[str, Any])
+    async def import_one(body: ImportRequest) -> dict[str, Any] | Response:
         outcome = await run_in_threadpool(manager.import_path, body.path, body.validate_artifact)
         return import_answer(outcome, serving_pair(runtime.slot)[0])
 
     @router.post("/api/v1/models/import-latest",
-              summary="Import the training service's newest artifact now")
-    async def import_latest(body: ImportLatestRequest | None = None) -> dict[str, Any]:
+              summary="Import the training service's newest artifact now",
+              response_model=dict[str, Any])
+    async def import_latest(body: ImportLatestRequest | None = None) -> dict[str, Any] | Response:
         folder = await run_in_threadpool(manager.latest_folder)
         if folder is None:
             return error(404, f"no artifact with metadata in {manager.models_dir}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+from fastapi import Response
 from fastapi.responses import JSONResponse
 
 from modeld.core.lifecycle import lifecycle_state
@@ -55,7 +56,7 @@ def version_view(row: VersionRow, deployed: str | None, fallback: str | None) ->
     }
 
 
-def import_answer(outcome: ImportOutcome, deployed: str | None) -> Any:
+def import_answer(outcome: ImportOutcome, deployed: str | None) -> dict[str, Any] | Response:
     """An import's outcome as the API answers it: 422/409/503 with a ``detail`` when nothing
     was imported, else the outcome and what serves now."""
     if outcome.status in ("rejected", "incomplete", "failed"):

@@ -38,7 +38,7 @@ from modeld.daemon.process.wiring import apply_settings, build_runtime
 
 log = structlog.get_logger("modeld.main")
 
-STOP_TIMEOUT = 3.0  # per component; all of them together stay within systemd's 10 s
+STOP_TIMEOUT = 3  # seconds per component; all of them together stay within systemd's 10 s
 
 
 class Daemon:

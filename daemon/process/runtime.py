@@ -1,8 +1,8 @@
 """The running daemon's shared state: what the HTTP app, the scheduler and the main loop use.
 
-Built once, in dependency order, by :func:`modeld.daemon.process.wiring.build_runtime`. ``score`` runs on request threads (or
-the event loop); it reads the slot's state once and holds only the tiny monitor lock, never the
-manager's operation lock.
+Built once, in dependency order, by :func:`modeld.daemon.process.wiring.build_runtime`.
+``score`` runs on request threads (or the event loop); it reads the slot's state once and holds
+only the tiny monitor lock, never the manager's operation lock.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from modeld.daemon.process.metrics import DaemonMetrics
 from modeld.daemon.process.settings import Settings
 
 log = structlog.get_logger("modeld.runtime")
+
 
 @dataclass(frozen=True, slots=True)
 class ReloadResult:
