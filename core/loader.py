@@ -48,6 +48,7 @@ from modeld.core.errors import (
     RecordInvalid,
     WarmupNonFinite,
 )
+from modeld.core.explain import Explanation, LazyExplainer, ReferenceWords, explainer_for
 from modeld.core.features import FeatureExtractor
 from modeld.core.forest import compile_isolation_forest
 
@@ -409,6 +410,19 @@ class ServableModel:
     flagger: Flagger
     warmup_scores: np.ndarray
     warmup_rows: np.ndarray
+    explainer: LazyExplainer | None = None
+
+    def explain(self, features: np.ndarray, scores: np.ndarray, words: ReferenceWords,
+                top: int | None = None) -> list[Explanation] | None:
+        """Why each row scored as it did, its ``top`` contributions (None: all); None when
+        this model type cannot say."""
+        explainer = None if self.explainer is None else self.explainer.get()
+        if explainer is None:
+            return None
+        x = self.transform(features) if self.transform is not None else features
+        explanations: list[Explanation] = explainer.explain_many(x, scores, features, words,
+                                                                 top)
+        return explanations
 
     def score_matrix(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return _score_matrix(self.transform, self.scorer, self.flagger, features)
@@ -560,9 +574,10 @@ def build_servable(
     names = tuple(spec.feature_names)
     extractor = FeatureExtractor(names)
     warmed = warm(loaded, spec.version, len(names), extractor, spec.warmup, warmup_row_count)
+    model = loaded.model
     return ServableModel(
         spec.version, loaded.model_type, names, extractor, warmed.transform, warmed.scorer,
-        warmed.flagger, warmed.scores, warmed.rows,
+        warmed.flagger, warmed.scores, warmed.rows, LazyExplainer(lambda: explainer_for(model)),
     )
 
 
