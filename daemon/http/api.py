@@ -15,9 +15,11 @@ from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
 
 from modeld.core.errors import ModeldError, NoModelDeployed, UnknownVersion
-from modeld.core.manager import describe_folder
+from modeld.core.features import parse_timestamp
+from modeld.core.manager import describe_folder, iso
 from modeld.core.source import scan_models_folder
 from modeld.daemon.http.body import read_json
 from modeld.daemon.http.views import (
@@ -27,11 +29,12 @@ from modeld.daemon.http.views import (
     serving_pair,
     version_view,
 )
-from modeld.daemon.process.runtime import Runtime
+from modeld.daemon.process.runtime import DEFAULT_TOP, Runtime
 
 __all__ = ["api_router"]
 
 INLINE_BATCH = 64
+MAX_ANOMALIES = 10_000
 
 
 class ImportRequest(BaseModel):
@@ -54,7 +57,11 @@ SCORE_SCHEMA = {
         "content": {"application/json": {"schema": {
             "type": "object",
             "required": ["records"],
-            "properties": {"records": {"type": "array", "items": {
+            "properties": {
+                "explain": {"type": "boolean", "default": False,
+                            "description": "add each record's top contributions"},
+                "top": {"type": "integer", "minimum": 1, "default": 3},
+                "records": {"type": "array", "items": {
                 "type": "object",
                 "properties": {
                     "timestamp": {"type": "string", "format": "date-time"},
@@ -67,6 +74,16 @@ SCORE_SCHEMA = {
         }}},
     }
 }
+
+
+def anomaly_since(since: str | None) -> str | None:
+    """``since`` as the registry's timestamps read (UTC ISO); 422 naming it when unparsable."""
+    if since is None or not since.strip():
+        return None
+    try:
+        return iso(parse_timestamp(since.strip()))
+    except ValueError as exc:
+        raise HTTPException(422, f"since: {since!r} is not an ISO-8601 time ({exc})") from exc
 
 
 def api_router(runtime: Runtime) -> APIRouter:
@@ -122,11 +139,13 @@ def _scoring_routes(router: APIRouter, runtime: Runtime) -> None:
         if len(records) > api.max_records:
             return error(413, f"{len(records)} records exceed api.max_records "
                          f"({api.max_records})")
+        explain, top = _explain_options(payload)
         try:
-            if len(records) <= INLINE_BATCH:
+            # explanations cost about a millisecond per record: off the event loop
+            if len(records) <= INLINE_BATCH and not explain:
                 result = runtime.score(records)
             else:
-                result = await run_in_threadpool(runtime.score, records)
+                result = await run_in_threadpool(runtime.score, records, explain, top)
         except ModeldError:
             runtime.metrics.requests.labels("refused").inc()
             raise
@@ -138,6 +157,18 @@ def _scoring_routes(router: APIRouter, runtime: Runtime) -> None:
     async def noop(request: Request) -> Response:
         await read_json(request, runtime.settings.api.max_request_bytes)
         return Response(b"{}", media_type="application/json")
+
+
+def _explain_options(payload: dict[str, Any]) -> tuple[bool, int]:
+    """``"explain": true`` and the optional ``"top": n`` of a score request."""
+    explain = payload.get("explain", False)
+    if not isinstance(explain, bool):
+        raise HTTPException(422, f'"explain" must be true or false, not {explain!r}')
+    top = payload.get("top", DEFAULT_TOP)
+    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+        raise HTTPException(422, f'"top" must be a whole number of contributions >= 1, '
+                            f"not {top!r}")
+    return explain, top
 
 
 def _model_routes(router: APIRouter, runtime: Runtime) -> None:
@@ -235,6 +266,13 @@ def _history_routes(router: APIRouter, runtime: Runtime) -> None:
         limit = max(1, min(limit, 5000))
         return {"evaluations": registry.events("drift_evaluation", limit),
                 "alarms": registry.events("drift_alarm", limit)}
+
+    @router.get("/api/v1/anomalies", summary="Recent anomalies with their explanations, newest "
+             "first (since: ISO time they were scored; host: exact host)")
+    async def anomalies(since: str | None = None, host: str | None = None,
+                        limit: int = 100) -> list[dict[str, Any]]:
+        return await run_in_threadpool(runtime.monitors.anomalies.read, anomaly_since(since),
+                                       host, max(1, min(limit, MAX_ANOMALIES)))
 
     @router.get("/api/v1/quarantine", summary="Folders rejected as they stand, with the reason; "
              "each is reconsidered when its content changes")

@@ -19,10 +19,12 @@ import structlog
 
 from modeld.core.drift import DriftAlarm, DriftConfig, DriftDetector, DriftReport, Reference
 from modeld.core.errors import ArtifactInvalid
+from modeld.core.explain import ReferenceWords
 from modeld.core.manager import iso, utc_now
 from modeld.core.monitor import ScoringWindow
 from modeld.core.registry import Registry
 from modeld.daemon.jobs.alerting import Alert, Alerter
+from modeld.daemon.jobs.anomalies import RecentAnomalies
 from modeld.daemon.process.metrics import DaemonMetrics
 from modeld.daemon.process.settings import MonitoringSettings
 
@@ -70,6 +72,11 @@ class Monitors:
         self.windows: dict[str, ScoringWindow] = {}
         self.detectors: dict[str, DriftDetector] = {}
         self.reports: dict[str, DriftReport] = {}
+        self._words: dict[str, tuple[Reference, ReferenceWords]] = {}
+        self.anomalies = RecentAnomalies(
+            registry, lambda: (self.settings.keep_anomalies,
+                               self.settings.anomaly_retention_days),
+            self.reference_words)
 
     # the scoring path ---------------------------------------------------------------------
 
@@ -100,6 +107,17 @@ class Monitors:
                          if detector.collecting_baseline else 0)
             self.detectors[version] = detector
         return detector
+
+    def reference_words(self, version: str, feature_names: Sequence[str]) -> ReferenceWords:
+        """Words for a version's feature values, from its drift reference (the artifact's, or
+        the baseline collected so far: none while it collects)."""
+        with self.lock:
+            reference = self.detector(version, feature_names).reference
+            cached = self._words.get(version)
+            if cached is None or cached[0] is not reference:
+                cached = (reference, ReferenceWords.from_reference(reference))
+                self._words[version] = cached
+        return cached[1]
 
     def observe(self, version: str, feature_names: Sequence[str], features: np.ndarray,
                 scores: np.ndarray, flags: np.ndarray, latency_s: float) -> None:
@@ -188,6 +206,7 @@ class Monitors:
             self.registry.save_state("window", version, state, now)
         for version, state in detectors.items():
             self.registry.save_state("drift", version, state, now)
+        self.anomalies.flush()
 
     def report(self, version: str, feature_names: Sequence[str]) -> dict[str, Any]:
         """The current report of a version: re-evaluated when the last is older than 5 s, so

@@ -12,18 +12,24 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import structlog
 
 from modeld.core.errors import NoModelDeployed, RecordInvalid
 from modeld.core.events import ManagerEvent
 from modeld.core.manager import ModelManager
+from modeld.core.loader import Scores, ServableModel
 from modeld.core.serving import ServingSlot
 from modeld.daemon.jobs.alerting import Alerter, manager_alert
+from modeld.daemon.jobs.anomalies import explain_rows
 from modeld.daemon.jobs.monitoring import Monitors
 from modeld.daemon.process.metrics import DaemonMetrics
 from modeld.daemon.process.settings import Settings
 
 log = structlog.get_logger("modeld.runtime")
+
+# contributions per explained record unless the request asks for another number
+DEFAULT_TOP = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +94,12 @@ class Runtime:
         if alert is not None:
             self.alerter.send(alert)
 
-    def score(self, records: Sequence[object]) -> dict[str, Any]:
-        """Score one batch with whichever model is deployed now; all from one version."""
+    def score(self, records: Sequence[object], explain: bool = False,
+              top: int | None = DEFAULT_TOP) -> dict[str, Any]:
+        """Score one batch with whichever model is deployed now; all from one version.
+
+        With ``explain`` each result carries its ``top`` contributions. Flagged records are
+        handed to the recent-anomalies buffer (explained and written by the next flush)."""
         started = time.perf_counter()
         try:
             result = self.slot.score(records)
@@ -115,13 +125,43 @@ class Runtime:
         if flagged:
             counters[1].inc(flagged)
         self.metrics.latency.observe(latency)
-        return {
-            "model_version": result.version,
-            "results": [
-                {"score": s, "is_anomaly": f}
-                for s, f in zip(result.scores.tolist(), result.flags.tolist(), strict=True)
-            ],
-        }
+        servable = self.servable(result.version)
+        if flagged and servable is not None:
+            self.monitors.anomalies.add(servable, records, np.flatnonzero(result.flags),
+                                        result.scores, result.features)
+        results: list[dict[str, Any]] = [
+            {"score": s, "is_anomaly": f}
+            for s, f in zip(result.scores.tolist(), result.flags.tolist(), strict=True)
+        ]
+        if explain:
+            for answer, explanation in zip(results, self._explanations(result, top),
+                                           strict=True):
+                answer["explanation"] = explanation
+        return {"model_version": result.version, "results": results}
+
+    def explain(self, record: object) -> dict[str, Any]:
+        """One record's score with its full explanation. Not traffic: nothing is observed,
+        counted or kept (an agent asking why must not move the drift windows)."""
+        result = self.slot.score([record])
+        return {"model_version": result.version, "score": float(result.scores[0]),
+                "is_anomaly": bool(result.flags[0]),
+                "explanation": self._explanations(result, None)[0]}
+
+    def _explanations(self, result: Scores, top: int | None) -> list[dict[str, Any] | None]:
+        servable = self.servable(result.version)
+        if servable is None:  # swapped out since it scored: the answer stands unexplained
+            return [None] * len(result.scores)
+        words = self.monitors.reference_words(result.version, result.feature_names)
+        return [None if e is None else e.to_dict(top)
+                for e in explain_rows(servable, result.features, result.scores, words)]
+
+    def servable(self, version: str) -> ServableModel | None:
+        """The loaded servable of ``version`` (deployed or fallback), if it is loaded."""
+        state = self.slot.state
+        for servable in (state.deployed, state.fallback):
+            if servable is not None and servable.version == version:
+                return servable
+        return None
 
     def status(self) -> dict[str, Any]:
         state = self.slot.state

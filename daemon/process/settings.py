@@ -135,6 +135,10 @@ class MonitoringSettings(_Section):
     model_health_checks: bool = True
     health_check_interval: float = Field(300, gt=0)
     metrics_flush_interval: float = Field(60, gt=0)
+    # recent anomalies (GET /api/v1/anomalies): the newest this many per version, at most
+    # this many days old
+    keep_anomalies: int = Field(1000, ge=1)
+    anomaly_retention_days: float = Field(7, gt=0)
     alerting: AlertingSettings = AlertingSettings()
 
     @model_validator(mode="after")
@@ -221,6 +225,13 @@ class SecuritySettings(_Section):
         return LoadPolicy(self.allow_pickle, self.trusted_types)
 
 
+class McpSettings(_Section):
+    """The MCP server at /mcp and ``modeld mcp`` (README "MCP")."""
+
+    # deploy_model and rollback_model exist only when this is true
+    allow_changes: bool = False
+
+
 class Settings(BaseSettings):
     """The whole configuration. Environment variables (``MODELD_API__PORT``) beat the file."""
 
@@ -235,6 +246,7 @@ class Settings(BaseSettings):
     logging: LoggingSettings = LoggingSettings()
     api: ApiSettings = ApiSettings()
     security: SecuritySettings = SecuritySettings()
+    mcp: McpSettings = McpSettings()
 
     @classmethod
     def settings_customise_sources(
