@@ -126,6 +126,11 @@ class FirstLoad(Protocol):
     def __call__(self, folder: Path, digests: Mapping[str, str]) -> None: ...
 
 
+# How a rollback's row reads; an agent's rollback (actor "mcp") is told apart from its deploys
+# by this, so auto-deploy respects it as it does an operator's rollback.
+ROLLBACK_REASON = "rollback from "
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     """What a policy function asks the manager to do."""
@@ -145,7 +150,8 @@ class RegistrySnapshot:
     @property
     def rolled_back_from(self) -> frozenset[str]:
         return frozenset(
-            d.from_version for d in self.history if d.actor == "rollback" and d.from_version
+            d.from_version for d in self.history
+            if d.from_version and (d.actor == "rollback" or d.reason.startswith(ROLLBACK_REASON))
         )
 
 
@@ -596,9 +602,10 @@ class ModelManager:
                                 took_ms))
         return decision.version
 
-    def deploy(self, version: str, reason: str = "deployed by an operator") -> str:
-        """Deploy a named version (operator); raises UnknownVersion, VersionConflict or
-        ModelLoadFailed. Returns the version now serving."""
+    def deploy(self, version: str, reason: str = "deployed by an operator",
+               actor: Actor = "operator") -> str:
+        """Deploy a named version (operator, or an agent: actor "mcp"); raises UnknownVersion,
+        VersionConflict or ModelLoadFailed. Returns the version now serving."""
         with self.lock:
             row = self.registry.get_version(version)
             if row is None:
@@ -606,9 +613,9 @@ class ModelManager:
             if row.status != "available":
                 raise VersionConflict(version, f"is {row.status} and cannot be deployed"
                                       + (f" ({row.reason})" if row.reason else ""))
-            return self._deploy(Decision(version, reason, "operator"))
+            return self._deploy(Decision(version, reason, actor))
 
-    def rollback(self, version: str | None = None) -> str:
+    def rollback(self, version: str | None = None, actor: Actor = "rollback") -> str:
         """Go back to ``version``, or to the previous deployed version; returns what serves."""
         with self.lock:
             snapshot = self._snapshot()
@@ -627,7 +634,7 @@ class ModelManager:
                     raise VersionConflict(version, f"is {row.status} and cannot be deployed")
                 target = version
             current = snapshot.deployed.version if snapshot.deployed else None
-            return self._deploy(Decision(target, f"rollback from {current}", "rollback"))
+            return self._deploy(Decision(target, f"{ROLLBACK_REASON}{current}", actor))
 
     def revalidate(self, version: str) -> dict[str, Any]:
         """Re-run validation of a stored version; the new report is recorded and returned."""

@@ -237,6 +237,35 @@ def cmd_drift(args: argparse.Namespace) -> int:
     return 0
 
 
+ANOMALY_COLUMNS = ("at", "host", "process", "score", "version", "why", "message")
+
+
+def cmd_anomalies(args: argparse.Namespace) -> int:
+    params = {k: v for k, v in (("since", args.since), ("host", args.host)) if v}
+    path = str(httpx.URL("/api/v1/anomalies", params={"limit": args.limit, **params}))
+    data = Client(_settings(args)).call("GET", path)
+
+    def render(rows: list[dict[str, Any]]) -> str:
+        if not rows:
+            return "no anomalies"
+        return _table([{**r, "why": (r.get("explanation") or {}).get("summary", ""),
+                         "message": (r.get("message") or "")[:60]} for r in rows],
+                      ANOMALY_COLUMNS)
+
+    _print(args, data, render)
+    return 0
+
+
+def cmd_mcp(args: argparse.Namespace) -> int:
+    """The MCP server over stdio, relayed to the running daemon's /mcp."""
+    from modeld.daemon.http.mcp_tools import serve_stdio
+
+    client = Client(_settings(args))
+    client.call("GET", "/api/v1/status")  # one clear line now if the daemon is not there
+    token = client.http.headers.get("authorization")
+    return serve_stdio(f"{client.base}/mcp", {"Authorization": token} if token else {})
+
+
 def cmd_reload(args: argparse.Namespace) -> int:
     """Send SIGHUP and wait until the daemon reports the reload applied or refused."""
     pid = args.pid
@@ -323,6 +352,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("drift", parents=[common], help="the drift report of the deployed version"
                    ).set_defaults(func=cmd_drift)
+
+    anomalies = sub.add_parser("anomalies", parents=[common],
+                               help="recent anomalies with their explanations, newest first")
+    anomalies.add_argument("--since", help="ISO-8601 time they were scored, e.g. "
+                           "2026-11-28T10:00:00Z")
+    anomalies.add_argument("--host", help="only this host")
+    anomalies.add_argument("--limit", type=int, default=50)
+    anomalies.set_defaults(func=cmd_anomalies)
+
+    sub.add_parser("mcp", parents=[common], help="the MCP server over stdio, for agents that "
+                   "start tools as processes (talks to the running daemon)"
+                   ).set_defaults(func=cmd_mcp)
 
     add_train_command(sub, parents=[common])
     add_demo_command(sub, parents=[common])

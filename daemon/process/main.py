@@ -119,7 +119,7 @@ class Daemon:
         api = runtime.settings.api
         server = uvicorn.Server(uvicorn.Config(
             create_app(runtime), host=api.host, port=api.port, log_config=None,
-            access_log=False, lifespan="off", timeout_graceful_shutdown=STOP_TIMEOUT,
+            access_log=False, lifespan="on", timeout_graceful_shutdown=STOP_TIMEOUT,
         ))
         http = threading.Thread(target=server.run, name="modeld-http", daemon=True)
         http.start()
