@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
@@ -34,15 +34,10 @@ KEPT_CONTRIBUTIONS = 5
 
 @dataclass(frozen=True, slots=True)
 class PendingAnomaly:
-    """A flagged record not yet written: what the row needs, and what explains it."""
+    """A flagged record not yet written: its row (unexplained), and what explains it."""
 
     servable: ServableModel
-    at: str
-    timestamp: str | None
-    host: str | None
-    process: str | None
-    message: str | None
-    score: float
+    row: AnomalyRow
     features: np.ndarray
 
 
@@ -98,10 +93,10 @@ class RecentAnomalies:
         """Newest first: what waits for the flush, then the registry's rows."""
         with self._lock:
             waiting = [item for items in self._pending.values() for item in items
-                       if (since is None or item.at >= since)
-                       and (host is None or item.host == host)]
+                       if (since is None or item.row.at >= since)
+                       and (host is None or item.row.host == host)]
         waiting.reverse()  # newest first, also among records of one batch (same time)
-        waiting.sort(key=lambda item: item.at, reverse=True)
+        waiting.sort(key=lambda item: item.row.at, reverse=True)
         fresh = self._explained(waiting[:limit])
         stored = self.registry.anomalies(since, host, limit)
         merged = sorted([*fresh, *stored], key=lambda row: row.at, reverse=True)
@@ -114,23 +109,20 @@ class RecentAnomalies:
             servable = group[0].servable
             explanations = explain_rows(
                 servable, np.stack([item.features for item in group]),
-                np.array([item.score for item in group]),
-                self._words(version, servable.feature_names))
-            for item, explanation in zip(group, explanations, strict=True):
-                rows.append(AnomalyRow(
-                    version=version, at=item.at, timestamp=item.timestamp, host=item.host,
-                    process=item.process, message=item.message, score=item.score,
-                    explanation={} if explanation is None
-                    else explanation.to_dict(KEPT_CONTRIBUTIONS)))
+                np.array([item.row.score for item in group]),
+                self._words(version, servable.feature_names), KEPT_CONTRIBUTIONS)
+            rows.extend(replace(item.row, explanation={} if explanation is None
+                                else explanation.to_dict())
+                        for item, explanation in zip(group, explanations, strict=True))
         return rows
 
 
 def explain_rows(servable: ServableModel, features: np.ndarray, scores: np.ndarray,
-                 words: ReferenceWords) -> list[Explanation | None]:
+                 words: ReferenceWords, top: int | None) -> list[Explanation | None]:
     """One explanation per row, or None per row when the model cannot explain (or fails:
     an explanation is never worth losing the anomaly or the answer for)."""
     try:
-        explanations = servable.explain(features, scores, words)
+        explanations = servable.explain(features, scores, words, top)
     except Exception as exc:  # third-party estimator state; the score still stands
         log.warning("explanation_failed", version=servable.version,
                     reason=f"{type(exc).__name__}: {exc}")
@@ -148,5 +140,7 @@ def _pending(servable: ServableModel, at: str, record: object, score: float,
         value = fields.get(name)
         return None if value is None else str(value)
 
-    return PendingAnomaly(servable, at, text("timestamp"), text("host"), text("process"),
-                          text("message"), score, np.array(features, dtype=np.float64))
+    row = AnomalyRow(version=servable.version, at=at, timestamp=text("timestamp"),
+                     host=text("host"), process=text("process"), message=text("message"),
+                     score=score, explanation={})
+    return PendingAnomaly(servable, row, np.array(features, dtype=np.float64))

@@ -152,8 +152,8 @@ class Runtime:
         if servable is None:  # swapped out since it scored: the answer stands unexplained
             return [None] * len(result.scores)
         words = self.monitors.reference_words(result.version, result.feature_names)
-        return [None if e is None else e.to_dict(top)
-                for e in explain_rows(servable, result.features, result.scores, words)]
+        return [None if e is None else e.to_dict()
+                for e in explain_rows(servable, result.features, result.scores, words, top)]
 
     def servable(self, version: str) -> ServableModel | None:
         """The loaded servable of ``version`` (deployed or fallback), if it is loaded."""
