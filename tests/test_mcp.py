@@ -7,6 +7,7 @@ agent would. Both list the tools, call each, and check results and refusals.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -241,3 +242,13 @@ def check_change_tools(open_daemon: DaemonProcess, transport: str) -> None:
     assert [(d["to_version"], d["actor"]) for d in history] == [("wifi-forest", "mcp"),
                                                                 ("wifi-lof", "mcp")]
     assert history[0]["reason"].startswith("rollback from wifi-lof")
+
+
+def test_modeld_mcp_says_so_when_no_daemon_runs(tmp_path: Path) -> None:
+    daemon = DaemonProcess(tmp_path)  # configured, never started
+    done = subprocess.run([sys.executable, "-m", "modeld.daemon.cli", "mcp", "--config",
+                           str(daemon.config_path)], capture_output=True, text=True,
+                          timeout=60, input="")
+    assert done.returncode == 1
+    assert "not reachable" in done.stderr and "is it running?" in done.stderr
+    assert done.stdout == ""  # nothing an MCP client would take for a message

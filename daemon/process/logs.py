@@ -98,7 +98,7 @@ def configure_logging(
     for new in handlers:
         root.addHandler(new)
     root.setLevel(settings.level)
-    for noisy in ("apscheduler", "watchdog", "uvicorn.access", "httpx", "httpcore"):
+    for noisy in ("apscheduler", "watchdog", "uvicorn.access", "httpx", "httpcore", "mcp"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
     structlog.configure(
