@@ -59,6 +59,8 @@ IntArray = npt.NDArray[np.intp]
 
 # Records explained together (see ForestExplainer.path_contributions).
 _RECORDS_PER_CHUNK = 8
+# See _LeafGroup.contributions.
+_NEGLIGIBLE_LOG = -600.0
 # Leaves are explained in groups by the distinct features on their path: up to 2, 4, 6, 8
 # (more only in forests deeper than scikit-learn's default).
 _GROUP_SLOTS = (2, 4, 6, 8)
@@ -272,8 +274,8 @@ class ForestExplainer:
         if X.ndim != 2 or X.shape[1] != forest.n_features_in_:
             raise ValueError(f"expected a 2-D matrix with {forest.n_features_in_} feature "
                              f"columns, got shape {X.shape}")
-        # A few records at a time: the (record, leaf, slot, point) scratch of a chunk stays in
-        # the CPU caches, where a whole batch's would not (measured: 64 at once is 3x slower).
+        # A few records at a time: the (record, slot, leaf) scratch of a chunk stays a few
+        # hundred kilobytes whatever the batch size.
         parts = [self._chunk(X[start:start + _RECORDS_PER_CHUNK])
                  for start in range(0, X.shape[0], _RECORDS_PER_CHUNK)]
         if not parts:
@@ -434,6 +436,10 @@ class _LeafGroup:
                                       (n_records, *self.log_disagree_all.shape)).copy()
         for slot in range(self.slots):
             log_product += agree[:, slot, None, :] * self.log_gain[slot]
+        # A leaf of a deep forest far from the record can weigh under e^-708: as subnormal
+        # floats such weights slow every later step on x86, so below e^-600 (a share under
+        # 1e-260 of a path length, far beneath float64's resolution of the sum) it is 0.
+        log_product[log_product < _NEGLIGIBLE_LOG] = -np.inf
         weighted = np.exp(log_product)
         weighted *= self.quad_weight[:, None]
         # the product over the other slots, integrated: (record, slot, leaf)

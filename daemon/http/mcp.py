@@ -17,6 +17,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 from fastapi import FastAPI
+from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from modeld.daemon.http.views import error
@@ -30,7 +31,9 @@ PATH = "/mcp"
 def mount_mcp(app: FastAPI, runtime: Runtime) -> None:
     """Serve the MCP tools at ``/mcp`` of ``app``, for the app's lifespan."""
     endpoint = McpEndpoint(runtime)
-    app.add_route(PATH, endpoint, methods=["GET", "POST", "DELETE"], include_in_schema=False)
+    # an ASGI app as the endpoint: Starlette hands it the raw request
+    app.router.routes.append(Route(PATH, endpoint, methods=["GET", "POST", "DELETE"],
+                                   include_in_schema=False))
     outer = app.router.lifespan_context
 
     @contextlib.asynccontextmanager

@@ -22,9 +22,9 @@ import numpy as np
 import structlog
 
 from modeld.core.explain import Explanation, ReferenceWords
+from modeld.core.loader import ServableModel
 from modeld.core.manager import iso, utc_now
 from modeld.core.registry import AnomalyRow, Registry
-from modeld.core.loader import ServableModel
 
 log = structlog.get_logger("modeld.anomalies")
 

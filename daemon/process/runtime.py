@@ -17,8 +17,8 @@ import structlog
 
 from modeld.core.errors import NoModelDeployed, RecordInvalid
 from modeld.core.events import ManagerEvent
-from modeld.core.manager import ModelManager
 from modeld.core.loader import Scores, ServableModel
+from modeld.core.manager import ModelManager
 from modeld.core.serving import ServingSlot
 from modeld.daemon.jobs.alerting import Alerter, manager_alert
 from modeld.daemon.jobs.anomalies import explain_rows

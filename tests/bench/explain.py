@@ -17,11 +17,15 @@ Target (from the issue): at most 200 us per explained record.
 
 from __future__ import annotations
 
+import io
 import sys
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import joblib
 import numpy as np
 
 # The script is run as a file, not as a module of an installed package.
@@ -29,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from modeld.core.explain import ReferenceWords
 from modeld.core.features import FeatureExtractor
-from modeld.core.serving import build_servable
+from modeld.core.loader import LoadedArtifact, build_servable
 from modeld.daemon.producer.simulator import simulate_wifi_logs
 from modeld.daemon.producer.trainer import DEFAULT_FEATURES, train_artifact
 
@@ -38,16 +42,22 @@ REPEATS = {1: 201, 64: 21}
 TARGET_US = 200.0
 
 
+@dataclass(frozen=True, slots=True)
+class Spec:
+    """What build_servable reads of metadata.json."""
+
+    version: str
+    feature_names: tuple[str, ...]
+    warmup: tuple[Any, ...]
+
+
 def main() -> None:
     now = datetime(2026, 11, 28, 12, tzinfo=UTC)
     logs = simulate_wifi_logs(6000, now - timedelta(days=7), seed=1, anomaly_burst=True)
     artifact = train_artifact(logs, n_estimators=100, version="bench", now=now)
-    import io
-
-    import joblib
-
     model = joblib.load(io.BytesIO(artifact.files["model.joblib"]))
-    servable = build_servable("bench", "IsolationForest", model, None, DEFAULT_FEATURES, [], 8)
+    spec = Spec("bench", tuple(DEFAULT_FEATURES), ())
+    servable = build_servable(LoadedArtifact(model, None, ()), spec, 8)
     features = FeatureExtractor(DEFAULT_FEATURES).transform(logs)
     levels = (np.arange(256) + 0.5) / 256
     words = ReferenceWords(DEFAULT_FEATURES, [np.quantile(features[:, i], levels)
