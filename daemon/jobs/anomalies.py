@@ -1,12 +1,12 @@
 """Recent anomalies: every flagged record, with its explanation, kept in the registry.
 
 The scoring path only appends the flagged records to a bounded in-memory buffer (per version,
-at most ``monitoring.keep_anomalies``); the scheduled flush of the monitors (every
-``monitoring.metrics_flush_interval`` seconds, and at shutdown) explains them in one batch per
-version, writes them in one transaction and prunes the table to the newest
+at most ``monitoring.keep_anomalies``); a scheduled flush (every 2 seconds, or
+``monitoring.metrics_flush_interval`` when shorter, and with the monitors' flush at shutdown)
+explains them in one batch per version, writes them in one transaction and prunes the table to the newest
 ``keep_anomalies`` per version and ``anomaly_retention_days``. A read sees the stored rows and
 the ones still waiting (explained on the fly), so an agent finds an anomaly the moment it was
-scored. A crash loses at most the buffer of one flush interval.
+scored. A crash loses at most the last two seconds of them.
 """
 
 from __future__ import annotations

@@ -39,6 +39,7 @@ from modeld.daemon.process.wiring import apply_settings, build_runtime
 log = structlog.get_logger("modeld.main")
 
 STOP_TIMEOUT = 3  # seconds per component; all of them together stay within systemd's 10 s
+ANOMALY_FLUSH_SECONDS = 2.0  # see _schedule
 
 
 class Daemon:
@@ -153,6 +154,11 @@ class Daemon:
         scheduler.add_job(monitors.flush, "interval", id="flush_monitors",
                           seconds=s.monitoring.metrics_flush_interval, coalesce=True,
                           max_instances=1)
+        # Flagged records are explained and written in small batches, so that the shutdown
+        # flush has little left to explain within the stop budget.
+        scheduler.add_job(monitors.anomalies.flush, "interval", id="flush_anomalies",
+                          seconds=min(ANOMALY_FLUSH_SECONDS, s.monitoring.metrics_flush_interval),
+                          coalesce=True, max_instances=1)
         scheduler.add_job(monitors.roll, "interval", id="roll_series",
                           seconds=s.monitoring.series_interval, coalesce=True, max_instances=1)
         scheduler.add_job(lambda: monitors.evaluate(runtime.status()["deployed_version"]),
