@@ -16,10 +16,11 @@ from fastapi.concurrency import run_in_threadpool
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
-from modeld.core.errors import ModeldError, NoModelDeployed, UnknownVersion
+from modeld.core.errors import UnknownVersion
 from modeld.core.manager import describe_folder
 from modeld.core.source import scan_models_folder
 from modeld.daemon.http.body import read_json
+from modeld.daemon.http.scoring import score_batch
 from modeld.daemon.http.views import (
     ORJSONResponse,
     error,
@@ -30,8 +31,6 @@ from modeld.daemon.http.views import (
 from modeld.daemon.process.runtime import Runtime
 
 __all__ = ["api_router"]
-
-INLINE_BATCH = 64
 
 
 class ImportRequest(BaseModel):
@@ -112,26 +111,14 @@ def _scoring_routes(router: APIRouter, runtime: Runtime) -> None:
         payload = await read_json(request, runtime.settings.api.max_request_bytes)
         if not isinstance(payload, dict) or not isinstance(payload.get("records"), list):
             return error(422, 'the body must be a JSON object {"records": [...]}')
-        records = payload["records"]
-        api = runtime.settings.api
-        if not records:  # one result per record: none
-            deployed = runtime.slot.state.deployed
-            if deployed is None:
-                raise NoModelDeployed()
-            return ORJSONResponse({"model_version": deployed.version, "results": []})
-        if len(records) > api.max_records:
-            return error(413, f"{len(records)} records exceed api.max_records "
-                         f"({api.max_records})")
-        try:
-            if len(records) <= INLINE_BATCH:
-                result = runtime.score(records)
-            else:
-                result = await run_in_threadpool(runtime.score, records)
-        except ModeldError:
-            runtime.metrics.requests.labels("refused").inc()
-            raise
-        runtime.metrics.requests.labels("ok").inc()
-        return Response(orjson.dumps(result), media_type="application/json")
+        result = await score_batch(runtime, payload["records"])
+        return Response(orjson.dumps({
+            "model_version": result.version,
+            "results": [
+                {"score": s, "is_anomaly": f}
+                for s, f in zip(result.scores.tolist(), result.flags.tolist(), strict=True)
+            ],
+        }), media_type="application/json")
 
     @router.post("/api/v1/noop", summary="Reads the body and answers {} (the HTTP stack's floor, "
               "for benchmarks)")

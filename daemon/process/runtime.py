@@ -14,8 +14,10 @@ from typing import Any
 
 import structlog
 
-from modeld.core.errors import NoModelDeployed, RecordInvalid
+from modeld.core.errors import ModeldError, NoModelDeployed, RecordInvalid, VersionNotLoaded
 from modeld.core.events import ManagerEvent
+from modeld.core.features import Batch
+from modeld.core.loader import Scores
 from modeld.core.manager import ModelManager
 from modeld.core.serving import ServingSlot
 from modeld.daemon.jobs.alerting import Alerter, manager_alert
@@ -88,20 +90,34 @@ class Runtime:
         if alert is not None:
             self.alerter.send(alert)
 
-    def score(self, records: Sequence[object]) -> dict[str, Any]:
-        """Score one batch with whichever model is deployed now; all from one version."""
+    def score(self, batch: Batch, version: str | None = None) -> Scores:
+        """Score one batch, all from one version: the deployed one (or its fallback when it
+        fails), or the loaded ``version``. The one scoring path of every HTTP surface: it
+        counts, times and monitors what it scored, and counts what it refused."""
+        try:
+            result = self._score(batch, version)
+        except ModeldError:
+            self.metrics.requests.labels("refused").inc()
+            raise
+        self.metrics.requests.labels("ok").inc()
+        return result
+
+    def _score(self, batch: Batch, version: str | None) -> Scores:
         started = time.perf_counter()
         try:
-            result = self.slot.score(records)
+            result = self.slot.score(batch, version)
         except RecordInvalid:
             self.metrics.errors.labels("invalid_record").inc()
-            deployed = self.slot.state.deployed
-            if deployed is not None:
-                self.monitors.observe_invalid(deployed.version, deployed.feature_names)
+            self._observe_invalid(version)
             raise
         except NoModelDeployed:
             self.metrics.errors.labels("no_model").inc()
             raise
+        except VersionNotLoaded:
+            self.metrics.errors.labels("version_not_loaded").inc()
+            raise
+        if not len(result.scores):
+            return result
         latency = time.perf_counter() - started
         self.monitors.observe(result.version, result.feature_names, result.features,
                               result.scores, result.flags, latency)
@@ -115,13 +131,16 @@ class Runtime:
         if flagged:
             counters[1].inc(flagged)
         self.metrics.latency.observe(latency)
-        return {
-            "model_version": result.version,
-            "results": [
-                {"score": s, "is_anomaly": f}
-                for s, f in zip(result.scores.tolist(), result.flags.tolist(), strict=True)
-            ],
-        }
+        return result
+
+    def _observe_invalid(self, version: str | None) -> None:
+        state = self.slot.state
+        try:
+            scorer = state.deployed if version is None else state.find(version)
+        except VersionNotLoaded:  # unloaded since it refused the batch: nobody to tell
+            return
+        if scorer is not None:
+            self.monitors.observe_invalid(scorer.version, scorer.feature_names)
 
     def status(self) -> dict[str, Any]:
         state = self.slot.state
