@@ -395,11 +395,11 @@ def batch_of(inputs: Sequence[Tensor], model: ServableModel) -> Batch:
             raise _bad(f"unknown input {tensor.name!r}; model {model.version} takes "
                        f"{FEATURES!r} [N, {len(names)}] (FP32/FP64), {RECORDS!r} [N] (BYTES), "
                        f"or one input per feature: {', '.join(names)}")
+    rows = {_column_rows(tensor) for tensor in inputs}
     for name in names:
         if name not in by_name:
             raise _bad(f"missing input {name!r}: with one input per feature, every feature of "
                        f"model {model.version} is needed ({', '.join(names)})")
-    rows = {_column_rows(by_name[name]) for name in names}
     if len(rows) > 1:
         raise _bad(f"the feature inputs have different numbers of rows: {sorted(rows)}")
     return FeatureColumns({n: np.asarray(by_name[n].values, dtype=np.float64) for n in names},
