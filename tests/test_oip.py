@@ -4,7 +4,6 @@ registry and store): the protocol's edge cases, one scoring path with /api/v1/sc
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,22 +17,11 @@ from hypothesis import strategies as st
 from modeld.daemon.http.app import create_app
 from modeld.daemon.process.runtime import Runtime
 from tests.helpers import FEATURES, artifact_files, records, stamp, write_renamed
-from tests.test_api import add_versions, build_runtime
+from tests.test_api import add_versions, build_runtime, client, runtime
+
+__all__ = ["client", "runtime"]  # test_api's fixtures, used here too
 
 INFER = "/v2/models/wifi-anomaly/infer"
-
-
-@pytest.fixture
-def runtime(tmp_path: Path) -> Iterator[Runtime]:
-    rt = build_runtime(tmp_path)
-    yield rt
-    rt.manager.registry.close()
-
-
-@pytest.fixture
-def client(runtime: Runtime) -> Iterator[TestClient]:
-    with TestClient(create_app(runtime)) as http:
-        yield http
 
 
 @pytest.fixture
@@ -80,6 +68,16 @@ def test_server_metadata_health_and_readiness(client: TestClient, runtime: Runti
     assert client.get("/v2/health/ready").json() == {"ready": True}
     assert client.get("/v2/models/wifi-anomaly/ready").json() == {
         "name": "wifi-anomaly", "version": "v1", "ready": True}
+
+
+def test_every_route_is_in_the_openapi_schema(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    for path in ["/v2", "/v2/health/live", "/v2/health/ready", "/v2/models/{model_name}",
+                 "/v2/models/{model_name}/versions/{version}", "/v2/models/{model_name}/ready",
+                 "/v2/models/{model_name}/versions/{version}/ready",
+                 "/v2/models/{model_name}/infer",
+                 "/v2/models/{model_name}/versions/{version}/infer"]:
+        assert path in paths, path
 
 
 def test_model_metadata_names_inputs_outputs_and_shapes(served: TestClient) -> None:
