@@ -10,12 +10,15 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
+import yaml
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from modeld.core.errors import ConfigError
 from modeld.daemon.http.app import create_app
 from modeld.daemon.process.runtime import Runtime
+from modeld.daemon.process.settings import Settings, load_settings
 from tests.helpers import FEATURES, artifact_files, records, stamp, write_renamed
 from tests.test_api import add_versions, build_runtime, client, runtime
 
@@ -98,15 +101,27 @@ def test_model_metadata_names_inputs_outputs_and_shapes(served: TestClient) -> N
     refused(served.get("/v2/models/wifi-anomaly/versions/v0/ready"), 404, "v0")
 
 
-def test_the_model_name_is_a_setting(tmp_path: Path) -> None:
+def test_the_model_name_is_a_setting_a_reload_changes(tmp_path: Path) -> None:
     runtime = build_runtime(tmp_path)
-    runtime.settings = runtime.settings.model_copy(
-        update={"api": runtime.settings.api.model_copy(update={"model_name": "ap-logs"})})
     add_versions(runtime, "v1")
     with TestClient(create_app(runtime)) as http:
+        assert http.get("/v2/models/wifi-anomaly").json()["name"] == "wifi-anomaly"
+        # what a SIGHUP does: the runtime's settings are replaced
+        runtime.settings = runtime.settings.model_copy(
+            update={"api": runtime.settings.api.model_copy(update={"model_name": "ap-logs"})})
         assert http.get("/v2/models/ap-logs").json()["name"] == "ap-logs"
         refused(http.get("/v2/models/wifi-anomaly"), 404, "'ap-logs'")
     runtime.manager.registry.close()
+
+
+def test_api_model_name_defaults_and_is_checked(tmp_path: Path) -> None:
+    assert Settings().api.model_name == "wifi-anomaly"
+    config = tmp_path / "modeld.yaml"
+    for bad in ("a/b", "", "../x"):
+        config.write_text(yaml.safe_dump({"api": {"model_name": bad}}))
+        with pytest.raises(ConfigError) as err:
+            load_settings(config)
+        assert err.value.key == "api.model_name"
 
 
 def test_infer_scores_as_api_v1_does_and_echoes_id_and_version(served: TestClient) -> None:
@@ -128,6 +143,10 @@ def test_infer_scores_as_api_v1_does_and_echoes_id_and_version(served: TestClien
     flat = served.post(INFER, json={"inputs": [features([v for row in matrix for v in row], [6, 4], "FP32")]})
     assert "id" not in flat.json()
     assert scores_of(flat) == outputs["anomaly_score"]["data"]
+    # a large batch (decoded and scored off the event loop) answers every row
+    rows = np.random.default_rng(0).normal(size=(3000, 4)).tolist()
+    large = served.post(INFER, json={"inputs": [features(rows, [3000, 4])]})
+    assert len(scores_of(large)) == 3000
     # an empty batch is an answer
     empty = served.post(INFER, json={"inputs": [features([], [0, 4])]}).json()
     assert [o["shape"] for o in empty["outputs"]] == [[0], [0]]

@@ -20,12 +20,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from importlib.metadata import version as package_version
 from typing import Any, Final, cast
 
 import numpy as np
 import orjson
 from fastapi import APIRouter, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from modeld.core.errors import NoModelDeployed
@@ -49,6 +51,7 @@ FLAG: Final = "is_anomaly"
 OUTPUTS: Final = (SCORE, FLAG)
 EXTENSIONS: Final = ("binary_tensor_data",)
 HEADER_LENGTH: Final = "Inference-Header-Content-Length"
+INLINE_BODY_BYTES: Final = 64 * 1024
 
 # The protocol's datatypes and their little-endian layout in binary tensor data; BYTES are
 # length-prefixed elements instead.
@@ -101,12 +104,14 @@ class InferRequest:
 def oip_router(runtime: Runtime) -> APIRouter:
     """The /v2 routes for one runtime."""
     router = APIRouter(tags=["Open Inference Protocol"])
-    api = runtime.settings.api
+
+    def name() -> str:  # read per request: a reload changes it at once
+        return runtime.settings.api.model_name
 
     def servable(model_name: str, version: str | None) -> ServableModel:
-        if model_name != api.model_name:
+        if model_name != name():
             raise HTTPException(404, f"unknown model {model_name!r}; this server serves "
-                                f"{api.model_name!r} (api.model_name)")
+                                f"{name()!r} (api.model_name)")
         state = runtime.slot.state
         if version is not None:
             return state.find(version)
@@ -125,7 +130,7 @@ def oip_router(runtime: Runtime) -> APIRouter:
 
     @router.get(PREFIX + "/health/ready", summary="200 when a model is deployed, else 503")
     async def server_ready() -> dict[str, Any]:
-        servable(api.model_name, None)
+        servable(name(), None)
         return {"ready": True}
 
     def metadata(model_name: str, version: str | None) -> dict[str, Any]:
@@ -134,7 +139,7 @@ def oip_router(runtime: Runtime) -> APIRouter:
         versions = ([model.version] if version is not None else
                     [s.version for s in runtime.slot.state.loaded()])
         return {
-            "name": api.model_name,
+            "name": name(),
             "versions": versions,
             "platform": "sklearn",
             "inputs": [
@@ -159,7 +164,7 @@ def oip_router(runtime: Runtime) -> APIRouter:
 
     def ready(model_name: str, version: str | None) -> dict[str, Any]:
         model = servable(model_name, version)
-        return {"name": api.model_name, "version": model.version, "ready": True}
+        return {"name": name(), "version": model.version, "ready": True}
 
     @router.get(PREFIX + "/models/{model_name}/ready",
                 summary="200 when a version is deployed, else 503")
@@ -173,10 +178,12 @@ def oip_router(runtime: Runtime) -> APIRouter:
 
     async def infer(request: Request, model_name: str, version: str | None) -> Response:
         model = servable(model_name, version)
-        body = await read_body(request, api.max_request_bytes)
-        parsed = parse_request(body, request.headers.get(HEADER_LENGTH))
-        result = await score_batch(runtime, batch_of(parsed.inputs, model), version)
-        return answer(parsed, result, api.model_name)
+        body = await read_body(request, runtime.settings.api.max_request_bytes)
+        decode = partial(decode_request, body, request.headers.get(HEADER_LENGTH), model)
+        # decoding is Python work per value: a large body is decoded off the event loop
+        parsed, batch = (decode() if len(body) <= INLINE_BODY_BYTES else
+                         await run_in_threadpool(decode))
+        return answer(parsed, await score_batch(runtime, batch, version), name())
 
     @router.post(PREFIX + "/models/{model_name}/infer", openapi_extra=INFER_SCHEMA,
                  summary="Score with the deployed version (its fallback answers if it fails)")
@@ -193,6 +200,13 @@ def oip_router(runtime: Runtime) -> APIRouter:
 
 
 # --------------------------------------------------------------------------- the request
+
+def decode_request(body: bytes, header_length: str | None, model: ServableModel
+                   ) -> tuple[InferRequest, Batch]:
+    """The request and the batch it describes for ``model``."""
+    parsed = parse_request(body, header_length)
+    return parsed, batch_of(parsed.inputs, model)
+
 
 def parse_request(body: bytes, header_length: str | None) -> InferRequest:
     """Check and decode an inference request: its JSON, then any binary tensor data after it.
