@@ -396,8 +396,7 @@ TENSOR = st.fixed_dictionaries(
     {"name": st.sampled_from(["features", "records", *FEATURES, "other"]),
      "datatype": st.sampled_from(["FP64", "FP32", "INT64", "BOOL", "BYTES", "FP16", "x"]),
      "shape": st.lists(st.integers(-1, 5), max_size=3),
-     "data": st.recursive(st.lists(VALUE, max_size=12),
-                          lambda inner: st.lists(inner, max_size=4), max_leaves=24)},
+     "data": st.lists(VALUE | st.lists(VALUE, max_size=5), max_size=12)},
     optional={"parameters": st.dictionaries(st.sampled_from(["binary_data_size", "x"]),
                                             VALUE, max_size=2)},
 )
