@@ -32,7 +32,7 @@ from starlette.exceptions import HTTPException
 
 from modeld.core.errors import NoModelDeployed
 from modeld.core.features import Batch, FeatureColumns
-from modeld.core.serving import Scores, ServableModel
+from modeld.core.loader import Scores, ServableModel
 from modeld.daemon.http.body import parse_json, read_body
 from modeld.daemon.http.scoring import score_batch
 from modeld.daemon.http.views import ORJSONResponse
@@ -346,7 +346,7 @@ def _binary_values(name: str, datatype: str, raw: bytes, count: int
 
 def _bytes_elements(name: str, raw: bytes) -> list[bytes]:
     """BYTES in binary tensor data: each element a 4-byte little-endian length, then its bytes."""
-    elements = []
+    elements: list[bytes] = []
     offset = 0
     while offset < len(raw):
         if offset + 4 > len(raw):
