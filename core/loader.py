@@ -49,7 +49,7 @@ from modeld.core.errors import (
     WarmupNonFinite,
 )
 from modeld.core.explain import Explanation, LazyExplainer, ReferenceWords, explainer_for
-from modeld.core.features import FeatureExtractor
+from modeld.core.features import Batch, FeatureExtractor
 from modeld.core.forest import compile_isolation_forest
 
 __all__ = [
@@ -427,9 +427,12 @@ class ServableModel:
     def score_matrix(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return _score_matrix(self.transform, self.scorer, self.flagger, features)
 
-    def score_records(self, records: Sequence[object]) -> Scores:
+    def score_records(self, records: Batch) -> Scores:
         """Score a batch all-or-nothing; raises RecordInvalid naming the first bad record."""
         features = self.extractor.transform(records)
+        if not len(features):  # estimators refuse zero rows; none is an answer, not a failure
+            return Scores(self.version, self.feature_names, np.empty(0), np.empty(0, bool),
+                          features)
         scores, flags = self.score_matrix(features)
         return Scores(self.version, self.feature_names, scores, flags, features)
 

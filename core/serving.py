@@ -10,10 +10,11 @@ scoring reads the reference once and never takes the lock.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from modeld.core.errors import NoModelDeployed, RecordInvalid
+from modeld.core.errors import NoModelDeployed, RecordInvalid, VersionNotLoaded
+from modeld.core.features import Batch
 from modeld.core.loader import Scores, ServableModel
 
 
@@ -23,6 +24,17 @@ class SlotState:
 
     deployed: ServableModel | None
     fallback: ServableModel | None
+
+    def loaded(self) -> tuple[ServableModel, ...]:
+        """Every version loaded now, deployed first: the versions that can score by name."""
+        return tuple(s for s in (self.deployed, self.fallback) if s is not None)
+
+    def find(self, version: str) -> ServableModel:
+        """The loaded servable of ``version``; raises VersionNotLoaded when it is not loaded."""
+        for servable in self.loaded():
+            if servable.version == version:
+                return servable
+        raise VersionNotLoaded(version, tuple(s.version for s in self.loaded()))
 
 
 class ServingSlot:
@@ -61,14 +73,19 @@ class ServingSlot:
             self.state = SlotState(new, keep)
             return old
 
-    def score(self, records: Sequence[object]) -> Scores:
-        result = self._score(records)
+    def score(self, records: Batch, version: str | None = None) -> Scores:
+        """Score with the deployed model (the fallback answers when it fails), or with the
+        loaded ``version`` alone: a client that names a version gets that version or an error."""
+        if version is None:
+            result = self._score(records)
+        else:
+            result = self.state.find(version).score_records(records)
         threshold = self.anomaly_threshold
         if threshold is None:
             return result
         return replace(result, flags=result.scores > threshold)
 
-    def _score(self, records: Sequence[object]) -> Scores:
+    def _score(self, records: Batch) -> Scores:
         state = self.state
         if state.deployed is None:
             raise NoModelDeployed()

@@ -17,11 +17,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
-from modeld.core.errors import ModeldError, NoModelDeployed, UnknownVersion
+from modeld.core.errors import UnknownVersion
 from modeld.core.features import parse_timestamp
 from modeld.core.manager import describe_folder, iso
 from modeld.core.source import scan_models_folder
 from modeld.daemon.http.body import read_json
+from modeld.daemon.http.scoring import score_batch
 from modeld.daemon.http.views import (
     ORJSONResponse,
     error,
@@ -33,7 +34,6 @@ from modeld.daemon.process.runtime import DEFAULT_TOP, Runtime
 
 __all__ = ["api_router"]
 
-INLINE_BATCH = 64
 MAX_ANOMALIES = 10_000
 
 
@@ -129,28 +129,13 @@ def _scoring_routes(router: APIRouter, runtime: Runtime) -> None:
         payload = await read_json(request, runtime.settings.api.max_request_bytes)
         if not isinstance(payload, dict) or not isinstance(payload.get("records"), list):
             return error(422, 'the body must be a JSON object {"records": [...]}')
-        records = payload["records"]
-        api = runtime.settings.api
-        if not records:  # one result per record: none
-            deployed = runtime.slot.state.deployed
-            if deployed is None:
-                raise NoModelDeployed()
-            return ORJSONResponse({"model_version": deployed.version, "results": []})
-        if len(records) > api.max_records:
-            return error(413, f"{len(records)} records exceed api.max_records "
-                         f"({api.max_records})")
         explain, top = _explain_options(payload)
-        try:
-            # explanations cost about a millisecond per record: off the event loop
-            if len(records) <= INLINE_BATCH and not explain:
-                result = runtime.score(records)
-            else:
-                result = await run_in_threadpool(runtime.score, records, explain, top)
-        except ModeldError:
-            runtime.metrics.requests.labels("refused").inc()
-            raise
-        runtime.metrics.requests.labels("ok").inc()
-        return Response(orjson.dumps(result), media_type="application/json")
+        result = await score_batch(runtime, payload["records"])
+        if explain:  # about a millisecond a record: off the event loop
+            answer = await run_in_threadpool(runtime.answer, result, True, top)
+        else:
+            answer = runtime.answer(result)
+        return Response(orjson.dumps(answer), media_type="application/json")
 
     @router.post("/api/v1/noop", summary="Reads the body and answers {} (the HTTP stack's floor, "
               "for benchmarks)")

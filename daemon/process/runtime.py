@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 import structlog
 
-from modeld.core.errors import NoModelDeployed, RecordInvalid
+from modeld.core.errors import ModeldError, NoModelDeployed, RecordInvalid, VersionNotLoaded
 from modeld.core.events import ManagerEvent
+from modeld.core.features import Batch, FeatureColumns
 from modeld.core.loader import Scores, ServableModel
 from modeld.core.manager import ModelManager
 from modeld.core.serving import ServingSlot
@@ -94,24 +95,34 @@ class Runtime:
         if alert is not None:
             self.alerter.send(alert)
 
-    def score(self, records: Sequence[object], explain: bool = False,
-              top: int | None = DEFAULT_TOP) -> dict[str, Any]:
-        """Score one batch with whichever model is deployed now; all from one version.
+    def score(self, batch: Batch, version: str | None = None) -> Scores:
+        """Score one batch, all from one version: the deployed one (or its fallback when it
+        fails), or the loaded ``version``. The one scoring path of every HTTP surface: it
+        counts, times and monitors what it scored, and counts what it refused."""
+        try:
+            result = self._score(batch, version)
+        except ModeldError:
+            self.metrics.requests.labels("refused").inc()
+            raise
+        self.metrics.requests.labels("ok").inc()
+        return result
 
-        With ``explain`` each result carries its ``top`` contributions. Flagged records are
-        handed to the recent-anomalies buffer (explained and written by the next flush)."""
+    def _score(self, batch: Batch, version: str | None) -> Scores:
         started = time.perf_counter()
         try:
-            result = self.slot.score(records)
+            result = self.slot.score(batch, version)
         except RecordInvalid:
             self.metrics.errors.labels("invalid_record").inc()
-            deployed = self.slot.state.deployed
-            if deployed is not None:
-                self.monitors.observe_invalid(deployed.version, deployed.feature_names)
+            self._observe_invalid(version)
             raise
         except NoModelDeployed:
             self.metrics.errors.labels("no_model").inc()
             raise
+        except VersionNotLoaded:
+            self.metrics.errors.labels("version_not_loaded").inc()
+            raise
+        if not len(result.scores):
+            return result
         latency = time.perf_counter() - started
         self.monitors.observe(result.version, result.feature_names, result.features,
                               result.scores, result.flags, latency)
@@ -125,10 +136,26 @@ class Runtime:
         if flagged:
             counters[1].inc(flagged)
         self.metrics.latency.observe(latency)
+        if flagged:
+            self._keep_anomalies(batch, result)
+        return result
+
+    def _keep_anomalies(self, batch: Batch, result: Scores) -> None:
+        """Hand the flagged records to the recent-anomalies buffer (explained and written by
+        the next flush, off the request path)."""
         servable = self.servable(result.version)
-        if flagged and servable is not None:
-            self.monitors.anomalies.add(servable, records, np.flatnonzero(result.flags),
-                                        result.scores, result.features)
+        if servable is None:
+            return
+        records = ([None] * len(result.scores) if isinstance(batch, FeatureColumns)
+                   else batch)
+        self.monitors.anomalies.add(servable, records, np.flatnonzero(result.flags),
+                                    result.scores, result.features)
+
+    def answer(self, result: Scores, explain: bool = False,
+               top: int | None = DEFAULT_TOP) -> dict[str, Any]:
+        """A scored batch as /api/v1/score answers it: one result per record, each with its
+        ``top`` contributions when ``explain`` (about a millisecond a record: call it off the
+        event loop then)."""
         results: list[dict[str, Any]] = [
             {"score": s, "is_anomaly": f}
             for s, f in zip(result.scores.tolist(), result.flags.tolist(), strict=True)
@@ -157,11 +184,19 @@ class Runtime:
 
     def servable(self, version: str) -> ServableModel | None:
         """The loaded servable of ``version`` (deployed or fallback), if it is loaded."""
+        try:
+            return self.slot.state.find(version)
+        except VersionNotLoaded:
+            return None
+
+    def _observe_invalid(self, version: str | None) -> None:
         state = self.slot.state
-        for servable in (state.deployed, state.fallback):
-            if servable is not None and servable.version == version:
-                return servable
-        return None
+        try:
+            scorer = state.deployed if version is None else state.find(version)
+        except VersionNotLoaded:  # unloaded since it refused the batch: nobody to tell
+            return
+        if scorer is not None:
+            self.monitors.observe_invalid(scorer.version, scorer.feature_names)
 
     def status(self) -> dict[str, Any]:
         state = self.slot.state

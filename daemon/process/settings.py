@@ -180,6 +180,9 @@ class ApiSettings(_Section):
     token_file: Path | None = None
     max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     max_records: int = Field(10_000, ge=1)
+    # the model's name in the Open Inference Protocol's /v2/models/{name} routes
+    model_name: str = Field("wifi-anomaly", min_length=1, max_length=200,
+                            pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
     @field_validator("max_request_bytes", mode="before")
     @classmethod
