@@ -153,6 +153,7 @@ class Runtime:
             "feature_names": list(deployed.feature_names) if deployed else [],
             "uptime_seconds": round(time.time() - self.started_at, 3),
             "config_generation": self.config_generation,
+            "config_version": self.settings.version,
             "last_reload": None if self.last_reload is None else {
                 "generation": self.last_reload.generation,
                 "ok": self.last_reload.ok,
