@@ -223,7 +223,8 @@ class Monitors:
         report = self.report(version, feature_names)
         with self.lock:
             reference = self.detectors[version].reference.anomaly_rate
-        score = next((s for s in report["signals"] if s["name"] == "score"), {})
+        score: dict[str, Any] = next(
+            (s for s in report["signals"] if s["name"] == "score"), {})
         answer = plan_drift_check(
             drift_detected=report["status"] == "drift", score_effect=score.get("effect_size"),
             flags=window.recent_flags(self.config.window_records),

@@ -11,6 +11,7 @@ import logging
 import logging.handlers
 import os
 import sys
+from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -56,7 +57,7 @@ class _TextRenderer:
 
     _SHOWN_BY_FORMAT = ("level", "logger", "timestamp")
 
-    def __call__(self, _logger: Any, _method: str, event: dict[str, Any]) -> str:
+    def __call__(self, _logger: Any, _method: str, event: MutableMapping[str, Any]) -> str:
         message = str(event.pop("event", ""))
         exception = event.pop("exception", None)
         fields = " ".join(f"{key}={value!r}" for key, value in sorted(event.items())
@@ -108,7 +109,8 @@ def configure_logging(
         rotating.setFormatter(structlog.stdlib.ProcessorFormatter(
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                structlog.processors.JSONRenderer() if text_format is None else _TextRenderer(),
+                (structlog.processors.JSONRenderer() if text_format is None
+                 else _TextRenderer()),
             ],
             foreign_pre_chain=shared, fmt=text_format,
         ))
