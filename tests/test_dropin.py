@@ -11,6 +11,7 @@ import json
 import logging
 import sqlite3
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import joblib
@@ -231,7 +232,7 @@ def low_quality(version: str) -> dict[str, bytes]:
 
 def test_validate_imports_false_skips_only_the_quality_gate(tmp_path: Path) -> None:
     manager = make_manager(tmp_path)
-    manager.validate_imports = False
+    manager.set_policy(replace(manager.policy, validate_imports=False))
     drop(manager, "low", low_quality("low"))
     broken = artifact_files("broken", created_at=created(1), feature_names=["a", "b"])
     drop(manager, "broken", broken)
@@ -273,7 +274,7 @@ def test_training_listing_newest_first_and_import_paths(tmp_path: Path) -> None:
 
 def test_versions_not_loaded_are_kept_compressed_and_verified(tmp_path: Path) -> None:
     manager: ModelManager = make_manager(tmp_path, auto_deploy=False)
-    manager.compress_stored = True
+    manager.set_policy(replace(manager.policy, compress_stored=True))
     drop(manager, "a", artifact_files("va", created_at=created(2), seed=1))
     drop(manager, "b", artifact_files("vb", created_at=created(1), seed=2))
     manager.poll_once()
