@@ -429,7 +429,7 @@ class ServableModel:
         features = self.extractor.transform(records)
         if not len(features):  # estimators refuse zero rows; none is an answer, not a failure
             return Scores(self.version, self.feature_names, np.empty(0), np.empty(0, bool),
-                          features)
+                          features, np.empty(0))
         scores, flags = self.score_matrix(features)
         return Scores(self.version, self.feature_names, scores, flags, features,
                       self.confidence(scores))

@@ -17,8 +17,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
 from modeld.core.errors import UnknownVersion
-from modeld.core.manager import describe_folder
-from modeld.core.source import scan_models_folder
 from modeld.daemon.http.body import read_json
 from modeld.daemon.http.scoring import score_batch
 from modeld.daemon.http.views import (

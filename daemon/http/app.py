@@ -28,6 +28,12 @@ from modeld.core.errors import (
 from modeld.daemon.http.api import api_router
 from modeld.daemon.http.auth import UNAUTHORIZED_DETAIL, bearer_ok
 from modeld.daemon.http.dashboard import dashboard_router
+from modeld.daemon.http.oip import (
+    OPEN_PROTOCOL_PATHS,
+    is_protocol_path,
+    oip_router,
+    protocol_error,
+)
 from modeld.daemon.http.plan import plan_router
 from modeld.daemon.http.views import ORJSONResponse, error
 from modeld.daemon.process.runtime import Runtime
@@ -84,6 +90,7 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     app.include_router(api_router(runtime))
     app.include_router(dashboard_router(runtime))
+    app.include_router(oip_router(runtime))
     app.include_router(plan_router(runtime))
     return app
 
