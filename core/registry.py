@@ -10,7 +10,9 @@ deployment row.
 
 from __future__ import annotations
 
+import gzip
 import json
+import shutil
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping
@@ -445,13 +447,22 @@ class Registry:
                 dest.close()
 
 
-def backup_registry(registry: Registry, folder: Path, keep: int, stamp: str) -> Path:
-    """Write ``registry-<stamp>.sqlite3`` with the online backup API; keep the newest ``keep``."""
+def backup_registry(registry: Registry, folder: Path, keep: int, stamp: str,
+                    compress: bool = False) -> Path:
+    """Write ``registry-<stamp>.sqlite3`` (``.sqlite3.gz`` with ``compress``) with the online
+    backup API; keep the newest ``keep`` backups of either form."""
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"registry-{stamp}.sqlite3"
     partial = target.with_suffix(".partial")
     registry.backup(partial)
+    if compress:
+        packed = folder / f"{target.name}.gz.partial"
+        with partial.open("rb") as fin, gzip.open(packed, "wb") as fout:
+            shutil.copyfileobj(fin, fout, 1 << 20)
+        partial.unlink()
+        partial, target = packed, folder / f"{target.name}.gz"
     partial.replace(target)
-    for old in sorted(folder.glob("registry-*.sqlite3"))[:-keep]:
+    backups = sorted(folder.glob("registry-*.sqlite3*"), key=lambda p: p.name.split(".")[0])
+    for old in [p for p in backups if not p.name.endswith(".partial")][:-keep]:
         old.unlink()
     return target

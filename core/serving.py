@@ -49,6 +49,7 @@ class ServingSlot:
         self,
         on_fallback: Callable[[str, str | None, str], None] | None = None,
         anomaly_threshold: float | None = None,
+        confidence_threshold: float | None = None,
     ) -> None:
         self._lock = threading.Lock()
         self.state = SlotState(None, None)
@@ -56,6 +57,8 @@ class ServingSlot:
         # model.anomaly_threshold: when set, is_anomaly = score > it, for every version; a
         # serving policy rather than part of a model, so a reload changes it at once
         self.anomaly_threshold = anomaly_threshold
+        # model.confidence_threshold: when set, a flag also needs confidence >= it
+        self.confidence_threshold = confidence_threshold
 
     def set(self, deployed: ServableModel | None, fallback: ServableModel | None) -> SlotState:
         with self._lock:
@@ -80,10 +83,11 @@ class ServingSlot:
             result = self._score(records)
         else:
             result = self.state.find(version).score_records(records)
-        threshold = self.anomaly_threshold
-        if threshold is None:
-            return result
-        return replace(result, flags=result.scores > threshold)
+        threshold, needed = self.anomaly_threshold, self.confidence_threshold
+        flags = result.flags if threshold is None else result.scores > threshold
+        if needed is not None:
+            flags = flags & (result.confidence >= needed)
+        return result if flags is result.flags else replace(result, flags=flags)
 
     def _score(self, records: Batch) -> Scores:
         state = self.state
@@ -102,6 +106,4 @@ class ServingSlot:
                 )
             if fallback is None:
                 raise
-            result = fallback.score_records(records)
-            return Scores(result.version, result.feature_names, result.scores, result.flags,
-                          result.features, reason)
+            return replace(fallback.score_records(records), fallback_reason=reason)

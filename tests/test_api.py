@@ -208,7 +208,8 @@ def test_score_endpoint_basics(client: TestClient, runtime: Runtime) -> None:
     add_versions(runtime, "v1")
     ok = client.post("/api/v1/score", json={"records": records(3)}).json()
     assert ok["model_version"] == "v1" and len(ok["results"]) == 3
-    assert all(set(r) == {"score", "is_anomaly"} for r in ok["results"])
+    assert all(set(r) == {"score", "is_anomaly", "confidence"} for r in ok["results"])
+    assert all(0.0 <= r["confidence"] <= 1.0 for r in ok["results"])
     assert client.post("/api/v1/score", json={"records": []}).json() == {
         "model_version": "v1", "results": []}
     assert client.post("/api/v1/score", json={"rows": []}).status_code == 422

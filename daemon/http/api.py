@@ -19,8 +19,7 @@ from starlette.exceptions import HTTPException
 
 from modeld.core.errors import UnknownVersion
 from modeld.core.features import parse_timestamp
-from modeld.core.manager import describe_folder, iso
-from modeld.core.source import scan_models_folder
+from modeld.core.manager import iso
 from modeld.daemon.http.body import read_json
 from modeld.daemon.http.scoring import score_batch
 from modeld.daemon.http.views import (
@@ -28,6 +27,7 @@ from modeld.daemon.http.views import (
     error,
     import_answer,
     serving_pair,
+    version_metadata,
     version_view,
 )
 from modeld.daemon.process.runtime import DEFAULT_TOP, Runtime
@@ -41,14 +41,15 @@ class ImportRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     path: str = Field(..., min_length=1, max_length=4096,
                       description="A folder inside <training_service_path>/models")
-    validate_artifact: bool = Field(True, alias="validate",
-                                    description="false skips the quality gate, not the checks "
-                                    "that make a model servable")
+    validate_artifact: bool | None = Field(None, alias="validate",
+                                           description="false skips the quality gate, not the "
+                                           "checks that make a model servable (default: "
+                                           "integration.validate_imports)")
 
 
 class ImportLatestRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    validate_artifact: bool = Field(True, alias="validate")
+    validate_artifact: bool | None = Field(None, alias="validate")
 
 
 SCORE_SCHEMA = {
@@ -173,7 +174,8 @@ def _model_routes(router: APIRouter, runtime: Runtime) -> None:
             raise UnknownVersion(version)
         deployed, fallback = serving_pair(runtime.slot)
         return {**version_view(row, deployed, fallback), "report": row.report,
-                "metadata": row.metadata, "checksums": row.checksums}
+                "metadata": version_metadata(row, deployed, fallback),
+                "checksums": row.checksums}
 
     # response_model: the 200 answer's schema; a refusal is a Response, which FastAPI sends as is
     @router.post("/api/v1/models/import", summary="Import one folder of the training service now",
@@ -189,7 +191,7 @@ def _model_routes(router: APIRouter, runtime: Runtime) -> None:
         folder = await run_in_threadpool(manager.latest_folder)
         if folder is None:
             return error(404, f"no artifact with metadata in {manager.models_dir}")
-        gate = True if body is None else body.validate_artifact
+        gate = None if body is None else body.validate_artifact
         outcome = await run_in_threadpool(manager.import_path, str(folder.path), gate)
         return import_answer(outcome, serving_pair(runtime.slot)[0])
 
@@ -270,30 +272,6 @@ def _history_routes(router: APIRouter, runtime: Runtime) -> None:
         ]
 
     @router.get("/api/v1/training-service/models",
-             summary="What the training service's models folder holds now")
+             summary="What the training service's models folder holds now, newest first")
     async def training_models() -> list[dict[str, Any]]:
-        return await run_in_threadpool(list_training_folder)
-
-    def list_training_folder() -> list[dict[str, Any]]:
-        try:
-            folders = scan_models_folder(manager.models_dir)
-        except (FileNotFoundError, NotADirectoryError):
-            return []
-        known = registry.folders()
-        rows = []
-        for folder in folders:
-            record = known.get(folder.name)
-            current = record is not None and record.fingerprint == folder.fingerprint
-            imported = None
-            if current and record is not None:
-                imported = record.outcome
-            rows.append({
-                "folder": folder.name,
-                "path": str(folder.path),
-                **describe_folder(folder),
-                "imported": imported in ("imported", "duplicate"),
-                "outcome": imported or "pending",
-                "rejected_reason": record.reason if current and record is not None
-                and record.outcome in ("rejected", "conflict") else None,
-            })
-        return rows
+        return await run_in_threadpool(manager.training_models)

@@ -35,6 +35,7 @@ from modeld.daemon.http.oip import (
     oip_router,
     protocol_error,
 )
+from modeld.daemon.http.plan import plan_router
 from modeld.daemon.http.views import ORJSONResponse, error
 from modeld.daemon.process.runtime import Runtime
 
@@ -92,6 +93,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.include_router(dashboard_router(runtime))
     mount_mcp(app, runtime)
     app.include_router(oip_router(runtime))
+    app.include_router(plan_router(runtime))
     return app
 
 

@@ -157,8 +157,9 @@ class Runtime:
         ``top`` contributions when ``explain`` (about a millisecond a record: call it off the
         event loop then)."""
         results: list[dict[str, Any]] = [
-            {"score": s, "is_anomaly": f}
-            for s, f in zip(result.scores.tolist(), result.flags.tolist(), strict=True)
+            {"score": s, "is_anomaly": f, "confidence": c}
+            for s, f, c in zip(result.scores.tolist(), result.flags.tolist(),
+                               result.confidence.tolist(), strict=True)
         ]
         if explain:
             for answer, explanation in zip(results, self._explanations(result, top),
@@ -209,6 +210,7 @@ class Runtime:
             "feature_names": list(deployed.feature_names) if deployed else [],
             "uptime_seconds": round(time.time() - self.started_at, 3),
             "config_generation": self.config_generation,
+            "config_version": self.settings.version,
             "last_reload": None if self.last_reload is None else {
                 "generation": self.last_reload.generation,
                 "ok": self.last_reload.ok,
