@@ -11,6 +11,8 @@ deployment row.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping
@@ -18,6 +20,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+
+from modeld.core.errors import RegistryDamaged
+from modeld.core.store import fsync_dir
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS versions (
@@ -80,6 +85,8 @@ CREATE TABLE IF NOT EXISTS events (
     detail TEXT NOT NULL
 );
 """
+
+REGISTRY_FILE = "registry.sqlite3"  # in storage.directory
 
 Actor = Literal["auto", "operator", "rollback", "fallback", "startup"]
 
@@ -341,13 +348,98 @@ class Registry:
         ]
 
     def backup(self, target: Path) -> None:
-        """Copy the live database with SQLite's online backup API."""
-        with self._lock:
+        """Copy the live database with SQLite's online backup API.
+
+        Reads through a connection of its own, never this registry's lock: in WAL mode the
+        copy is one consistent snapshot while scoring and the API go on reading and writing.
+        """
+        source = sqlite3.connect(self.path, timeout=30)
+        try:
             dest = sqlite3.connect(target)
             try:
-                self._conn.backup(dest)
+                source.backup(dest)
             finally:
                 dest.close()
+        finally:
+            source.close()
+
+    def check(self) -> str | None:
+        """None when the file passes SQLite's quick check, else what is wrong (scheduled)."""
+        return registry_problem(self.path)
+
+
+def registry_problem(path: Path) -> str | None:
+    """What is wrong with the registry file at ``path``, or None when it is sound (or absent).
+
+    Read through a fresh read-only connection, so damage on disk is seen even while a live
+    connection still holds the pages in its cache. Never writes, never creates the file.
+    """
+    if not path.exists():
+        return None
+    if path.stat().st_size == 0:
+        return "the file is empty (0 bytes)"
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    except sqlite3.Error as exc:
+        return f"cannot be opened: {exc}"
+    try:
+        rows = [r[0] for r in conn.execute("PRAGMA quick_check")]
+        if rows != ["ok"]:
+            return "integrity check failed: " + "; ".join(str(r) for r in rows[:3])
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if not {"versions", "deployments"} <= tables:
+            return "it holds no versions or deployments table"
+    except sqlite3.Error as exc:
+        return f"not a readable SQLite database: {exc}"
+    finally:
+        conn.close()
+    return None
+
+
+def backups(folder: Path) -> list[Path]:
+    """The registry backups in ``folder``, oldest first (their names sort by time)."""
+    return sorted(folder.glob("registry-*.sqlite3"))
+
+
+def newest_good_backup(folder: Path) -> Path | None:
+    for candidate in reversed(backups(folder)):
+        if registry_problem(candidate) is None:
+            return candidate
+    return None
+
+
+def clean_partial_backups(folder: Path) -> list[Path]:
+    """Remove what a backup killed mid-copy left (``*.partial``); called at startup."""
+    removed = sorted(folder.glob("registry-*.partial"))
+    for partial in removed:
+        partial.unlink(missing_ok=True)
+    return removed
+
+
+def restore_registry(backup: Path, path: Path, stamp: str) -> Path | None:
+    """Put ``backup`` in place of the registry at ``path``; the daemon must not be running.
+
+    The current file (and its -wal/-shm) is kept beside it as ``<name>.damaged-<stamp>``,
+    never deleted; returns that path (None when there was no file). Raises RegistryDamaged
+    when ``backup`` itself is not sound, before anything is moved.
+    """
+    problem = registry_problem(backup) if backup.exists() else "no such file"
+    if problem is not None:
+        raise RegistryDamaged(str(backup), problem, "choose another backup")
+    partial = path.with_name(path.name + ".restoring")
+    shutil.copyfile(backup, partial)
+    with partial.open("rb") as fh:
+        os.fsync(fh.fileno())
+    kept = None
+    for suffix in ("", "-wal", "-shm"):
+        current = path.with_name(path.name + suffix)
+        if current.exists():
+            aside = path.with_name(f"{path.name}.damaged-{stamp}{suffix}")
+            current.rename(aside)
+            kept = kept or aside
+    partial.rename(path)
+    fsync_dir(path.parent)
+    return kept
 
 
 def backup_registry(registry: Registry, folder: Path, keep: int, stamp: str) -> Path:
@@ -357,6 +449,6 @@ def backup_registry(registry: Registry, folder: Path, keep: int, stamp: str) -> 
     partial = target.with_suffix(".partial")
     registry.backup(partial)
     partial.replace(target)
-    for old in sorted(folder.glob("registry-*.sqlite3"))[:-keep]:
+    for old in backups(folder)[:-keep]:
         old.unlink()
     return target

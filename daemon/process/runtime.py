@@ -15,7 +15,12 @@ from typing import Any
 import structlog
 
 from modeld.core.errors import ModeldError, NoModelDeployed, RecordInvalid, VersionNotLoaded
-from modeld.core.events import ManagerEvent
+from modeld.core.events import (
+    DeployedVersionUnusable,
+    ManagerEvent,
+    ModelSwapped,
+    ModelUnhealthy,
+)
 from modeld.core.features import Batch
 from modeld.core.loader import Scores
 from modeld.core.manager import ModelManager
@@ -26,6 +31,10 @@ from modeld.daemon.process.metrics import DaemonMetrics
 from modeld.daemon.process.settings import Settings
 
 log = structlog.get_logger("modeld.runtime")
+
+
+# the manager's events after which a version may have stopped being deployed or fallback
+RETIRING_EVENTS = (ModelSwapped, ModelUnhealthy, DeployedVersionUnusable)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +64,8 @@ class Runtime:
     last_reload: ReloadResult | None = None
     health: dict[str, bool] = field(default_factory=dict)
     closers: list[tuple[str, Callable[[], None]]] = field(default_factory=list)
+    # what the scheduled state check found: "registry" (its problem), "store" (missing versions)
+    state_problems: dict[str, str] = field(default_factory=dict)
     _counters: dict[str, tuple[Any, Any]] = field(default_factory=dict)
 
     @property
@@ -83,9 +94,16 @@ class Runtime:
         )
 
     def on_manager_event(self, event: ManagerEvent) -> None:
-        """The manager's listener: metrics, the deployed-version info, alerts."""
+        """The manager's listener: metrics, the deployed-version info, alerts, and releasing
+        what versions that no longer serve held."""
         self.metrics.on_event(event)
         self.publish_deployed()
+        if isinstance(event, RETIRING_EVENTS):
+            state = self.slot.state
+            live = {m.version for m in (state.deployed, state.fallback) if m is not None}
+            self.monitors.retire(live)
+            for version in set(self._counters) - live:
+                del self._counters[version]
         alert = manager_alert(event)
         if alert is not None:
             self.alerter.send(alert)
@@ -162,4 +180,5 @@ class Runtime:
             "training_models_dir": str(self.manager.models_dir),
             "auto_deploy": self.manager.policy.deployment.auto_deploy,
             "health": dict(self.health),
+            "state_problems": dict(self.state_problems),
         }
