@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -17,7 +18,7 @@ from structlog.testing import capture_logs
 
 from modeld.core.manager import ModelManager, describe_folder
 from modeld.core.source import MAX_FOLDER_ENTRIES, scan_models_folder
-from modeld.core.store import ModelStore
+from modeld.core.store import FileDigest, ModelStore
 from modeld.daemon.jobs.alerting import Alert, Alerter
 from modeld.daemon.jobs.watch import PollWorker
 from tests.helpers import artifact_files, metadata
@@ -152,25 +153,35 @@ def test_an_odd_folder_is_rejected_with_its_reason_and_the_good_one_imports(
     manager.registry.close()
 
 
+class _ProducerMovesAfterFirstFile(ModelStore):
+    """A store whose first copied file is the moment the producer moves the folder away."""
+
+    def __init__(self, directory: Path, move: Callable[[Path], object]) -> None:
+        super().__init__(directory)
+        self.move = move
+        self.moved = False
+
+    def _copy_file(self, src: Path, dst: Path) -> FileDigest:
+        digest = super()._copy_file(src, dst)
+        if not self.moved:
+            self.moved = True
+            self.move(src.parent)
+        return digest
+
+
 def test_a_folder_renamed_or_deleted_mid_copy_is_incomplete_not_an_error(tmp_path: Path) -> None:
-    moves: list[Callable[[Path], None]] = [
+    # Before: status "failed" and a staging_failed error (FileNotFoundError from the stat of
+    # the next file), as if the daemon's own disk had failed.
+    moves: list[Callable[[Path], object]] = [
         lambda folder: folder.rename(folder.with_name(folder.name + "-moved")),
-        lambda folder: [p.unlink() for p in folder.iterdir()] and folder.rmdir(),
+        shutil.rmtree,
     ]
     for i, move in enumerate(moves):
         root = tmp_path / str(i)
         root.mkdir()
         manager = make_manager(root)
-        folder = drop(manager, "v1", artifact_files("v1", created_at=created(1)))
-        copied: list[str] = []
-
-        def fault(step: str, folder: Path = folder, move: Callable[[Path], None] = move,
-                  copied: list[str] = copied) -> None:
-            if step == "stage_file_copied" and not copied:
-                copied.append(step)
-                move(folder)  # the producer moves the folder away after the first file
-
-        manager.store = ModelStore(root / "store", fault=fault)
+        drop(manager, "v1", artifact_files("v1", created_at=created(1)))
+        manager.store = _ProducerMovesAfterFirstFile(root / "store", move)
         with capture_logs() as logs:
             outcome = manager.poll_once().outcomes[0]
         assert outcome.status == "incomplete", outcome

@@ -79,7 +79,7 @@ class PollWorker:
         force_polling: bool,
         polling_interval: float,
         enabled: bool = True,
-        on_failure: Callable[[str], None] = lambda _reason: None,
+        on_failure: Callable[[str], object] = lambda _reason: None,
     ) -> None:
         self.manager = manager
         # the daemon's alerting: a scan that keeps failing must reach an operator, not only
