@@ -239,7 +239,7 @@ def test_the_composed_daemon_answers_a_scoring_failure_from_the_fallback_and_rec
         assert deployed is not None and deployed.version == "v2"
         # arm the loaded instance: scoring now raises inside the deployed model
         deployed.scorer.__closure__[0].cell_contents.__self__.armed = True
-        with TestClient(create_app(runtime)) as http:
+        with TestClient(create_app(runtime), **IN_PROCESS) as http:
             answer = http.post("/api/v1/score", json={"records": records(2)})
             assert answer.status_code == 200 and answer.json()["model_version"] == "v1"
             assert "modeld_fallback_uses_total 1.0" in http.get("/metrics").text
