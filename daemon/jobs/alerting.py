@@ -47,7 +47,8 @@ from modeld.core.events import (
 log = structlog.get_logger()
 
 AlertKind = Literal[
-    "drift_alarm", "import_rejected", "swap_failed", "fallback_used", "model_unhealthy"
+    "drift_alarm", "import_rejected", "swap_failed", "fallback_used", "model_unhealthy",
+    "scan_failed", "registry_damaged", "version_files_missing",
 ]
 ALERT_KINDS: frozenset[str] = frozenset(get_args(AlertKind))
 

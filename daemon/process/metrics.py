@@ -6,6 +6,8 @@ thread-safe. Served at ``GET /metrics``.
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -65,6 +67,17 @@ class DaemonMetrics:
                                  ["version", "signal"], registry=r)
         self.drift_alarms = Counter("modeld_drift_alarms", "Drift alarms raised",
                                     ["signal"], registry=r)
+
+    def forget(self, version: str) -> None:
+        """Remove every series labelled with ``version`` (a retired version)."""
+        for counter in (self.records, self.anomalies):
+            with contextlib.suppress(KeyError):
+                counter.remove(version)
+        for gauge in (self.drift_statistic, self.drift_p_value, self.drift_alarm):
+            signals = {s.labels["signal"] for family in gauge.collect() for s in family.samples
+                       if s.labels.get("version") == version}
+            for signal in signals:
+                gauge.remove(version, signal)
 
     def set_deployed(self, deployed: str | None, fallback: str | None) -> None:
         self.deployed.info({"version": deployed or "", "fallback": fallback or ""})
