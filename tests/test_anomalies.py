@@ -36,7 +36,7 @@ def runtime(tmp_path: Path) -> Iterator[Runtime]:
     rt.manager.note_moved_in("v1")
     rt.manager.poll_once()
     yield rt
-    rt.manager.registry.close()
+    rt.close()
 
 
 @pytest.fixture

@@ -68,7 +68,7 @@ def test_a_retired_versions_monitors_and_metric_series_are_released(tmp_path: Pa
         # released, not lost: the retired windows were saved and come back on use
         assert runtime.manager.registry.load_state("window", "v0") is not None
     finally:
-        runtime.manager.registry.close()
+        runtime.close()  # the composition root's whole runtime: registry, canary zygote, ...
 
 
 def add_versions_from(runtime: Runtime, name: str, seed: int) -> None:
