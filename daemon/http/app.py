@@ -52,6 +52,13 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz", "/"}) | OPEN_PROTOCOL_PATHS
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Sent by the CLI and the dashboard; a cross-site page cannot add it without a preflight.
 CLIENT_HEADER = "x-modeld-client"
+# The content types a web page may send anywhere without a CORS preflight (a form's POST, a
+# fetch with a string body). Any other type (JSON, tritonclient's application/octet-stream)
+# needs a preflight this daemon never grants; a body-less POST from a browser carries its
+# Origin, which is checked first. Non-browser clients (curl, httpx, the plan's callers posting
+# an import with no body) send neither, and pass.
+SIMPLE_MEDIA_TYPES = frozenset({"text/plain", "application/x-www-form-urlencoded",
+                                "multipart/form-data"})
 
 STATUS_FOR: list[tuple[type[ModeldError], int]] = [
     (UnknownVersion, 404),
@@ -144,9 +151,10 @@ def cross_site_refusal(request: Request, api: ApiSettings) -> Response | None:
     A browser lets any web page send "simple" requests (a form's POST, a fetch without custom
     headers) to 127.0.0.1, and a DNS-rebinding page even read the answers. So: too many
     headers are refused (431); a Host that is not this daemon's address or a name in
-    ``api.allowed_hosts`` is refused (400); a state-changing request needs a JSON content type
-    or an ``X-Modeld-Client`` header (neither can be sent cross-site without a CORS preflight,
-    which this daemon never grants) and must not carry a foreign ``Origin`` (403).
+    ``api.allowed_hosts`` is refused (400); a state-changing request must not carry a foreign
+    ``Origin`` or ``Sec-Fetch-Site: cross-site``, and one with a form or text content type
+    (what a page may send cross-site without a CORS preflight, which this daemon never grants)
+    needs an ``X-Modeld-Client`` header (403).
     """
     if len(request.headers.raw) > api.max_headers:
         return error(431, f"more than {api.max_headers} request headers (api.max_headers)")
@@ -162,10 +170,14 @@ def cross_site_refusal(request: Request, api: ApiSettings) -> Response | None:
         if not netloc or netloc.lower() != (host or "").lower():
             return error(403, f"cross-site request refused: Origin {origin!r} is not this "
                          "daemon")
+    if request.headers.get("sec-fetch-site") == "cross-site":
+        return error(403, "cross-site request refused: the browser says it comes from another "
+                     "site (Sec-Fetch-Site: cross-site)")
     media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-    if media != "application/json" and CLIENT_HEADER not in request.headers:
-        return error(403, "cross-site request refused: a state-changing request needs "
-                     f"Content-Type: application/json or an {CLIENT_HEADER} header")
+    if media in SIMPLE_MEDIA_TYPES and CLIENT_HEADER not in request.headers:
+        return error(403, f"cross-site request refused: a state-changing request with "
+                     f"Content-Type {media} needs an {CLIENT_HEADER} header (send JSON, or no "
+                     "body, instead)")
     return None
 
 
