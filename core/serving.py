@@ -19,10 +19,19 @@ from modeld.core.loader import Scores, ServableModel
 
 @dataclass(frozen=True, slots=True)
 class SlotState:
-    """What serves now: the deployed version and the last good one behind it."""
+    """What serves now: the deployed version and the last good one behind it, and the
+    candidate on trial beside them (shadow scoring, a canary share; see core/shadow.py)."""
 
     deployed: ServableModel | None
     fallback: ServableModel | None
+    candidate: ServableModel | None = None
+
+
+def _unless(candidate: ServableModel | None, deployed: ServableModel | None
+            ) -> ServableModel | None:
+    if candidate is None or deployed is None or candidate.version != deployed.version:
+        return candidate
+    return None
 
 
 class ServingSlot:
@@ -46,23 +55,39 @@ class ServingSlot:
         self.anomaly_threshold = anomaly_threshold
 
     def set(self, deployed: ServableModel | None, fallback: ServableModel | None) -> SlotState:
+        """Replace deployed and fallback; the candidate stays unless it is now deployed."""
         with self._lock:
             old = self.state
-            self.state = SlotState(deployed, fallback)
+            self.state = SlotState(deployed, fallback, _unless(old.candidate, deployed))
             return old
 
     def swap(self, new: ServableModel) -> SlotState:
-        """Make ``new`` the deployed model; the old deployed one becomes the fallback."""
+        """Make ``new`` the deployed model; the old deployed one becomes the fallback. A
+        candidate that is now deployed is no longer a candidate."""
         with self._lock:
             old = self.state
             keep = old.deployed if old.deployed is not None else old.fallback
             if keep is not None and keep.version == new.version:
                 keep = old.fallback
-            self.state = SlotState(new, keep)
+            self.state = SlotState(new, keep, _unless(old.candidate, new))
+            return old
+
+    def set_candidate(self, candidate: ServableModel | None) -> SlotState:
+        """Put ``candidate`` on trial beside the deployed model (None: no candidate)."""
+        with self._lock:
+            old = self.state
+            self.state = SlotState(old.deployed, old.fallback, candidate)
             return old
 
     def score(self, records: Sequence[object]) -> Scores:
-        result = self._score(records)
+        return self._thresholded(self._score(records))
+
+    def score_with(self, servable: ServableModel, records: Sequence[object]) -> Scores:
+        """Score with one given servable (a candidate, off or on the request path), under the
+        slot's serving policy; raises whatever it raises."""
+        return self._thresholded(servable.score_records(records))
+
+    def _thresholded(self, result: Scores) -> Scores:
         threshold = self.anomaly_threshold
         if threshold is None:
             return result

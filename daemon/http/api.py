@@ -22,6 +22,7 @@ from modeld.core.source import scan_models_folder
 from modeld.daemon.http.body import read_json
 from modeld.daemon.http.views import (
     ORJSONResponse,
+    candidate_version,
     error,
     import_answer,
     serving_pair,
@@ -148,7 +149,8 @@ def _model_routes(router: APIRouter, runtime: Runtime) -> None:
     @router.get("/api/v1/models", summary="Every version the registry knows, newest import first")
     async def models() -> list[dict[str, Any]]:
         deployed, fallback = serving_pair(runtime.slot)
-        return [version_view(r, deployed, fallback) for r in registry.list_versions()]
+        candidate = candidate_version(runtime.slot)
+        return [version_view(r, deployed, fallback, candidate) for r in registry.list_versions()]
 
     @router.get("/api/v1/models/{version}", summary="One version with its full report and metadata")
     async def model(version: str) -> dict[str, Any]:
@@ -156,7 +158,8 @@ def _model_routes(router: APIRouter, runtime: Runtime) -> None:
         if row is None:
             raise UnknownVersion(version)
         deployed, fallback = serving_pair(runtime.slot)
-        return {**version_view(row, deployed, fallback), "report": row.report,
+        return {**version_view(row, deployed, fallback, candidate_version(runtime.slot)),
+                "report": row.report,
                 "metadata": row.metadata, "checksums": row.checksums}
 
     # response_model: the 200 answer's schema; a refusal is a Response, which FastAPI sends as is

@@ -27,6 +27,7 @@ from modeld.core.errors import (
 from modeld.daemon.http.api import api_router
 from modeld.daemon.http.auth import UNAUTHORIZED_DETAIL, bearer_ok
 from modeld.daemon.http.dashboard import dashboard_router
+from modeld.daemon.http.shadow import shadow_router
 from modeld.daemon.http.views import ORJSONResponse, error
 from modeld.daemon.process.runtime import Runtime
 
@@ -80,6 +81,7 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     app.include_router(api_router(runtime))
     app.include_router(dashboard_router(runtime))
+    app.include_router(shadow_router(runtime))
     return app
 
 
