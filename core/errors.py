@@ -74,6 +74,18 @@ class UnknownVersion(ModeldError):
         super().__init__(f"unknown model version {version!r}")
 
 
+class VersionNotLoaded(ModeldError):
+    """Scoring with a named version was asked for, and that version is not loaded."""
+
+    def __init__(self, version: str, loaded: tuple[str, ...]) -> None:
+        self.version = version
+        self.loaded = loaded
+        super().__init__(
+            f"model version {version!r} is not loaded; loaded now: "
+            f"{', '.join(loaded) if loaded else 'none'}"
+        )
+
+
 class VersionConflict(ModeldError):
     """The request conflicts with the registry's state (content differs, status forbids it)."""
 

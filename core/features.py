@@ -38,6 +38,8 @@ from modeld.core.errors import RecordInvalid
 __all__ = [
     "FEATURE_CATALOG",
     "REGEX_FLAGS",
+    "Batch",
+    "FeatureColumns",
     "FeatureExtractor",
     "FeatureSource",
     "FeatureSpec",
@@ -652,6 +654,26 @@ def _record_text(index: int, record: dict[str, object], field: str, feature: str
 _EMPTY: Final[Mapping[str, object]] = MappingProxyType({})
 
 
+@dataclass(frozen=True, slots=True)
+class FeatureColumns:
+    """A scoring batch given as one column of numbers per feature name instead of as records.
+
+    Built by the HTTP layer from the Open Inference Protocol's tensor inputs; each column is a
+    1-d float64 array of ``rows`` values. Columns are matched to a model by name, so a batch
+    answered by the fallback takes the fallback's own features, in its own order.
+    """
+
+    columns: Mapping[str, npt.NDArray[np.float64]]
+    rows: int
+
+    def __len__(self) -> int:
+        return self.rows
+
+
+Batch = Sequence[object] | FeatureColumns
+"""What scoring takes: records (JSON objects), or feature columns."""
+
+
 class FeatureExtractor:
     """Builds the feature matrix of one model from scoring batches.
 
@@ -684,14 +706,32 @@ class FeatureExtractor:
             (name, FEATURE_CATALOG.get(name)) for name in names
         )
 
-    def transform(self, records: Sequence[object]) -> npt.NDArray[np.float64]:
+    def transform(self, records: Batch) -> npt.NDArray[np.float64]:
         """Return the float64 matrix (len(records), len(feature_names)) of ``records``."""
+        if isinstance(records, FeatureColumns):
+            return self._stack(records)
         flat: list[float] = []
         count = 0
         for index, record in enumerate(records):
             flat.extend(self._row(index, record))
             count = index + 1
         return np.array(flat, dtype=np.float64).reshape(count, len(self._plan))
+
+    def _stack(self, batch: FeatureColumns) -> npt.NDArray[np.float64]:
+        """The columns in the model's order; the same refusals as for records, by row."""
+        for name in self.feature_names:
+            if name not in batch.columns:
+                raise RecordInvalid(0, f"missing feature '{name}' (the batch has no column of "
+                                    "that name)")
+        matrix = np.empty((batch.rows, len(self.feature_names)), dtype=np.float64)
+        for position, name in enumerate(self.feature_names):
+            matrix[:, position] = batch.columns[name]
+        bad = np.argwhere(~np.isfinite(matrix))
+        if len(bad):
+            row, position = (int(i) for i in bad[0])
+            raise RecordInvalid(row, f"feature '{self.feature_names[position]}' is not finite "
+                                f"({matrix[row, position]})")
+        return matrix
 
     def _row(self, index: int, record: object) -> list[float]:
         if not isinstance(record, dict):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-__all__ = ["LifecycleState", "lifecycle_state"]
+__all__ = ["LifecycleState", "PlanStatus", "lifecycle_state", "plan_status"]
 
 LifecycleState = Literal["deployed", "fallback", "candidate", "retired", "available", "rejected",
                          "removed"]
@@ -38,3 +38,16 @@ def lifecycle_state(stored_status: str, version: str, deployed_at: str | None,
     if stored_status == "rejected":
         return "rejected"
     return "removed"
+
+
+PlanStatus = Literal["deployed", "available", "rejected", "removed"]
+
+
+def plan_status(state: LifecycleState) -> PlanStatus:
+    """The seed plan's ``deployment_info.status`` for a lifecycle state: ``deployed`` for the
+    version serving now, ``available`` for any other version that could be deployed."""
+    if state == "deployed":
+        return "deployed"
+    if state in ("fallback", "retired", "available"):
+        return "available"
+    return "rejected" if state == "rejected" else "removed"

@@ -48,7 +48,8 @@ from modeld.core.errors import (
     RecordInvalid,
     WarmupNonFinite,
 )
-from modeld.core.features import FeatureExtractor
+from modeld.core.explain import Explanation, LazyExplainer, ReferenceWords, explainer_for
+from modeld.core.features import Batch, FeatureExtractor
 from modeld.core.forest import compile_isolation_forest
 
 __all__ = [
@@ -354,6 +355,9 @@ def _load_file(loader: ModelLoader, path: Path) -> tuple[Any, tuple[str, ...]]:
 
 Transform = Callable[[np.ndarray], np.ndarray]
 Scorer = Callable[[np.ndarray], np.ndarray]
+REFERENCE_FILE = "reference.npz"
+# enough held-out rows for a confidence to two decimals, few enough to score at load time
+MAX_REFERENCE_ROWS = 5000
 Flagger = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
@@ -366,6 +370,7 @@ class Scores:
     scores: np.ndarray
     flags: np.ndarray
     features: np.ndarray
+    confidence: np.ndarray
     fallback_reason: str | None = None
 
 
@@ -409,15 +414,39 @@ class ServableModel:
     flagger: Flagger
     warmup_scores: np.ndarray
     warmup_rows: np.ndarray
+    # sorted scores of the artifact's reference rows (reference.npz), else of the warmup rows
+    reference_scores: np.ndarray
+    explainer: LazyExplainer | None = None
+
+    def confidence(self, scores: np.ndarray) -> np.ndarray:
+        """Each score's position among the reference scores: the share at or below it, [0, 1]."""
+        reference = self.reference_scores
+        return np.searchsorted(reference, scores, side="right") / len(reference)
+
+    def explain(self, features: np.ndarray, scores: np.ndarray, words: ReferenceWords,
+                top: int | None = None) -> list[Explanation] | None:
+        """Why each row scored as it did, its ``top`` contributions (None: all); None when
+        this model type cannot say."""
+        explainer = None if self.explainer is None else self.explainer.get()
+        if explainer is None:
+            return None
+        x = self.transform(features) if self.transform is not None else features
+        explanations: list[Explanation] = explainer.explain_many(x, scores, features, words,
+                                                                 top)
+        return explanations
 
     def score_matrix(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return _score_matrix(self.transform, self.scorer, self.flagger, features)
 
-    def score_records(self, records: Sequence[object]) -> Scores:
+    def score_records(self, records: Batch) -> Scores:
         """Score a batch all-or-nothing; raises RecordInvalid naming the first bad record."""
         features = self.extractor.transform(records)
+        if not len(features):  # estimators refuse zero rows; none is an answer, not a failure
+            return Scores(self.version, self.feature_names, np.empty(0), np.empty(0, bool),
+                          features, np.empty(0))
         scores, flags = self.score_matrix(features)
-        return Scores(self.version, self.feature_names, scores, flags, features)
+        return Scores(self.version, self.feature_names, scores, flags, features,
+                      self.confidence(scores))
 
     def health_check(self) -> str | None:
         """Re-score the warmup rows: None when finite and equal to load time, else the problem."""
@@ -472,7 +501,8 @@ def _scorer_for(estimator: Any) -> tuple[Scorer, Flagger]:
         return (lambda x: -forest.score_samples(x)), (lambda _x, s: s > threshold)
     score_samples = estimator.score_samples
     if hasattr(estimator, "offset_"):
-        threshold = -float(estimator.offset_)
+        # OneClassSVM's offset_ is a one-element array, the others' a float
+        threshold = -float(np.asarray(estimator.offset_, dtype=np.float64).reshape(-1)[0])
         return (lambda x: -np.asarray(score_samples(x), dtype=np.float64)), (
             lambda _x, s: s > threshold
         )
@@ -549,10 +579,13 @@ def warm(
 
 
 def build_servable(
-    loaded: LoadedArtifact, spec: ServableSpec, warmup_row_count: int
+    loaded: LoadedArtifact, spec: ServableSpec, warmup_row_count: int,
+    reference: np.ndarray | None = None,
 ) -> ServableModel:
     """Prepare one loaded version for serving and warm it by scoring sample rows.
 
+    ``reference`` (feature rows, from :func:`reference_rows`) is scored too: its sorted scores
+    are what a result's ``confidence`` is measured against (the warmup rows' without it).
     Called by validation on the manager's import thread and by :func:`load_servable`. Raises
     ModelLoadFailed with the reason when anything about the model cannot serve (see
     :func:`warm`): it is never half-built.
@@ -560,10 +593,36 @@ def build_servable(
     names = tuple(spec.feature_names)
     extractor = FeatureExtractor(names)
     warmed = warm(loaded, spec.version, len(names), extractor, spec.warmup, warmup_row_count)
+    reference_scores = warmed.scores
+    if reference is not None:
+        with _cannot_serve(spec.version), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*feature names.*", category=UserWarning)
+            scored = _score_matrix(warmed.transform, warmed.scorer, warmed.flagger, reference)[0]
+        scored = scored[np.isfinite(scored)]
+        reference_scores = scored if len(scored) else warmed.scores
+    model = loaded.model
     return ServableModel(
         spec.version, loaded.model_type, names, extractor, warmed.transform, warmed.scorer,
-        warmed.flagger, warmed.scores, warmed.rows,
+        warmed.flagger, warmed.scores, warmed.rows, np.sort(reference_scores),
+        LazyExplainer(lambda: explainer_for(model)),
     )
+
+
+def reference_rows(folder: Path, width: int) -> np.ndarray | None:
+    """The held-out feature rows of ``folder``'s reference.npz (at most MAX_REFERENCE_ROWS,
+    evenly spaced), or None when it has none of this width. Never raises for a bad file."""
+    path = folder / REFERENCE_FILE
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            rows = np.asarray(data["features"], dtype=np.float64)
+    except (OSError, KeyError, ValueError):
+        return None  # the drift monitor reports an unusable reference (reference_unusable)
+    if rows.ndim != 2 or rows.shape[1] != width or not len(rows):
+        return None
+    step = max(1, len(rows) // MAX_REFERENCE_ROWS)
+    return rows[::step][:MAX_REFERENCE_ROWS]
 
 
 def load_servable(
@@ -579,4 +638,5 @@ def load_servable(
         loaded = load_artifact(folder, loader)
     except (ArtifactInvalid, ArtifactUntrusted) as exc:
         raise ModelLoadFailed(folder.name, exc.reason) from exc
-    return build_servable(loaded, spec, warmup_row_count)
+    return build_servable(loaded, spec, warmup_row_count,
+                          reference_rows(folder, len(spec.feature_names)))

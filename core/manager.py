@@ -125,6 +125,11 @@ class ManagerPolicy:
     settle_seconds: float = 2.0
     loader: ModelLoader = DEFAULT_LOADER
     trust: TrustPolicy = field(default_factory=TrustPolicy)
+    # integration.validate_imports: the quality gate of automatic imports, and of requested
+    # ones that do not say
+    validate_imports: bool = True
+    # storage.compression: versions that are not loaded are kept gzipped (see compact())
+    compress_stored: bool = False
 
 
 class FirstLoad(Protocol):
@@ -137,6 +142,11 @@ class FirstLoad(Protocol):
     """
 
     def __call__(self, folder: Path, digests: Mapping[str, str]) -> None: ...
+
+
+# How a rollback's row reads; an agent's rollback (actor "mcp") is told apart from its deploys
+# by this, so auto-deploy respects it as it does an operator's rollback.
+ROLLBACK_REASON = "rollback from "
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +171,8 @@ class RegistrySnapshot:
     @property
     def rolled_back_from(self) -> frozenset[str]:
         return frozenset(
-            d.from_version for d in self.history if d.actor == "rollback" and d.from_version
+            d.from_version for d in self.history
+            if d.from_version and (d.actor == "rollback" or d.reason.startswith(ROLLBACK_REASON))
         )
 
 
@@ -212,8 +223,13 @@ def rollback_target(
 
 
 def _created(row: VersionRow) -> datetime:
+    return _moment(row.created_at)
+
+
+def _moment(value: object) -> datetime:
+    """A created_at for ordering: unreadable ones sort as the oldest."""
     try:
-        return parse_timestamp(row.created_at)
+        return parse_timestamp(value)
     except ValueError:
         return datetime.min.replace(tzinfo=UTC)
 
@@ -366,7 +382,8 @@ class ModelManager:
                     next_check = min(next_check or readiness.wait_until, readiness.wait_until)
                 continue
             try:
-                outcome = self._import_folder(folder, quality_gate=True, actor="auto")
+                outcome = self._import_folder(folder, quality_gate=self.policy.validate_imports,
+                                              actor="auto")
             except (OSError, sqlite3.Error):
                 raise  # the daemon's own disk or database: the whole scan is retried
             except Exception as exc:  # one odd folder must not stop the others
@@ -385,36 +402,47 @@ class ModelManager:
     def resolve_import_path(self, path: str) -> Path:
         """An operator's import path, which must be a folder inside the models folder.
 
-        Relative paths are taken from the models folder. Symlinks are resolved before the
-        check, so none leads out. Nothing is opened before the check passes.
+        Relative paths are taken from the models folder (or the training service's folder).
+        Symlinks are resolved before the check, so none leads out. Nothing is opened before the check passes.
         """
         root = self.models_dir.resolve()
-        try:
-            raw = Path(path)
-            candidate = raw if raw.is_absolute() else root / raw
-            resolved = candidate.resolve()
-            inside = resolved.parent == root and resolved.is_dir()
-        except (OSError, ValueError):  # NUL bytes, names too long, loops
-            inside = False
-        if not inside or is_work_in_progress(resolved.name):
-            raise PathOutsideModels(path, str(root))
-        return resolved
+        raw = Path(path)
+        # relative: to the models folder, to the training service's folder ("models/<name>"),
+        # or an absolute path whose leading "/" a URL join dropped ("import/srv/.../models/x")
+        candidates = [raw] if raw.is_absolute() else [root / raw, root.parent / raw, "/" / raw]
+        for candidate in candidates:
+            try:
+                resolved = candidate.resolve()
+                inside = resolved.parent == root and resolved.is_dir()
+            except (OSError, ValueError):  # NUL bytes, names too long, loops
+                inside = False
+            if inside and not is_work_in_progress(resolved.name):
+                return resolved
+        raise PathOutsideModels(path, str(root))
 
-    def import_path(self, path: str, quality_gate: bool = True) -> ImportOutcome:
-        """Import one folder now (operator request); raises on a refused path or conflict."""
+    def import_path(self, path: str, quality_gate: bool | None = None) -> ImportOutcome:
+        """Import one folder now (operator request); raises on a refused path or conflict.
+
+        ``quality_gate`` None follows ``validate_imports``.
+        """
         folder = inspect_folder(self.resolve_import_path(path))
-        outcome = self._import_folder(folder, quality_gate=quality_gate, actor="operator")
+        gate = self.policy.validate_imports if quality_gate is None else quality_gate
+        outcome = self._import_folder(folder, quality_gate=gate, actor="operator")
         if outcome.status == "conflict":
             raise VersionConflict(outcome.version or "?", outcome.reason)
         return outcome
 
-    def latest_folder(self) -> ArtifactFolder | None:
-        """The training folder's newest complete-looking artifact by created_at."""
+    def latest_folder(self, only_new: bool = False) -> ArtifactFolder | None:
+        """The training folder's newest complete-looking artifact by created_at; with
+        ``only_new``, the newest not imported yet (the seed plan's import-latest)."""
+        skip = ({row["folder"] for row in self.training_models() if row["imported"]}
+                if only_new else set())
         best: tuple[datetime, ArtifactFolder] | None = None
         for folder in scan_models_folder(self.models_dir):
             info = describe_folder(folder)
             created = info.get("created_at")
-            if not folder.has_required_files or not isinstance(created, str):
+            if (not folder.has_required_files or not isinstance(created, str)
+                    or folder.name in skip):
                 continue
             try:
                 moment = parse_timestamp(created)
@@ -423,6 +451,35 @@ class ModelManager:
             if best is None or moment > best[0]:
                 best = (moment, folder)
         return None if best is None else best[1]
+
+    def training_models(self) -> list[dict[str, Any]]:
+        """What the training folder holds now, newest first (created_at): each folder's
+        metadata, whether it is imported (its version is in the store, or this very content
+        was imported), and what was decided about it. Reads only; [] when the folder is
+        missing."""
+        try:
+            folders = scan_models_folder(self.models_dir)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        known = self.registry.folders()
+        stored = {r.version for r in self.registry.list_versions() if r.status != "rejected"}
+        rows = []
+        for folder in folders:
+            record = known.get(folder.name)
+            outcome = (record.outcome if record is not None
+                       and record.fingerprint == folder.fingerprint else None)
+            info = describe_folder(folder)
+            rows.append({
+                "folder": folder.name,
+                "path": str(folder.path),
+                **info,
+                "imported": outcome in ("imported", "duplicate") or info.get("version") in stored,
+                "outcome": outcome or "pending",
+                "rejected_reason": record.reason if record is not None
+                and outcome in ("rejected", "conflict") else None,
+            })
+        rows.sort(key=lambda row: _moment(row.get("created_at")), reverse=True)
+        return rows
 
     def _import_folder(
         self, folder: ArtifactFolder, quality_gate: bool, actor: Actor
@@ -498,7 +555,8 @@ class ModelManager:
         row = VersionRow(
             version=meta.version, status="available", model_type=meta.model_type,
             quality_score=validation.report.quality_score, report=validation.report.to_dict(),
-            metadata=dict(meta.raw), created_at=iso(meta.created_at), imported_at=now,
+            metadata=with_import_info(meta.raw, now, str(folder.path), actor),
+            created_at=iso(meta.created_at), imported_at=now,
             source_path=str(folder.path), store_path=str(stored), checksums=staged.checksums(),
             content_digest=staged.content_digest, reason="", considered=False, deployed_at=None,
         )
@@ -605,7 +663,7 @@ class ModelManager:
         row = self.registry.get_version(version)
         if row is None:
             raise UnknownVersion(version)
-        problem = self.store.verify(version, row.checksums)
+        problem = self._unpacked(row) or self.store.verify(version, row.checksums)
         if problem is not None:
             raise ModelLoadFailed(version, problem)
         folder = self.store.path_of(version)
@@ -615,6 +673,35 @@ class ModelManager:
             raise ModelLoadFailed(version, exc.reason) from exc
         policy = self.policy
         return load_servable(folder, meta, policy.validation.warmup_row_count, policy.loader)
+
+    def _unpacked(self, row: VersionRow) -> str | None:
+        """Decompress a compressed stored version (checked against its checksums) so that it
+        can be read; None, or the problem."""
+        if not self.store.is_compressed(row.version):
+            return None
+        problem: str | None = self.store.decompress(row.version, row.checksums)
+        if problem is None:
+            log.info("version_decompressed", version=row.version)
+        return problem
+
+    def compact(self) -> list[str]:
+        """With ``compress_stored``, gzip every stored version that is not loaded (deployed,
+        fallback or candidate); returns the versions compressed. Called by the daemon's scheduler."""
+        if not self.policy.compress_stored:
+            return []
+        with self.lock:
+            state = self.slot.state
+            loaded = {m.version for m in state.loaded()}
+            done = []
+            for version in self._available():
+                if version in loaded:
+                    continue
+                started = time.perf_counter()
+                if self.store.compress(version):
+                    done.append(version)
+                    log.info("version_compressed", version=version,
+                             took_ms=round((time.perf_counter() - started) * 1000, 2))
+            return done
 
     def _deploy(self, decision: Decision, servable: ServableModel | None = None,
                 report: Mapping[str, Any] | None = None) -> str:
@@ -650,9 +737,10 @@ class ModelManager:
                                 took_ms))
         return decision.version
 
-    def deploy(self, version: str, reason: str = "deployed by an operator") -> str:
-        """Deploy a named version (operator); raises UnknownVersion, VersionConflict or
-        ModelLoadFailed. Returns the version now serving."""
+    def deploy(self, version: str, reason: str = "deployed by an operator",
+               actor: Actor = "operator") -> str:
+        """Deploy a named version (operator, or an agent: actor "mcp"); raises UnknownVersion,
+        VersionConflict or ModelLoadFailed. Returns the version now serving."""
         with self.lock:
             row = self.registry.get_version(version)
             if row is None:
@@ -660,9 +748,9 @@ class ModelManager:
             if row.status != "available":
                 raise VersionConflict(version, f"is {row.status} and cannot be deployed"
                                       + (f" ({row.reason})" if row.reason else ""))
-            return self._deploy(Decision(version, reason, "operator"))
+            return self._deploy(Decision(version, reason, actor))
 
-    def rollback(self, version: str | None = None) -> str:
+    def rollback(self, version: str | None = None, actor: Actor = "rollback") -> str:
         """Go back to ``version``, or to the previous deployed version; returns what serves."""
         with self.lock:
             snapshot = self._snapshot()
@@ -681,7 +769,7 @@ class ModelManager:
                     raise VersionConflict(version, f"is {row.status} and cannot be deployed")
                 target = version
             current = snapshot.deployed.version if snapshot.deployed else None
-            return self._deploy(Decision(target, f"rollback from {current}", "rollback"))
+            return self._deploy(Decision(target, f"{ROLLBACK_REASON}{current}", actor))
 
     # candidates ---------------------------------------------------------------------------
 
@@ -761,6 +849,9 @@ class ModelManager:
             if row.store_path is None or row.status != "available":
                 raise VersionConflict(version, f"is {row.status}: there are no stored files "
                                       "to validate")
+            problem = self._unpacked(row)
+            if problem is not None:
+                raise ModelLoadFailed(version, problem)
             policy = self.policy
             validation = validate_folder(self.store.path_of(version), policy.validation,
                                          self.clock(), policy.loader)
@@ -830,6 +921,20 @@ class ModelManager:
                 log.info("version_removed", version=row.version, reason="retention",
                          created_at=row.created_at)
             return removed
+
+
+def with_import_info(raw: Mapping[str, Any], imported_at: str, original_path: str,
+                     actor: Actor) -> dict[str, Any]:
+    """metadata.json as the registry keeps it: the seed plan's ``import_info`` added and
+    ``deployment_info.status`` set to ``available``. The stored files stay as delivered."""
+    deployment = raw.get("deployment_info")
+    return {
+        **raw,
+        "import_info": {"imported_at": imported_at, "original_path": original_path,
+                        "imported_by": "system" if actor == "auto" else actor},
+        "deployment_info": {**(deployment if isinstance(deployment, dict) else {}),
+                            "status": "available"},
+    }
 
 
 def peek_metadata(folder: Path) -> ArtifactMetadata | None:

@@ -361,3 +361,46 @@ class ScoringWindow:
 
 
 __all__ = ["LATENCY_BUCKETS_S", "IntervalSummary", "ScoringWindow"]
+
+
+def relative_change(recent: float, before: float) -> float:
+    """``|recent - before| / |before|``, the seed plan's drift indicator; 0 without a base."""
+    if not (math.isfinite(recent) and math.isfinite(before)) or before == 0:
+        return 0.0
+    return abs(recent - before) / abs(before)
+
+
+def halves_change(values: NDArray[np.float64]) -> float:
+    """The relative change of the mean from the older half of ``values`` to the newer half."""
+    values = values[np.isfinite(values)]
+    if len(values) < 20:  # the plan's minimum of ten against ten
+        return 0.0
+    middle = len(values) // 2
+    return relative_change(float(values[middle:].mean()), float(values[:middle].mean()))
+
+
+def plan_drift_check(*, drift_detected: bool, score_effect: float | None,
+                     flags: NDArray[np.bool_], reference_rate: float | None,
+                     latencies: NDArray[np.float64], threshold: float) -> dict[str, Any]:
+    """The seed plan's ``check_model_drift`` answer from modeld's statistics.
+
+    ``drift_detected`` is modeld's verdict (its drift report says ``drift``); the indicators
+    are the plan's: the anomaly rate's relative change (the window against the reference rate,
+    else its older half), the score distribution's change (modeld's effect size: Wasserstein
+    distance over the reference's standard deviation) and the inference time's relative change
+    (newer half of the window against the older). ``drift_score`` is their mean, as in the plan.
+    """
+    rates = flags.astype(np.float64)
+    if reference_rate is not None and len(rates):
+        rate_change = relative_change(float(rates.mean()), reference_rate)
+    else:
+        rate_change = halves_change(rates)
+    indicators = {
+        "anomaly_rate_change": round(rate_change, 6),
+        "score_distribution_change": round(score_effect or 0.0, 6),
+        "inference_time_change": round(halves_change(latencies), 6),
+    }
+    drift_score = round(float(np.mean(list(indicators.values()))), 6)
+    return {"drift_detected": drift_detected, "drift_score": drift_score,
+            "confidence": min(drift_score, 1.0), "indicators": indicators,
+            "threshold": threshold}

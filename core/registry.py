@@ -10,7 +10,9 @@ deployment row.
 
 from __future__ import annotations
 
+import gzip
 import json
+import shutil
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping
@@ -51,7 +53,8 @@ CREATE TABLE IF NOT EXISTS deployments (
     to_version TEXT,
     at TEXT NOT NULL,
     reason TEXT NOT NULL,
-    actor TEXT NOT NULL CHECK (actor IN ('auto', 'operator', 'rollback', 'fallback', 'startup'))
+    actor TEXT NOT NULL CHECK (actor IN ('auto', 'operator', 'rollback', 'fallback', 'startup',
+                                         'mcp'))
 );
 CREATE TRIGGER IF NOT EXISTS deployments_append_only_u BEFORE UPDATE ON deployments
 BEGIN SELECT RAISE(ABORT, 'the deployment history is append-only'); END;
@@ -93,9 +96,36 @@ CREATE TABLE IF NOT EXISTS events (
     at TEXT NOT NULL,
     detail TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS anomalies (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    version TEXT NOT NULL,
+    at TEXT NOT NULL,
+    timestamp TEXT,
+    host TEXT,
+    process TEXT,
+    message TEXT,
+    score REAL NOT NULL,
+    explanation TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS anomalies_at ON anomalies (at);
+CREATE INDEX IF NOT EXISTS anomalies_version ON anomalies (version, id);
 """
 
-Actor = Literal["auto", "operator", "rollback", "fallback", "startup"]
+# Registries made before the actor 'mcp' existed have the older CHECK on deployments; SQLite
+# cannot alter a CHECK, so the table is rebuilt once, rows and ids unchanged, in one transaction.
+_ACTORS_BEFORE_MCP = "'fallback', 'startup'))"
+_DEPLOYMENTS_REBUILD = """
+DROP TRIGGER IF EXISTS deployments_append_only_u;
+DROP TRIGGER IF EXISTS deployments_append_only_d;
+ALTER TABLE deployments RENAME TO deployments_before_mcp;
+{create}
+INSERT INTO deployments (id, from_version, to_version, at, reason, actor)
+    SELECT id, from_version, to_version, at, reason, actor FROM deployments_before_mcp;
+DROP TABLE deployments_before_mcp;
+{triggers}
+"""
+
+Actor = Literal["auto", "operator", "rollback", "fallback", "startup", "mcp"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +191,26 @@ class FolderRow:
 
 
 @dataclass(frozen=True, slots=True)
+class AnomalyRow:
+    """One flagged record, kept for operators and agents (``GET /api/v1/anomalies``)."""
+
+    version: str
+    at: str
+    timestamp: str | None
+    host: str | None
+    process: str | None
+    message: str | None
+    score: float
+    explanation: Mapping[str, Any]
+    id: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "at": self.at, "timestamp": self.timestamp, "host": self.host,
+                "process": self.process, "message": self.message, "score": self.score,
+                "version": self.version, "explanation": dict(self.explanation)}
+
+
+@dataclass(frozen=True, slots=True)
 class TransferRow:
     id: int
     version: str | None
@@ -190,6 +240,20 @@ class Registry:
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.execute("PRAGMA foreign_keys=ON")
         self._conn.executescript(SCHEMA)
+        self._allow_mcp_actor()
+
+    def _allow_mcp_actor(self) -> None:
+        row = self._conn.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'deployments'"
+        ).fetchone()
+        if row is None or _ACTORS_BEFORE_MCP not in row["sql"]:
+            return
+        create = SCHEMA[SCHEMA.index("CREATE TABLE IF NOT EXISTS deployments"):]
+        create = create[: create.index(");") + 2]
+        triggers = SCHEMA[SCHEMA.index("CREATE TRIGGER IF NOT EXISTS deployments_append_only_u"):
+                          SCHEMA.index("CREATE TABLE IF NOT EXISTS folders")]
+        self._conn.executescript("BEGIN IMMEDIATE;" + _DEPLOYMENTS_REBUILD.format(
+            create=create, triggers=triggers) + "COMMIT;")
 
     def close(self) -> None:
         with self._lock:
@@ -418,6 +482,39 @@ class Registry:
             for r in rows
         ]
 
+    # recent anomalies --------------------------------------------------------------------
+
+    def add_anomalies(self, rows: list[AnomalyRow]) -> None:
+        with self.transaction() as conn:
+            conn.executemany(
+                "INSERT INTO anomalies (version, at, timestamp, host, process, message, score, "
+                "explanation) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(r.version, r.at, r.timestamp, r.host, r.process, r.message, r.score,
+                  json.dumps(r.explanation)) for r in rows],
+            )
+
+    def anomalies(self, since: str | None = None, host: str | None = None,
+                  limit: int = 100) -> list[AnomalyRow]:
+        """Newest first; ``since`` compares with the time modeld scored the record."""
+        rows = self._query(
+            "SELECT * FROM anomalies WHERE (? IS NULL OR at >= ?) AND (? IS NULL OR host = ?) "
+            "ORDER BY at DESC, id DESC LIMIT ?", (since, since, host, host, limit))
+        return [AnomalyRow(version=r["version"], at=r["at"], timestamp=r["timestamp"],
+                           host=r["host"], process=r["process"], message=r["message"],
+                           score=r["score"], explanation=json.loads(r["explanation"]),
+                           id=r["id"]) for r in rows]
+
+    def prune_anomalies(self, keep_per_version: int, older_than: str) -> int:
+        """Delete anomalies scored before ``older_than`` and all but the newest
+        ``keep_per_version`` of each version; returns how many went."""
+        with self.transaction() as conn:
+            old = conn.execute("DELETE FROM anomalies WHERE at < ?", (older_than,)).rowcount
+            extra = conn.execute(
+                "DELETE FROM anomalies WHERE id IN (SELECT id FROM (SELECT id, ROW_NUMBER() "
+                "OVER (PARTITION BY version ORDER BY id DESC) AS n FROM anomalies) WHERE n > ?)",
+                (keep_per_version,)).rowcount
+        return int(old) + int(extra)
+
     def backup(self, target: Path) -> None:
         """Copy the live database with SQLite's online backup API."""
         with self._lock:
@@ -428,13 +525,22 @@ class Registry:
                 dest.close()
 
 
-def backup_registry(registry: Registry, folder: Path, keep: int, stamp: str) -> Path:
-    """Write ``registry-<stamp>.sqlite3`` with the online backup API; keep the newest ``keep``."""
+def backup_registry(registry: Registry, folder: Path, keep: int, stamp: str,
+                    compress: bool = False) -> Path:
+    """Write ``registry-<stamp>.sqlite3`` (``.sqlite3.gz`` with ``compress``) with the online
+    backup API; keep the newest ``keep`` backups of either form."""
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"registry-{stamp}.sqlite3"
     partial = target.with_suffix(".partial")
     registry.backup(partial)
+    if compress:
+        packed = folder / f"{target.name}.gz.partial"
+        with partial.open("rb") as fin, gzip.open(packed, "wb") as fout:
+            shutil.copyfileobj(fin, fout, 1 << 20)
+        partial.unlink()
+        partial, target = packed, folder / f"{target.name}.gz"
     partial.replace(target)
-    for old in sorted(folder.glob("registry-*.sqlite3"))[:-keep]:
+    backups = sorted(folder.glob("registry-*.sqlite3*"), key=lambda p: p.name.split(".")[0])
+    for old in [p for p in backups if not p.name.endswith(".partial")][:-keep]:
         old.unlink()
     return target

@@ -10,10 +10,11 @@ scoring reads the reference once and never takes the lock.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from modeld.core.errors import NoModelDeployed, RecordInvalid
+from modeld.core.errors import NoModelDeployed, RecordInvalid, VersionNotLoaded
+from modeld.core.features import Batch
 from modeld.core.loader import Scores, ServableModel
 
 
@@ -25,6 +26,22 @@ class SlotState:
     deployed: ServableModel | None
     fallback: ServableModel | None
     candidate: ServableModel | None = None
+
+    def loaded(self) -> tuple[ServableModel, ...]:
+        """Every version loaded now, deployed first, then the fallback and the candidate: the
+        versions that can score by name."""
+        found: dict[str, ServableModel] = {}
+        for s in (self.deployed, self.fallback, self.candidate):
+            if s is not None:
+                found.setdefault(s.version, s)
+        return tuple(found.values())
+
+    def find(self, version: str) -> ServableModel:
+        """The loaded servable of ``version``; raises VersionNotLoaded when it is not loaded."""
+        for servable in self.loaded():
+            if servable.version == version:
+                return servable
+        raise VersionNotLoaded(version, tuple(s.version for s in self.loaded()))
 
 
 def _unless(candidate: ServableModel | None, deployed: ServableModel | None
@@ -46,6 +63,7 @@ class ServingSlot:
         self,
         on_fallback: Callable[[str, str | None, str], None] | None = None,
         anomaly_threshold: float | None = None,
+        confidence_threshold: float | None = None,
     ) -> None:
         self._lock = threading.Lock()
         self.state = SlotState(None, None)
@@ -53,6 +71,8 @@ class ServingSlot:
         # model.anomaly_threshold: when set, is_anomaly = score > it, for every version; a
         # serving policy rather than part of a model, so a reload changes it at once
         self.anomaly_threshold = anomaly_threshold
+        # model.confidence_threshold: when set, a flag also needs confidence >= it
+        self.confidence_threshold = confidence_threshold
 
     def set(self, deployed: ServableModel | None, fallback: ServableModel | None) -> SlotState:
         """Replace deployed and fallback; the candidate stays unless it is now deployed."""
@@ -79,21 +99,26 @@ class ServingSlot:
             self.state = SlotState(old.deployed, old.fallback, candidate)
             return old
 
-    def score(self, records: Sequence[object]) -> Scores:
-        return self._thresholded(self._score(records))
+    def score(self, records: Batch, version: str | None = None) -> Scores:
+        """Score with the deployed model (the fallback answers when it fails), or with the
+        loaded ``version`` alone: a client that names a version gets that version or an error."""
+        if version is None:
+            return self._thresholded(self._score(records))
+        return self._thresholded(self.state.find(version).score_records(records))
 
-    def score_with(self, servable: ServableModel, records: Sequence[object]) -> Scores:
+    def score_with(self, servable: ServableModel, records: Batch) -> Scores:
         """Score with one given servable (a candidate, off or on the request path), under the
         slot's serving policy; raises whatever it raises."""
         return self._thresholded(servable.score_records(records))
 
     def _thresholded(self, result: Scores) -> Scores:
-        threshold = self.anomaly_threshold
-        if threshold is None:
-            return result
-        return replace(result, flags=result.scores > threshold)
+        threshold, needed = self.anomaly_threshold, self.confidence_threshold
+        flags = result.flags if threshold is None else result.scores > threshold
+        if needed is not None:
+            flags = flags & (result.confidence >= needed)
+        return result if flags is result.flags else replace(result, flags=flags)
 
-    def _score(self, records: Sequence[object]) -> Scores:
+    def _score(self, records: Batch) -> Scores:
         state = self.state
         if state.deployed is None:
             raise NoModelDeployed()
@@ -110,6 +135,4 @@ class ServingSlot:
                 )
             if fallback is None:
                 raise
-            result = fallback.score_records(records)
-            return Scores(result.version, result.feature_names, result.scores, result.flags,
-                          result.features, reason)
+            return replace(fallback.score_records(records), fallback_reason=reason)

@@ -2,16 +2,21 @@
 
 Layout under ``storage.directory``::
 
-    versions/<version>/   one complete version, never modified after its rename
+    versions/<version>/   one complete version; its files are as delivered, or, with
+                          compression, each gzipped as <name>.gz while the version is not
+                          loaded (the recorded checksums stay those of the delivered bytes)
     staging/<id>/         an import in progress; removed or redone after a crash
     trash/<id>/           a version being removed (renamed here first, then deleted)
 
 A copy goes file by file into staging, is fsynced, then renamed into ``versions/`` and the
-parent fsynced: the store never holds a partial version.
+parent fsynced: the store never holds a partial version. Compressing or decompressing a file
+writes the other form under a temporary name, fsyncs and renames it, then removes the first: a
+crash at any moment leaves each file whole in at least one form.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import shutil
@@ -25,6 +30,8 @@ from modeld.core.errors import ArtifactIncomplete, ArtifactUntrusted
 from modeld.core.source import SUCCESS_MARKER, is_work_in_progress, sha256_file
 
 COPY_CHUNK = 1 << 20
+COMPRESSED_SUFFIX = ".gz"
+PARTIAL_SUFFIX = ".partial"
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,12 +94,16 @@ class ModelStore:
         return self.versions / version
 
     def clean_leftovers(self) -> list[str]:
-        """Remove staging and trash left by an interrupted import or removal."""
+        """Remove staging, trash and partial files left by an interrupted import, removal or
+        (de)compression."""
         removed = []
         for parent in (self.staging, self.trash):
             for child in parent.iterdir():
                 shutil.rmtree(child, ignore_errors=True)
                 removed.append(f"{parent.name}/{child.name}")
+        for partial in self.versions.glob(f"*/*{PARTIAL_SUFFIX}"):  # an interrupted (de)compression
+            partial.unlink()
+            removed.append(f"versions/{partial.parent.name}/{partial.name}")
         return removed
 
     def stage(self, source: Path) -> StagedArtifact:
@@ -180,17 +191,103 @@ class ModelStore:
         shutil.rmtree(doomed, ignore_errors=True)
 
     def verify(self, version: str, checksums: Mapping[str, Mapping[str, object]]) -> str | None:
-        """None when the stored files match the digests recorded at import, else the problem."""
+        """None when the stored files match the digests recorded at import, else the problem.
+
+        A compressed file is checked by the digest of its decompressed bytes.
+        """
         path = self.path_of(version)
         if not path.is_dir():
             return f"{path} is missing"
         for name, expected in checksums.items():
             file = path / name
+            packed = _packed(file)
             try:
-                actual = sha256_file(file)
-            except OSError as exc:
-                return f"{file} cannot be read: {exc.strerror}"
+                if file.exists() or not packed.exists():
+                    actual = sha256_file(file)
+                else:
+                    actual = _copy_hashed(packed, None)
+            except (OSError, EOFError, gzip.BadGzipFile) as exc:
+                return f"{file} cannot be read: {getattr(exc, 'strerror', None) or exc}"
             if actual != expected.get("sha256"):
                 return f"{file} does not match the checksum recorded at import"
         return None
+
+    def is_compressed(self, version: str) -> bool:
+        """True when any file of ``version`` is stored gzipped."""
+        path = self.path_of(version)
+        return path.is_dir() and any(p.suffix == COMPRESSED_SUFFIX for p in path.iterdir())
+
+    def compress(self, version: str) -> int:
+        """Gzip every file of a stored version that is not yet; returns how many were."""
+        path = self.path_of(version)
+        done = 0
+        for file in sorted(path.iterdir()):
+            if file.suffix in (COMPRESSED_SUFFIX, PARTIAL_SUFFIX):
+                continue
+            packed = _packed(file)
+            partial = packed.with_name(packed.name + PARTIAL_SUFFIX)
+            with file.open("rb") as fin, partial.open("wb") as raw:
+                with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as fout:
+                    while chunk := fin.read(COPY_CHUNK):
+                        fout.write(chunk)
+                raw.flush()
+                os.fsync(raw.fileno())
+            os.rename(partial, packed)
+            fsync_dir(path)
+            file.unlink()
+            done += 1
+        if done:
+            fsync_dir(path)
+        return done
+
+    def decompress(self, version: str,
+                   checksums: Mapping[str, Mapping[str, object]]) -> str | None:
+        """Restore the delivered bytes of every gzipped file of ``version``, each checked
+        against the digest recorded at import; None, or the problem (nothing is replaced
+        by bytes that do not match)."""
+        path = self.path_of(version)
+        if not path.is_dir():
+            return f"{path} is missing"
+        for packed in sorted(path.glob(f"*{COMPRESSED_SUFFIX}")):
+            file = packed.with_suffix("")
+            if file.exists():  # a crash after writing it, before removing the packed form
+                packed.unlink()
+                continue
+            partial = file.with_name(file.name + PARTIAL_SUFFIX)
+            try:
+                digest = _copy_hashed(packed, partial)
+            except (OSError, EOFError, gzip.BadGzipFile) as exc:
+                partial.unlink(missing_ok=True)
+                return f"{packed} cannot be decompressed: {exc}"
+            expected = checksums.get(file.name, {}).get("sha256")
+            if digest != expected:
+                partial.unlink()
+                return f"{packed} does not decompress to the bytes recorded at import"
+            os.rename(partial, file)
+            fsync_dir(path)
+            packed.unlink()
+        return None
+
+
+def _packed(file: Path) -> Path:
+    return file.with_name(file.name + COMPRESSED_SUFFIX)
+
+
+def _copy_hashed(packed: Path, target: Path | None) -> str:
+    """The sha256 of ``packed``'s decompressed bytes, written (fsynced) to ``target`` if given."""
+    digest = hashlib.sha256()
+    with gzip.open(packed, "rb") as fin:
+        fout = None if target is None else target.open("wb")
+        try:
+            while chunk := fin.read(COPY_CHUNK):
+                digest.update(chunk)
+                if fout is not None:
+                    fout.write(chunk)
+            if fout is not None:
+                fout.flush()
+                os.fsync(fout.fileno())
+        finally:
+            if fout is not None:
+                fout.close()
+    return digest.hexdigest()
 

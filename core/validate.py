@@ -25,10 +25,14 @@ from modeld.core.loader import (
     ServableModel,
     build_servable,
     load_artifact,
+    reference_rows,
 )
 from modeld.core.source import read_metadata
 
 SUPPORTED_TYPES = ("IsolationForest", "LocalOutlierFactor")
+# the seed plan's feature checks: fewer features than this, or any of these missing, warn
+MIN_FEATURES = 5
+EXPECTED_FEATURES = ("hour_of_day", "day_of_week", "message_length")
 VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 FUTURE_TOLERANCE = timedelta(days=1)
 
@@ -37,6 +41,7 @@ FUTURE_TOLERANCE = timedelta(days=1)
 class ValidationPolicy:
     """The operator's thresholds (from the ``model`` configuration section)."""
 
+    expected_type: str | None = None
     min_quality_score: float = 0.6
     age_warning_days: float = 7
     age_stale_days: float = 30
@@ -252,6 +257,19 @@ def _metric_findings(metrics: Mapping[str, float], given: Mapping[str, Any]) -> 
     return found
 
 
+def _feature_findings(feature_names: Sequence[str]) -> list[Finding]:
+    found = []
+    if len(feature_names) < MIN_FEATURES:
+        found.append(Finding("few_features", f"only {len(feature_names)} features (< "
+                             f"{MIN_FEATURES}): a low feature count may limit model performance",
+                             "warning"))
+    missing = [name for name in EXPECTED_FEATURES if name not in feature_names]
+    if missing:
+        found.append(Finding("missing_features", f"missing expected features: {missing}",
+                             "warning"))
+    return found
+
+
 def _age_findings(created_at: datetime, now: datetime, policy: ValidationPolicy) -> list[Finding]:
     age = now - created_at
     if age < -FUTURE_TOLERANCE:
@@ -284,6 +302,10 @@ def _estimator_findings(
 ) -> list[Finding]:
     found = []
     kind = type(estimator).__name__
+    expected = policy.expected_type
+    if expected is not None and kind != expected:
+        found.append(Finding("type_unexpected", f"model.type expects {expected}, the artifact "
+                             f"holds {kind}", "warning"))
     if kind != meta.model_type:
         found.append(Finding("type_mismatch", f"metadata says {meta.model_type}, the file holds "
                              f"{kind}", "warning"))
@@ -325,7 +347,9 @@ def _scaler_findings(scaler: Any, width: int) -> list[Finding]:
 def _recommendations(findings: Sequence[Finding]) -> tuple[str, ...]:
     advice = {
         "f1_low": "retrain with better labelled validation data or tune contamination",
+        "f1_fair": "Consider retraining with more data or different parameters",
         "auc_low": "retrain: the model barely separates anomalies from normal records",
+        "auc_fair": "Consider feature engineering or model tuning",
         "stale": "retrain on recent logs: the model is more than a month old",
         "old": "consider retraining on recent logs",
         "version_mismatch": "retrain with the scikit-learn version modeld runs",
@@ -370,6 +394,7 @@ def validate_folder(
 
     basic = (meta.raw.get("evaluation_info") or {}).get("basic_metrics") or {}
     findings += _metric_findings(meta.metrics, basic)
+    findings += _feature_findings(meta.feature_names)
     findings += _age_findings(meta.created_at, now, policy)
     if meta.training_samples is not None and meta.training_samples < 1000:
         findings.append(Finding("few_samples", f"trained on only {meta.training_samples} "
@@ -393,7 +418,8 @@ def validate_folder(
     if any(f.blocking for f in findings):
         return finish(meta, None)
     try:
-        servable = build_servable(loaded, meta, policy.warmup_row_count)
+        servable = build_servable(loaded, meta, policy.warmup_row_count,
+                                  reference_rows(folder, len(meta.feature_names)))
     except ModelLoadFailed as exc:
         findings.append(Finding("cannot_score", f"scoring sample rows failed: {exc.reason}",
                                 "error", blocking=True))

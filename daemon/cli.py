@@ -21,8 +21,9 @@ from typing import Any
 
 import httpx
 
+from modeld.client import ModeldError, answer_of
 from modeld.core.errors import ConfigError
-from modeld.daemon.process.settings import Settings, load_settings
+from modeld.daemon.process.settings import Settings, config_warnings, load_settings
 from modeld.daemon.producer.demo import add_demo_command
 from modeld.daemon.producer.train import add_train_command
 
@@ -73,13 +74,9 @@ class Client:
             raise CliError(f"modeld is not reachable at {self.base} ({exc}); is it running?") \
                 from None
         try:
-            data = response.json()
-        except ValueError:
-            data = {"detail": response.text.strip()[:500]}
-        if response.status_code >= 400:
-            detail = data.get("detail") if isinstance(data, dict) else data
-            raise CliError(f"refused ({response.status_code}): {detail}")
-        return data
+            return answer_of(response)
+        except ModeldError as exc:
+            raise CliError(f"refused ({exc.status}): {exc.detail}") from None
 
 
 def _table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
@@ -113,6 +110,43 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     return Daemon(_config_path(args), settings).run()
+
+
+SECRET_KEYS = frozenset({"token", "smtp_password", "webhook_url"})
+
+
+def _masked(data: Any) -> Any:
+    """The effective configuration with its secrets replaced (it is printed)."""
+    if isinstance(data, dict):
+        return {k: ("***" if k in SECRET_KEYS and v is not None else _masked(v))
+                for k, v in data.items()}
+    if isinstance(data, list):
+        return [_masked(v) for v in data]
+    return data
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    """Print the effective configuration (file, then environment) and every warning."""
+    path = Path(args.file) if args.file else _config_path(args)
+    try:
+        settings = load_settings(path)
+    except ConfigError as exc:
+        raise CliError(str(exc), 2) from None
+    warnings = config_warnings(settings)
+    effective = _masked(settings.model_dump(mode="json"))
+    if getattr(args, "json", False):
+        print(json.dumps({"config": effective, "warnings": [
+            {"key": key, "warning": text} for key, text in warnings]}, indent=2))
+        return 0
+    import yaml
+
+    print(f"# effective configuration of {path or 'the embedded defaults'} "
+          "(file, then MODELD_ environment variables)")
+    print(yaml.safe_dump(effective, sort_keys=False).rstrip())
+    for key, text in warnings:
+        print(f"warning: {key}: {text}")
+    print(f"{len(warnings)} warning(s)" if warnings else "no warnings")
+    return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -295,6 +329,33 @@ def add_shadow_command(sub: Any, parents: list[argparse.ArgumentParser]) -> None
         act.add_argument("version", nargs="?", help="refused when another is the candidate")
         act.add_argument("--reason", help="recorded with the decision")
         act.set_defaults(func=cmd_shadow)
+ANOMALY_COLUMNS = ("at", "host", "process", "score", "version", "why", "message")
+
+
+def cmd_anomalies(args: argparse.Namespace) -> int:
+    params = {k: v for k, v in (("since", args.since), ("host", args.host)) if v}
+    path = str(httpx.URL("/api/v1/anomalies", params={"limit": args.limit, **params}))
+    data = Client(_settings(args)).call("GET", path)
+
+    def render(rows: list[dict[str, Any]]) -> str:
+        if not rows:
+            return "no anomalies"
+        return _table([{**r, "why": (r.get("explanation") or {}).get("summary", ""),
+                         "message": (r.get("message") or "")[:60]} for r in rows],
+                      ANOMALY_COLUMNS)
+
+    _print(args, data, render)
+    return 0
+
+
+def cmd_mcp(args: argparse.Namespace) -> int:
+    """The MCP server over stdio, relayed to the running daemon's /mcp."""
+    from modeld.daemon.http.mcp_tools import serve_stdio
+
+    client = Client(_settings(args))
+    client.call("GET", "/api/v1/status")  # one clear line now if the daemon is not there
+    token = client.http.headers.get("authorization")
+    return serve_stdio(f"{client.base}/mcp", {"Authorization": token} if token else {})
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
@@ -350,6 +411,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("status", parents=[common], help="what serves now").set_defaults(
         func=cmd_status)
 
+    config = sub.add_parser("config", parents=[common], help="check a configuration file")
+    csub = config.add_subparsers(dest="config_command", required=True)
+    check = csub.add_parser("check", parents=[common], help="print the effective configuration "
+                            "and every warning (exit status 2 when it is refused)")
+    check.add_argument("file", nargs="?", help="default: --config, else $MODELD_CONFIG")
+    check.set_defaults(func=cmd_config_check)
+
     models = sub.add_parser("models", parents=[common], help="manage model versions")
     msub = models.add_subparsers(dest="models_command", required=True)
     msub.add_parser("list", parents=[common]).set_defaults(func=cmd_models_list)
@@ -385,6 +453,18 @@ def build_parser() -> argparse.ArgumentParser:
                    ).set_defaults(func=cmd_drift)
 
     add_shadow_command(sub, parents=[common])
+    anomalies = sub.add_parser("anomalies", parents=[common],
+                               help="recent anomalies with their explanations, newest first")
+    anomalies.add_argument("--since", help="ISO-8601 time they were scored, e.g. "
+                           "2026-11-28T10:00:00Z")
+    anomalies.add_argument("--host", help="only this host")
+    anomalies.add_argument("--limit", type=int, default=50)
+    anomalies.set_defaults(func=cmd_anomalies)
+
+    sub.add_parser("mcp", parents=[common], help="the MCP server over stdio, for agents that "
+                   "start tools as processes (talks to the running daemon)"
+                   ).set_defaults(func=cmd_mcp)
+
     add_train_command(sub, parents=[common])
     add_demo_command(sub, parents=[common])
 

@@ -152,8 +152,9 @@ class DaemonProcess:
     started: list[DaemonProcess] = []  # conftest kills what a failed test left running
 
     def __init__(self, root: Path, overrides: Mapping[str, Any] | None = None,
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None, cwd: Path | None = None) -> None:
         self.root = root
+        self.cwd = cwd  # where relative paths of the configuration are taken from
         self.models_dir = root / "training" / "models"
         self.port = free_port()
         config: dict[str, Any] = {
@@ -182,7 +183,7 @@ class DaemonProcess:
         self.log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "modeld.daemon.cli", "run", "--config", str(self.config_path)],
-            stdout=self.log, stderr=subprocess.STDOUT, env=self.env,
+            stdout=self.log, stderr=subprocess.STDOUT, env=self.env, cwd=self.cwd,
         )
         DaemonProcess.started.append(self)
         if wait_ready:

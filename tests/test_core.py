@@ -144,7 +144,13 @@ def test_quality_score_follows_the_seed_formula() -> None:
 
 def test_a_good_artifact_is_accepted_with_a_servable(tmp_path: Path) -> None:
     result = validate_files(tmp_path, artifact_files("v1", created_at=created(1)))
-    assert result.report.accepted and result.report.quality_score == 1.0
+    # its four features x0..x3 draw the plan's two feature warnings (count, expected names)
+    assert result.report.accepted and result.report.quality_score == 0.9
+    assert {f.code for f in result.report.findings} == {"few_features", "missing_features"}
+    wifi = validate_files(tmp_path / "wifi", artifact_files(
+        "v2", created_at=created(1), model=train_forest(n_features=5),
+        feature_names=["hour_of_day", "day_of_week", "message_length", "x3", "x4"]))
+    assert wifi.report.quality_score == 1.0 and not wifi.report.findings
     assert result.servable is not None and result.servable.version == "v1"
 
 
@@ -180,9 +186,10 @@ def test_quality_below_the_minimum_rejects_and_the_minimum_is_configurable(
     files = artifact_files("v", created_at=created(40), metrics={
         "f1_score": 0.4, "roc_auc": 0.5, "precision": 0.3, "recall": 0.3})
     report = validate_files(tmp_path, files).report
-    assert report.quality_score == pytest.approx(1 - 0.4 - 0.15)
+    # two errors, three warnings, and the two feature warnings of x0..x3
+    assert report.quality_score == pytest.approx(1 - 0.4 - 0.25)
     assert not report.accepted and "below the minimum" in report.reason
-    assert validate_files(tmp_path / "2", files, min_quality_score=0.4).report.accepted
+    assert validate_files(tmp_path / "2", files, min_quality_score=0.35).report.accepted
 
 
 def test_lof_without_novelty_and_a_scaler_of_another_width_are_blocking(tmp_path: Path) -> None:
@@ -483,7 +490,8 @@ def test_report_is_stored_with_the_version(tmp_path: Path) -> None:
     drop(manager, "v1", artifact_files("v1", created_at=created(10)))
     manager.poll_once()
     stored = manager.registry.get_version("v1")
-    assert stored.report["warnings"] and stored.report["quality_score"] == 0.95
+    # old (10 days), and the feature warnings of x0..x3
+    assert stored.report["warnings"] and stored.report["quality_score"] == 0.85
     assert set(stored.checksums) == {"model.joblib", "metadata.json"}
     assert json.loads((manager.store.path_of("v1") / "metadata.json").read_text())[
         "model_info"]["version"] == "v1"

@@ -413,6 +413,21 @@ def test_canary_scores_a_share_by_host_and_names_versions(shadow_runtime: Runtim
         assert refused.json()["detail"].startswith(f"record {index}:")
 
 
+def test_the_candidate_scores_by_name_over_the_open_inference_protocol(
+        shadow_runtime: Runtime) -> None:
+    add_versions(shadow_runtime, "v1", "v2")
+    batch = records(6, names=FEATURES)
+    request = {"inputs": [{"name": "records", "datatype": "BYTES", "shape": [6],
+                           "data": [json.dumps(r) for r in batch]}]}
+    with TestClient(create_app(shadow_runtime)) as client:
+        assert client.get("/v2/models/wifi-anomaly/versions/v2/ready").status_code == 200
+        named = client.post("/v2/models/wifi-anomaly/versions/v2/infer", json=request).json()
+        assert named["model_version"] == "v2"
+        expected = shadow_runtime.slot.state.candidate.score_records(batch).scores
+        assert np.allclose(named["outputs"][0]["data"], expected, rtol=0, atol=1e-12)
+        assert client.get("/v2/models/wifi-anomaly").json()["versions"] == ["v1", "v2"]
+
+
 @pytest.mark.parametrize(("section", "key"), [
     ({"deploy_policy": "sometimes"}, "integration.deploy_policy"),
     ({"shadow": {"sample": 1.5}}, "integration.shadow.sample"),

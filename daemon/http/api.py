@@ -15,38 +15,42 @@ from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
 
-from modeld.core.errors import ModeldError, NoModelDeployed, UnknownVersion
-from modeld.core.manager import describe_folder
-from modeld.core.source import scan_models_folder
+from modeld.core.errors import UnknownVersion
+from modeld.core.features import parse_timestamp
+from modeld.core.manager import iso
 from modeld.daemon.http.body import read_json
+from modeld.daemon.http.scoring import score_routed
 from modeld.daemon.http.views import (
     ORJSONResponse,
     candidate_version,
     error,
     import_answer,
     serving_pair,
+    version_metadata,
     version_view,
 )
-from modeld.daemon.process.runtime import Runtime
+from modeld.daemon.process.runtime import DEFAULT_TOP, Runtime
 
 __all__ = ["api_router"]
 
-INLINE_BATCH = 64
+MAX_ANOMALIES = 10_000
 
 
 class ImportRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     path: str = Field(..., min_length=1, max_length=4096,
                       description="A folder inside <training_service_path>/models")
-    validate_artifact: bool = Field(True, alias="validate",
-                                    description="false skips the quality gate, not the checks "
-                                    "that make a model servable")
+    validate_artifact: bool | None = Field(None, alias="validate",
+                                           description="false skips the quality gate, not the "
+                                           "checks that make a model servable (default: "
+                                           "integration.validate_imports)")
 
 
 class ImportLatestRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    validate_artifact: bool = Field(True, alias="validate")
+    validate_artifact: bool | None = Field(None, alias="validate")
 
 
 SCORE_SCHEMA = {
@@ -55,7 +59,11 @@ SCORE_SCHEMA = {
         "content": {"application/json": {"schema": {
             "type": "object",
             "required": ["records"],
-            "properties": {"records": {"type": "array", "items": {
+            "properties": {
+                "explain": {"type": "boolean", "default": False,
+                            "description": "add each record's top contributions"},
+                "top": {"type": "integer", "minimum": 1, "default": 3},
+                "records": {"type": "array", "items": {
                 "type": "object",
                 "properties": {
                     "timestamp": {"type": "string", "format": "date-time"},
@@ -68,6 +76,16 @@ SCORE_SCHEMA = {
         }}},
     }
 }
+
+
+def anomaly_since(since: str | None) -> str | None:
+    """``since`` as the registry's timestamps read (UTC ISO); 422 naming it when unparsable."""
+    if since is None or not since.strip():
+        return None
+    try:
+        return iso(parse_timestamp(since.strip()))
+    except ValueError as exc:
+        raise HTTPException(422, f"since: {since!r} is not an ISO-8601 time ({exc})") from exc
 
 
 def api_router(runtime: Runtime) -> APIRouter:
@@ -113,32 +131,31 @@ def _scoring_routes(router: APIRouter, runtime: Runtime) -> None:
         payload = await read_json(request, runtime.settings.api.max_request_bytes)
         if not isinstance(payload, dict) or not isinstance(payload.get("records"), list):
             return error(422, 'the body must be a JSON object {"records": [...]}')
-        records = payload["records"]
-        api = runtime.settings.api
-        if not records:  # one result per record: none
-            deployed = runtime.slot.state.deployed
-            if deployed is None:
-                raise NoModelDeployed()
-            return ORJSONResponse({"model_version": deployed.version, "results": []})
-        if len(records) > api.max_records:
-            return error(413, f"{len(records)} records exceed api.max_records "
-                         f"({api.max_records})")
-        try:
-            if len(records) <= INLINE_BATCH:
-                result = runtime.score(records)
-            else:
-                result = await run_in_threadpool(runtime.score, records)
-        except ModeldError:
-            runtime.metrics.requests.labels("refused").inc()
-            raise
-        runtime.metrics.requests.labels("ok").inc()
-        return Response(orjson.dumps(result), media_type="application/json")
+        explain, top = _explain_options(payload)
+        result = await score_routed(runtime, payload["records"])
+        if explain:  # about a millisecond a record: off the event loop
+            answer = await run_in_threadpool(runtime.answer, result, True, top)
+        else:
+            answer = runtime.answer(result)
+        return Response(orjson.dumps(answer), media_type="application/json")
 
     @router.post("/api/v1/noop", summary="Reads the body and answers {} (the HTTP stack's floor, "
               "for benchmarks)")
     async def noop(request: Request) -> Response:
         await read_json(request, runtime.settings.api.max_request_bytes)
         return Response(b"{}", media_type="application/json")
+
+
+def _explain_options(payload: dict[str, Any]) -> tuple[bool, int]:
+    """``"explain": true`` and the optional ``"top": n`` of a score request."""
+    explain = payload.get("explain", False)
+    if not isinstance(explain, bool):
+        raise HTTPException(422, f'"explain" must be true or false, not {explain!r}')
+    top = payload.get("top", DEFAULT_TOP)
+    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+        raise HTTPException(422, f'"top" must be a whole number of contributions >= 1, '
+                            f"not {top!r}")
+    return explain, top
 
 
 def _model_routes(router: APIRouter, runtime: Runtime) -> None:
@@ -160,7 +177,8 @@ def _model_routes(router: APIRouter, runtime: Runtime) -> None:
         deployed, fallback = serving_pair(runtime.slot)
         return {**version_view(row, deployed, fallback, candidate_version(runtime.slot)),
                 "report": row.report,
-                "metadata": row.metadata, "checksums": row.checksums}
+                "metadata": version_metadata(row, deployed, fallback),
+                "checksums": row.checksums}
 
     # response_model: the 200 answer's schema; a refusal is a Response, which FastAPI sends as is
     @router.post("/api/v1/models/import", summary="Import one folder of the training service now",
@@ -176,7 +194,7 @@ def _model_routes(router: APIRouter, runtime: Runtime) -> None:
         folder = await run_in_threadpool(manager.latest_folder)
         if folder is None:
             return error(404, f"no artifact with metadata in {manager.models_dir}")
-        gate = True if body is None else body.validate_artifact
+        gate = None if body is None else body.validate_artifact
         outcome = await run_in_threadpool(manager.import_path, str(folder.path), gate)
         return import_answer(outcome, serving_pair(runtime.slot)[0])
 
@@ -239,6 +257,13 @@ def _history_routes(router: APIRouter, runtime: Runtime) -> None:
         return {"evaluations": registry.events("drift_evaluation", limit),
                 "alarms": registry.events("drift_alarm", limit)}
 
+    @router.get("/api/v1/anomalies", summary="Recent anomalies with their explanations, newest "
+             "first (since: ISO time they were scored; host: exact host)")
+    async def anomalies(since: str | None = None, host: str | None = None,
+                        limit: int = 100) -> list[dict[str, Any]]:
+        return await run_in_threadpool(runtime.monitors.anomalies.read, anomaly_since(since),
+                                       host, max(1, min(limit, MAX_ANOMALIES)))
+
     @router.get("/api/v1/quarantine", summary="Folders rejected as they stand, with the reason; "
              "each is reconsidered when its content changes")
     async def quarantine() -> list[dict[str, Any]]:
@@ -250,30 +275,6 @@ def _history_routes(router: APIRouter, runtime: Runtime) -> None:
         ]
 
     @router.get("/api/v1/training-service/models",
-             summary="What the training service's models folder holds now")
+             summary="What the training service's models folder holds now, newest first")
     async def training_models() -> list[dict[str, Any]]:
-        return await run_in_threadpool(list_training_folder)
-
-    def list_training_folder() -> list[dict[str, Any]]:
-        try:
-            folders = scan_models_folder(manager.models_dir)
-        except (FileNotFoundError, NotADirectoryError):
-            return []
-        known = registry.folders()
-        rows = []
-        for folder in folders:
-            record = known.get(folder.name)
-            current = record is not None and record.fingerprint == folder.fingerprint
-            imported = None
-            if current and record is not None:
-                imported = record.outcome
-            rows.append({
-                "folder": folder.name,
-                "path": str(folder.path),
-                **describe_folder(folder),
-                "imported": imported in ("imported", "duplicate"),
-                "outcome": imported or "pending",
-                "rejected_reason": record.reason if current and record is not None
-                and record.outcome in ("rejected", "conflict") else None,
-            })
-        return rows
+        return await run_in_threadpool(manager.training_models)

@@ -23,10 +23,19 @@ from modeld.core.errors import (
     RecordInvalid,
     UnknownVersion,
     VersionConflict,
+    VersionNotLoaded,
 )
 from modeld.daemon.http.api import api_router
 from modeld.daemon.http.auth import UNAUTHORIZED_DETAIL, bearer_ok
 from modeld.daemon.http.dashboard import dashboard_router
+from modeld.daemon.http.mcp import mount_mcp
+from modeld.daemon.http.oip import (
+    OPEN_PROTOCOL_PATHS,
+    is_protocol_path,
+    oip_router,
+    protocol_error,
+)
+from modeld.daemon.http.plan import plan_router
 from modeld.daemon.http.shadow import shadow_router
 from modeld.daemon.http.views import ORJSONResponse, error
 from modeld.daemon.process.runtime import Runtime
@@ -36,10 +45,11 @@ __all__ = ["create_app"]
 log = structlog.get_logger("modeld.api")
 
 # The dashboard's page holds no data without the token: its script asks for it.
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/"}) | OPEN_PROTOCOL_PATHS
 
 STATUS_FOR: list[tuple[type[ModeldError], int]] = [
     (UnknownVersion, 404),
+    (VersionNotLoaded, 404),
     (VersionConflict, 409),
     (ModelLoadFailed, 409),
     (PathOutsideModels, 400),
@@ -65,47 +75,59 @@ def create_app(runtime: Runtime) -> FastAPI:
                     ) -> Response:
         if request.url.path not in OPEN_PATHS and not bearer_ok(
                 runtime.token, request.headers.get("authorization")):
-            return ORJSONResponse({"detail": UNAUTHORIZED_DETAIL}, status_code=401,
-                                  headers={"WWW-Authenticate": "Bearer"})
+            refused = _error(request, 401, UNAUTHORIZED_DETAIL)
+            refused.headers["WWW-Authenticate"] = "Bearer"
+            return refused
         api = runtime.settings.api
         length = request.headers.get("content-length")
         if length is not None:
             try:
                 too_big = int(length) > api.max_request_bytes
             except ValueError:
-                return error(400, "Content-Length is not a number")
+                return _error(request, 400, "Content-Length is not a number")
             if too_big:
-                return error(413, f"request body larger than {api.max_request_bytes} bytes "
-                             "(api.max_request_bytes)")
+                return _error(request, 413, f"request body larger than {api.max_request_bytes} "
+                              "bytes (api.max_request_bytes)")
         return await call_next(request)
 
     app.include_router(api_router(runtime))
     app.include_router(dashboard_router(runtime))
     app.include_router(shadow_router(runtime))
+    mount_mcp(app, runtime)
+    app.include_router(oip_router(runtime))
+    app.include_router(plan_router(runtime))
     return app
+
+
+def _error(request: Request, status: int, detail: str) -> Response:
+    """The one error answer: ``{"detail": ...}``, or the Open Inference Protocol's own shape
+    on its routes, which its clients read."""
+    if is_protocol_path(request.url.path):
+        return protocol_error(status, detail)
+    return error(status, detail)
 
 
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ModeldError)
-    async def modeld_error(_request: Request, exc: ModeldError) -> Response:
+    async def modeld_error(request: Request, exc: ModeldError) -> Response:
         for kind, status in STATUS_FOR:
             if isinstance(exc, kind):
-                return error(status, str(exc))
-        return error(400, str(exc))
+                return _error(request, status, str(exc))
+        return _error(request, 400, str(exc))
 
     @app.exception_handler(RequestValidationError)
-    async def bad_body(_request: Request, exc: RequestValidationError) -> Response:
+    async def bad_body(request: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
-        return error(422, f"{where}: {first.get('msg')}")
+        return _error(request, 422, f"{where}: {first.get('msg')}")
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
         log.exception("request_failed", path=request.url.path, method=request.method,
                       reason=f"{type(exc).__name__}: {exc}")
-        return error(500, f"internal error ({type(exc).__name__}); the daemon logged it as "
-                     "request_failed")
+        return _error(request, 500, f"internal error ({type(exc).__name__}); the daemon logged "
+                      "it as request_failed")
 
     @app.exception_handler(HTTPException)
-    async def http_error(_request: Request, exc: HTTPException) -> Response:
-        return error(exc.status_code, str(exc.detail))
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        return _error(request, exc.status_code, str(exc.detail))

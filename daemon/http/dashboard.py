@@ -552,6 +552,22 @@ def render_history(deployments: Sequence[Any], transfers: Sequence[Any]) -> str:
             f"<div><h3>Transfers</h3>{transfer_html}</div></div>")
 
 
+def render_anomalies(anomalies: Sequence[Mapping[str, Any]]) -> str:
+    """The recent anomalies, newest first, each with the top reasons in words."""
+    if not anomalies:
+        return '<p class="muted">No anomaly yet.</p>'
+    rows = "".join(
+        f"<tr><td>{_when(a['at'])}</td><td>{_e(a['host'] or '')}</td>"
+        f"<td>{_e(a['process'] or '')}</td>"
+        f'<td class="message" title="{_e(a["message"] or "")}">{_e(a["message"] or "")}</td>'
+        f"<td>{_number(a['score'])}</td><td>{_version_link(a['version'])}</td>"
+        f"<td>{_e(a['explanation'].get('summary', ''))}</td></tr>"
+        for a in anomalies)
+    return ('<table class="anomalies"><thead><tr><th>When</th><th>Host</th><th>Process</th>'
+            "<th>Message</th><th>Score</th><th>Version</th><th>Why</th></tr></thead>"
+            f"<tbody>{rows}</tbody></table>")
+
+
 def _deployed_totals(runtime: Runtime, deployed: str | None) -> dict[str, Any] | None:
     if deployed is None:
         return None
@@ -578,6 +594,8 @@ def render_sections(runtime: Runtime) -> dict[str, Any]:
             "shadow": render_shadow(shadow_view(runtime)),
             "history": render_history(registry.deployments(HISTORY_ROWS),
                                       registry.transfers(HISTORY_ROWS)),
+            "anomalies": render_anomalies(runtime.monitors.anomalies.read(None, None,
+                                                                          HISTORY_ROWS)),
         },
     }
 
@@ -606,6 +624,7 @@ class DashboardPage:
             "models": sections["models"] if sections else "",
             "shadow": sections["shadow"] if sections else "",
             "history": sections["history"] if sections else "",
+            "anomalies": sections["anomalies"] if sections else "",
         }
         return _SLOT.sub(lambda m: values[m.group(1)], self.template)
 

@@ -12,13 +12,13 @@ import orjson
 from fastapi import Response
 from fastapi.responses import JSONResponse
 
-from modeld.core.lifecycle import lifecycle_state
+from modeld.core.lifecycle import lifecycle_state, plan_status
 from modeld.core.manager import ImportOutcome
 from modeld.core.registry import VersionRow
 from modeld.core.serving import ServingSlot
 
 __all__ = ["ORJSONResponse", "candidate_version", "error", "import_answer", "serving_pair",
-           "version_view"]
+           "version_metadata", "version_view"]
 
 
 class ORJSONResponse(JSONResponse):
@@ -58,11 +58,22 @@ def version_view(row: VersionRow, deployed: str | None, fallback: str | None,
         "imported_at": row.imported_at,
         "deployed_at": row.deployed_at,
         "source_path": row.source_path,
+        "store_path": row.store_path,
         "reason": row.reason or None,
         "warnings": list(row.report.get("warnings", [])),
         "errors": list(row.report.get("errors", [])),
         "metrics": evaluation.get("basic_metrics") if isinstance(evaluation, dict) else None,
     }
+
+
+def version_metadata(row: VersionRow, deployed: str | None,
+                     fallback: str | None) -> dict[str, Any]:
+    """A version's metadata as recorded at import, with the seed plan's
+    ``deployment_info.status`` as it is now (``deployed``, ``available``, ...)."""
+    state = lifecycle_state(row.status, row.version, row.deployed_at, deployed, fallback)
+    deployment = row.metadata.get("deployment_info")
+    return {**row.metadata, "deployment_info": {
+        **(deployment if isinstance(deployment, dict) else {}), "status": plan_status(state)}}
 
 
 def import_answer(outcome: ImportOutcome, deployed: str | None) -> dict[str, Any] | Response:

@@ -19,16 +19,18 @@ import structlog
 
 from modeld.core.drift import DriftAlarm, DriftConfig, DriftDetector, DriftReport, Reference
 from modeld.core.errors import ArtifactInvalid
+from modeld.core.explain import ReferenceWords
+from modeld.core.loader import REFERENCE_FILE
 from modeld.core.manager import iso, utc_now
-from modeld.core.monitor import ScoringWindow
+from modeld.core.monitor import ScoringWindow, plan_drift_check
 from modeld.core.registry import Registry
 from modeld.daemon.jobs.alerting import Alert, Alerter
+from modeld.daemon.jobs.anomalies import RecentAnomalies
 from modeld.daemon.process.metrics import DaemonMetrics
 from modeld.daemon.process.settings import MonitoringSettings
 
 log = structlog.get_logger("modeld.monitoring")
 
-REFERENCE_FILE = "reference.npz"
 REPORT_MAX_AGE = 5.0
 
 
@@ -70,6 +72,11 @@ class Monitors:
         self.windows: dict[str, ScoringWindow] = {}
         self.detectors: dict[str, DriftDetector] = {}
         self.reports: dict[str, DriftReport] = {}
+        self._words: dict[str, tuple[Reference, ReferenceWords]] = {}
+        self.anomalies = RecentAnomalies(
+            registry, lambda: (self.settings.keep_anomalies,
+                               self.settings.anomaly_retention_days),
+            self.reference_words)
 
     # the scoring path ---------------------------------------------------------------------
 
@@ -101,12 +108,24 @@ class Monitors:
             self.detectors[version] = detector
         return detector
 
+    def reference_words(self, version: str, feature_names: Sequence[str]) -> ReferenceWords:
+        """Words for a version's feature values, from its drift reference (the artifact's, or
+        the baseline collected so far: none while it collects)."""
+        with self.lock:
+            reference = self.detector(version, feature_names).reference
+            cached = self._words.get(version)
+            if cached is None or cached[0] is not reference:
+                cached = (reference, ReferenceWords.from_reference(reference))
+                self._words[version] = cached
+        return cached[1]
+
     def observe(self, version: str, feature_names: Sequence[str], features: np.ndarray,
                 scores: np.ndarray, flags: np.ndarray, latency_s: float) -> None:
         now = time.time()
         with self.lock:
-            self.window(version, len(feature_names)).observe(features, scores, flags,
-                                                             latency_s, now)
+            if self.settings.performance_tracking:
+                self.window(version, len(feature_names)).observe(features, scores, flags,
+                                                                 latency_s, now)
             if not self.settings.drift_detection:
                 return
             alarms = self.detector(version, feature_names).observe(
@@ -117,7 +136,8 @@ class Monitors:
     def observe_invalid(self, version: str, feature_names: Sequence[str]) -> None:
         now = time.time()
         with self.lock:
-            self.window(version, len(feature_names)).observe_invalid(1, now)
+            if self.settings.performance_tracking:
+                self.window(version, len(feature_names)).observe_invalid(1, now)
             if not self.settings.drift_detection:
                 return
             alarms = self.detector(version, feature_names).observe_invalid(1, now)
@@ -188,6 +208,7 @@ class Monitors:
             self.registry.save_state("window", version, state, now)
         for version, state in detectors.items():
             self.registry.save_state("drift", version, state, now)
+        self.anomalies.flush()
 
     def report(self, version: str, feature_names: Sequence[str]) -> dict[str, Any]:
         """The current report of a version: re-evaluated when the last is older than 5 s, so
@@ -201,6 +222,34 @@ class Monitors:
             with self.lock:
                 cached = self.detectors[version].evaluate(time.time())
         return {**cached.to_dict(), "drift_detection": self.settings.drift_detection}
+
+
+    def plan_drift(self, version: str, feature_names: Sequence[str]) -> dict[str, Any]:
+        """The seed plan's drift check of ``version`` (``check_model_drift``), from its scoring
+        window and drift report; ``status`` says ``no_data`` when it never scored."""
+        threshold = self.settings.drift_threshold
+        with self.lock:
+            window = self.windows.get(version)
+        if window is None:
+            state = self.registry.load_state("window", version)
+            window = ScoringWindow.from_state(state) if state else None
+        if window is None or not feature_names:
+            empty = np.empty(0)
+            return {**plan_drift_check(drift_detected=False, score_effect=None,
+                                       flags=empty.astype(bool), reference_rate=None,
+                                       latencies=empty, threshold=threshold),
+                    "version": version, "status": "no_data"}
+        report = self.report(version, feature_names)
+        with self.lock:
+            reference = self.detectors[version].reference.anomaly_rate
+        score: dict[str, Any] = next(
+            (s for s in report["signals"] if s["name"] == "score"), {})
+        answer = plan_drift_check(
+            drift_detected=report["status"] == "drift", score_effect=score.get("effect_size"),
+            flags=window.recent_flags(self.config.window_records),
+            reference_rate=None if reference is None else reference.rate,
+            latencies=window.recent_latencies(), threshold=threshold)
+        return {**answer, "version": version, "status": report["status"], "report": report}
 
 
 def _gauge(value: float | None) -> float:

@@ -11,6 +11,7 @@ import logging
 import logging.handlers
 import os
 import sys
+from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -46,6 +47,25 @@ class _JournalRenderer:
         return f"<{priority}>" + self._kv(logger, method, event).replace("\n", "\\n")
 
 
+class _TextRenderer:
+    """The message of a text line: the event, then its structured fields as ``key=value``.
+
+    Used with ``logging.format`` as a Python logging format string: the format supplies time,
+    logger name and level (``%(asctime)s``, ``%(name)s``, ``%(levelname)s``), this supplies
+    ``%(message)s``.
+    """
+
+    _SHOWN_BY_FORMAT = ("level", "logger", "timestamp")
+
+    def __call__(self, _logger: Any, _method: str, event: MutableMapping[str, Any]) -> str:
+        message = str(event.pop("event", ""))
+        exception = event.pop("exception", None)
+        fields = " ".join(f"{key}={value!r}" for key, value in sorted(event.items())
+                          if key not in self._SHOWN_BY_FORMAT)
+        text = f"{message} {fields}" if fields else message
+        return f"{text}\n{exception}" if exception else text
+
+
 def configure_logging(
     settings: LoggingSettings,
     stream: TextIO | None = None,
@@ -61,8 +81,11 @@ def configure_logging(
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,
     ]
+    text_format = settings.format_string
     if journal:
         renderer: Any = _JournalRenderer()
+    elif text_format is not None:
+        renderer = _TextRenderer()
     elif settings.format == "console" or (settings.format == "auto" and stream.isatty()):
         renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
     else:
@@ -71,7 +94,7 @@ def configure_logging(
     handler: logging.Handler = logging.StreamHandler(stream)
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
-        foreign_pre_chain=shared,
+        foreign_pre_chain=shared, fmt=None if journal else text_format,
     ))
     handlers = [handler]
     if settings.file is not None:
@@ -82,12 +105,14 @@ def configure_logging(
             backupCount=settings.rotation.backup_count,
             encoding="utf-8",
         )
+        # the file is JSON lines unless a format string asks for text
         rotating.setFormatter(structlog.stdlib.ProcessorFormatter(
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                structlog.processors.JSONRenderer(),
+                (structlog.processors.JSONRenderer() if text_format is None
+                 else _TextRenderer()),
             ],
-            foreign_pre_chain=shared,
+            foreign_pre_chain=shared, fmt=text_format,
         ))
         handlers.append(rotating)
 
@@ -98,7 +123,7 @@ def configure_logging(
     for new in handlers:
         root.addHandler(new)
     root.setLevel(settings.level)
-    for noisy in ("apscheduler", "watchdog", "uvicorn.access", "httpx", "httpcore"):
+    for noisy in ("apscheduler", "watchdog", "uvicorn.access", "httpx", "httpcore", "mcp"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
     structlog.configure(

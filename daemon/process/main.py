@@ -33,12 +33,21 @@ from modeld.daemon.process.crashpoints import CRASH_ENV
 from modeld.daemon.process.logs import configure_logging
 from modeld.daemon.process.runtime import ReloadResult, Runtime
 from modeld.daemon.process.sdnotify import SystemdNotifier
-from modeld.daemon.process.settings import Settings, load_settings
+from modeld.daemon.process.settings import Settings, config_warnings, load_settings
 from modeld.daemon.process.wiring import apply_settings, build_runtime
 
 log = structlog.get_logger("modeld.main")
 
 STOP_TIMEOUT = 3  # seconds per component; all of them together stay within systemd's 10 s
+ANOMALY_FLUSH_SECONDS = 2.0  # see _schedule
+# seconds between passes that gzip stored versions no longer loaded (storage.compression)
+COMPRESS_INTERVAL = 60.0
+
+
+def _log_config_warnings(settings: Settings) -> None:
+    """One ``config_warning`` per thing ``modeld config check`` would warn about."""
+    for key, warning in config_warnings(settings):
+        log.warning("config_warning", key=key, reason=warning)
 
 
 class Daemon:
@@ -67,10 +76,7 @@ class Daemon:
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
-        if settings.model.confidence_threshold is not None:
-            log.warning("config_key_has_no_effect", key="model.confidence_threshold",
-                        reason="is_anomaly follows the model's own decision or "
-                        "model.anomaly_threshold; see README")
+        _log_config_warnings(settings)
         cleanups: list[tuple[str, Callable[[], None]]] = []
         try:
             runtime = self._start(cleanups)
@@ -119,7 +125,7 @@ class Daemon:
         api = runtime.settings.api
         server = uvicorn.Server(uvicorn.Config(
             create_app(runtime), host=api.host, port=api.port, log_config=None,
-            access_log=False, lifespan="off", timeout_graceful_shutdown=STOP_TIMEOUT,
+            access_log=False, lifespan="on", timeout_graceful_shutdown=STOP_TIMEOUT,
         ))
         http = threading.Thread(target=server.run, name="modeld-http", daemon=True)
         http.start()
@@ -153,6 +159,11 @@ class Daemon:
         scheduler.add_job(monitors.flush, "interval", id="flush_monitors",
                           seconds=s.monitoring.metrics_flush_interval, coalesce=True,
                           max_instances=1)
+        # Flagged records are explained and written in small batches, so that the shutdown
+        # flush has little left to explain within the stop budget.
+        scheduler.add_job(monitors.anomalies.flush, "interval", id="flush_anomalies",
+                          seconds=min(ANOMALY_FLUSH_SECONDS, s.monitoring.metrics_flush_interval),
+                          coalesce=True, max_instances=1)
         scheduler.add_job(monitors.roll, "interval", id="roll_series",
                           seconds=s.monitoring.series_interval, coalesce=True, max_instances=1)
         scheduler.add_job(lambda: monitors.evaluate(runtime.status()["deployed_version"]),
@@ -167,6 +178,10 @@ class Daemon:
             scheduler.add_job(manager.check_health, "interval", id="health_check",
                               seconds=s.monitoring.health_check_interval, coalesce=True,
                               max_instances=1)
+        if s.storage.compression:
+            scheduler.add_job(manager.compact, "interval", id="compress_versions",
+                              seconds=min(COMPRESS_INTERVAL, s.storage.retention_interval),
+                              next_run_time=utc_now(), coalesce=True, max_instances=1)
         if s.storage.backup_enabled:
             scheduler.add_job(self._backup, "interval", id="backup", args=[runtime],
                               seconds=s.storage.backup_interval, coalesce=True, max_instances=1)
@@ -175,7 +190,7 @@ class Daemon:
         storage = runtime.settings.storage
         stamp = utc_now().strftime("%Y%m%dT%H%M%S%fZ")
         target = backup_registry(runtime.manager.registry, storage.directory / "backups",
-                                 storage.backup_count, stamp)
+                                 storage.backup_count, stamp, compress=storage.compression)
         log.info("registry_backed_up", path=str(target), keep=storage.backup_count)
 
     def _reschedule(self, runtime: Runtime) -> None:
@@ -261,6 +276,7 @@ class Daemon:
         self.settings = new
         self._reschedule(runtime)
         self.worker.enabled = new.integration.auto_import
+        _log_config_warnings(new)
         runtime.config_generation = generation
         runtime.last_reload = ReloadResult(generation, True, None, now)
         self.worker.request()

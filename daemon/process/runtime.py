@@ -10,24 +10,42 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import structlog
 
-from modeld.core.errors import NoModelDeployed, RecordInvalid
+from modeld.core.errors import ModeldError, NoModelDeployed, RecordInvalid, VersionNotLoaded
 from modeld.core.events import ManagerEvent
+from modeld.core.features import Batch, FeatureColumns
 from modeld.core.loader import Scores, ServableModel
 from modeld.core.manager import ModelManager
 from modeld.core.serving import ServingSlot
 from modeld.core.shadow import canary_mask
 from modeld.daemon.jobs.alerting import Alerter, manager_alert
+from modeld.daemon.jobs.anomalies import explain_rows
 from modeld.daemon.jobs.monitoring import Monitors
 from modeld.daemon.jobs.shadow import ShadowWorker
 from modeld.daemon.process.metrics import DaemonMetrics
 from modeld.daemon.process.settings import Settings
 
 log = structlog.get_logger("modeld.runtime")
+
+# contributions per explained record unless the request asks for another number
+DEFAULT_TOP = 3
+
+
+@dataclass(frozen=True, slots=True)
+class CanaryScores:
+    """A batch of ``size`` records a canary routed: each part's positions in the batch and
+    what scored them (the candidate's share, the deployed version's). Built by
+    ``Runtime.score_routed``, answered by ``Runtime.answer``."""
+
+    size: int
+    parts: tuple[tuple[np.ndarray, Scores], ...]
+
+
+ScoredT = TypeVar("ScoredT", bound="Scores | CanaryScores")
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,67 +111,87 @@ class Runtime:
         if alert is not None:
             self.alerter.send(alert)
 
-    def score(self, records: Sequence[object]) -> dict[str, Any]:
-        """Score one batch with whichever model is deployed now; all from one version.
+    def score(self, batch: Batch, version: str | None = None) -> Scores:
+        """Score one batch, all from one version: the deployed one (or its fallback when it
+        fails), or the loaded ``version``. The one scoring path of every HTTP surface: it
+        counts, times and monitors what it scored, and counts what it refused.
 
-        With a candidate on trial, the batch is also offered to the shadow worker (it never
-        waits for it); with ``integration.canary.percent`` set, the records whose key falls in
-        the canary's share are answered by the candidate instead, and every result names the
-        version that scored it. The shadow comparison is given each model's scoring time as
-        the CPU time of the thread that scored, so that the request thread and the shadow
-        worker contending for the interpreter does not bias it.
+        With a candidate on trial, a batch of records the deployed version answered is also
+        offered to the shadow worker (it never waits for it). The shadow comparison is given
+        each model's scoring time as the CPU time of the thread that scored, so that the
+        request thread and the shadow worker contending for the interpreter does not bias it.
         """
+        return self._counted(lambda: self._score(batch, version))
+
+    def score_routed(self, records: Sequence[object]) -> Scores | CanaryScores:
+        """Score records as ``score`` does, except that with ``integration.canary.percent``
+        set and a candidate on trial, the records whose key falls in the canary's share are
+        answered by the candidate instead (a CanaryScores, whose answer names the version of
+        every result). Called by /api/v1/score and the MCP tools."""
+        return self._counted(lambda: self._score_routed(records))
+
+    def _counted(self, scoring: Callable[[], ScoredT]) -> ScoredT:
+        try:
+            result = scoring()
+        except ModeldError:
+            self.metrics.requests.labels("refused").inc()
+            raise
+        self.metrics.requests.labels("ok").inc()
+        return result
+
+    def _score_routed(self, records: Sequence[object]) -> Scores | CanaryScores:
+        state = self.slot.state
+        canary = self.settings.integration.canary
+        if state.candidate is None or state.deployed is None or canary.percent <= 0:
+            return self._score(records, None)
+        mask = canary_mask(records, canary.key, canary.percent)
+        if not len(mask):  # nothing to route: the deployed version answers, named
+            return CanaryScores(0, ((np.flatnonzero(mask), self._score(records, None)),))
+        started = time.perf_counter()
+        try:
+            return self._score_canary(records, mask, state.deployed, state.candidate, started)
+        except RecordInvalid:
+            self.metrics.errors.labels("invalid_record").inc()
+            self._observe_invalid(None)
+            raise
+
+    def _score(self, batch: Batch, version: str | None) -> Scores:
         started = time.perf_counter()
         state = self.slot.state
         cpu = time.thread_time() if state.candidate is not None else 0.0
-        canary = self.settings.integration.canary
-        mask = None
-        if state.candidate is not None and state.deployed is not None and canary.percent > 0:
-            mask = canary_mask(records, canary.key, canary.percent)
         try:
-            if mask is not None and mask.any():
-                return self._score_canary(records, mask, state.deployed, state.candidate,
-                                          started)
-            result = self.slot.score(records)
+            result = self.slot.score(batch, version)
         except RecordInvalid:
             self.metrics.errors.labels("invalid_record").inc()
-            deployed = self.slot.state.deployed
-            if deployed is not None:
-                self.monitors.observe_invalid(deployed.version, deployed.feature_names)
+            self._observe_invalid(version)
             raise
         except NoModelDeployed:
             self.metrics.errors.labels("no_model").inc()
             raise
+        except VersionNotLoaded:
+            self.metrics.errors.labels("version_not_loaded").inc()
+            raise
+        if not len(result.scores):
+            return result
         latency = time.perf_counter() - started
-        if state.candidate is not None:
-            self._shadow(records, result, time.thread_time() - cpu, state.deployed,
+        if state.candidate is not None and not isinstance(batch, FeatureColumns):
+            self._shadow(batch, result, time.thread_time() - cpu, state.deployed,
                          state.candidate, False)
-        self._observe(result, latency)
+        self._observe(batch, result, latency)
         self.metrics.latency.observe(latency)
-        results = [
-            {"score": s, "is_anomaly": f}
-            for s, f in zip(result.scores.tolist(), result.flags.tolist(), strict=True)
-        ]
-        if mask is None:
-            return {"model_version": result.version, "results": results}
-        for item in results:  # a canary is on: every result names its version
-            item["model_version"] = result.version
-        return {"model_version": result.version, "model_versions": [result.version],
-                "results": results}
+        return result
 
     def _score_canary(self, records: Sequence[object], mask: np.ndarray,
-                      deployed: ServableModel | None, candidate: ServableModel | None,
-                      started: float) -> dict[str, Any]:
+                      deployed: ServableModel, candidate: ServableModel,
+                      started: float) -> CanaryScores:
         """The canary's share scored by the candidate, the rest by the deployed version.
 
         A failing candidate's share is answered by the deployed version (logged, counted).
         RecordInvalid names the record's index in the whole batch.
         """
-        assert deployed is not None and candidate is not None
-        index = np.flatnonzero(mask)
-        rest = np.flatnonzero(~mask)
         parts: list[tuple[np.ndarray, Scores]] = []
-        for positions, by_candidate in ((index, True), (rest, False)):
+        for positions, by_candidate in ((np.flatnonzero(mask), True),
+                                        (np.flatnonzero(~mask), False)):
             if not len(positions):
                 continue
             part = [records[i] for i in positions.tolist()]
@@ -166,16 +204,9 @@ class Runtime:
             parts.append((positions, result))
             self._shadow(part, result, time.thread_time() - cpu, deployed, candidate,
                          by_candidate and result.version == candidate.version)
-            self._observe(result, time.perf_counter() - began)
+            self._observe(part, result, time.perf_counter() - began)
         self.metrics.latency.observe(time.perf_counter() - started)
-        results: list[dict[str, Any]] = [{}] * len(records)
-        for positions, result in parts:
-            for i, s, f in zip(positions.tolist(), result.scores.tolist(),
-                               result.flags.tolist(), strict=True):
-                results[i] = {"score": s, "is_anomaly": f, "model_version": result.version}
-        versions = sorted({result.version for _, result in parts})
-        return {"model_version": versions[0] if len(versions) == 1 else None,
-                "model_versions": versions, "results": results}
+        return CanaryScores(len(records), tuple(parts))
 
     def _score_by_candidate(self, candidate: ServableModel, records: Sequence[object]
                             ) -> Scores:
@@ -200,7 +231,8 @@ class Runtime:
             return
         self.shadow.offer(records, result, seconds, deployed, candidate, by_candidate)
 
-    def _observe(self, result: Scores, latency: float) -> None:
+    def _observe(self, batch: Batch, result: Scores, latency: float) -> None:
+        """Monitor, count and keep the anomalies of what one version scored."""
         self.monitors.observe(result.version, result.feature_names, result.features,
                               result.scores, result.flags, latency)
         counters = self._counters.get(result.version)
@@ -212,6 +244,83 @@ class Runtime:
         flagged = int(result.flags.sum())
         if flagged:
             counters[1].inc(flagged)
+            self._keep_anomalies(batch, result)
+
+    def _keep_anomalies(self, batch: Batch, result: Scores) -> None:
+        """Hand the flagged records to the recent-anomalies buffer (explained and written by
+        the next flush, off the request path)."""
+        servable = self.servable(result.version)
+        if servable is None:
+            return
+        records = ([None] * len(result.scores) if isinstance(batch, FeatureColumns)
+                   else batch)
+        self.monitors.anomalies.add(servable, records, np.flatnonzero(result.flags),
+                                    result.scores, result.features)
+
+    def answer(self, result: Scores | CanaryScores, explain: bool = False,
+               top: int | None = DEFAULT_TOP) -> dict[str, Any]:
+        """A scored batch as /api/v1/score answers it: one result per record, each with its
+        ``top`` contributions when ``explain`` (about a millisecond a record: call it off the
+        event loop then). A canary's answer names the version of every result, and lists the
+        versions that scored the batch (``model_version`` is null when it was split)."""
+        if isinstance(result, Scores):
+            return {"model_version": result.version,
+                    "results": self._results(result, explain, top)}
+        results: list[dict[str, Any]] = [{}] * result.size
+        for positions, part in result.parts:
+            for i, item in zip(positions.tolist(), self._results(part, explain, top),
+                               strict=True):
+                item["model_version"] = part.version
+                results[i] = item
+        versions = sorted({part.version for _, part in result.parts})
+        return {"model_version": versions[0] if len(versions) == 1 else None,
+                "model_versions": versions, "results": results}
+
+    def _results(self, result: Scores, explain: bool, top: int | None
+                 ) -> list[dict[str, Any]]:
+        results: list[dict[str, Any]] = [
+            {"score": s, "is_anomaly": f, "confidence": c}
+            for s, f, c in zip(result.scores.tolist(), result.flags.tolist(),
+                               result.confidence.tolist(), strict=True)
+        ]
+        if explain:
+            for answer, explanation in zip(results, self._explanations(result, top),
+                                           strict=True):
+                answer["explanation"] = explanation
+        return results
+
+    def explain(self, record: object) -> dict[str, Any]:
+        """One record's score with its full explanation. Not traffic: nothing is observed,
+        counted or kept (an agent asking why must not move the drift windows)."""
+        result = self.slot.score([record])
+        return {"model_version": result.version, "score": float(result.scores[0]),
+                "is_anomaly": bool(result.flags[0]),
+                "explanation": self._explanations(result, None)[0]}
+
+    def _explanations(self, result: Scores, top: int | None) -> list[dict[str, Any] | None]:
+        servable = self.servable(result.version)
+        if servable is None:  # swapped out since it scored: the answer stands unexplained
+            return [None] * len(result.scores)
+        words = self.monitors.reference_words(result.version, result.feature_names)
+        return [None if e is None else e.to_dict()
+                for e in explain_rows(servable, result.features, result.scores, words, top)]
+
+    def servable(self, version: str) -> ServableModel | None:
+        """The loaded servable of ``version`` (deployed, fallback or candidate), if it is
+        loaded."""
+        try:
+            return self.slot.state.find(version)
+        except VersionNotLoaded:
+            return None
+
+    def _observe_invalid(self, version: str | None) -> None:
+        state = self.slot.state
+        try:
+            scorer = state.deployed if version is None else state.find(version)
+        except VersionNotLoaded:  # unloaded since it refused the batch: nobody to tell
+            return
+        if scorer is not None:
+            self.monitors.observe_invalid(scorer.version, scorer.feature_names)
 
     def status(self) -> dict[str, Any]:
         state = self.slot.state
@@ -224,6 +333,7 @@ class Runtime:
             "feature_names": list(deployed.feature_names) if deployed else [],
             "uptime_seconds": round(time.time() - self.started_at, 3),
             "config_generation": self.config_generation,
+            "config_version": self.settings.version,
             "last_reload": None if self.last_reload is None else {
                 "generation": self.last_reload.generation,
                 "ok": self.last_reload.ok,

@@ -8,12 +8,14 @@ had (at startup: exit status 2).
 from __future__ import annotations
 
 import ipaddress
+import logging
 import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import (
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
@@ -34,7 +36,7 @@ from modeld.core.loader import DEFAULT_TRUSTED_TYPES, LoadPolicy
 from modeld.core.manager import DeploymentPolicy
 from modeld.core.shadow import GatePolicy
 from modeld.core.trust import load_public_key
-from modeld.core.validate import ValidationPolicy
+from modeld.core.validate import SUPPORTED_TYPES, ValidationPolicy
 from modeld.daemon.jobs.alerting import AlertingSettings
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
@@ -54,6 +56,21 @@ def parse_size(value: int | str) -> int:
     return int(number * scale)
 
 
+# The configuration schema this modeld reads: the plan's ``version: '2.0.0'``. A file of
+# another major version is refused; the version is reported by /api/v1/status.
+SCHEMA_VERSION = "2.0.0"
+
+# model.type as the plan writes it (snake case) and the estimator classes it means
+MODEL_TYPES = {
+    "isolation_forest": "IsolationForest",
+    "local_outlier_factor": "LocalOutlierFactor",
+    "one_class_svm": "OneClassSVM",
+    "elliptic_envelope": "EllipticEnvelope",
+}
+
+LOG_FORMATS = ("auto", "json", "console")
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -61,16 +78,43 @@ class _Section(BaseModel):
 class ModelSettings(_Section):
     """How models are judged and how their scores become flags."""
 
+    # the expected model type: an artifact of another type gets a validation warning
+    type: str | None = None
     min_quality_score: float = Field(0.6, ge=0.0, le=1.0)
     anomaly_threshold: float | None = None
+    # a flag also needs the score's confidence (its position among the model's reference
+    # scores, README "Scores and flags") to reach this
     confidence_threshold: float | None = Field(None, ge=0.0, le=1.0)
+    # IsolationForest's max_features for `modeld train` (a share of the features, or a count)
+    max_features: int | float = Field(1.0, gt=0)
     warmup_rows: int = Field(16, ge=1, le=10_000)
     max_age_warning_days: float = Field(7, gt=0)
     max_age_stale_days: float = Field(30, gt=0)
     min_estimators: int = Field(50, ge=1)
 
+    @field_validator("type")
+    @classmethod
+    def _model_type(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if value in MODEL_TYPES.values():
+            return value
+        known = MODEL_TYPES.get(value.strip().lower())
+        if known is None:
+            raise ValueError(f"{value!r} is not a model type modeld knows; use one of "
+                             f"{', '.join(MODEL_TYPES)}")
+        return known
+
+    @field_validator("max_features")
+    @classmethod
+    def _max_features(cls, value: float) -> float:
+        if isinstance(value, float) and value > 1.0:
+            raise ValueError("a share of the features must be in (0, 1]; a count is an integer")
+        return value
+
     def validation_policy(self) -> ValidationPolicy:
         return ValidationPolicy(
+            expected_type=self.type,
             min_quality_score=self.min_quality_score,
             age_warning_days=self.max_age_warning_days,
             age_stale_days=self.max_age_stale_days,
@@ -89,17 +133,9 @@ class StorageSettings(_Section):
     backup_enabled: bool = False
     backup_interval: float = Field(86400, gt=0)
     backup_count: int = Field(7, ge=1)
+    # registry backups and stored versions that are not loaded are kept gzip-compressed;
+    # checksums stay those of the delivered bytes, verified on decompression
     compression: bool = False
-
-    @field_validator("compression")
-    @classmethod
-    def _no_compression(cls, value: bool) -> bool:
-        if value:
-            raise ValueError(
-                "compression is not supported: versions are stored byte for byte as delivered "
-                "so that their recorded checksums stay verifiable; set it to false"
-            )
-        return value
 
 
 class GateSettings(_Section):
@@ -148,6 +184,9 @@ class IntegrationSettings(_Section):
     settle_seconds: float = Field(2.0, ge=0, le=60)
     auto_import: bool = True
     auto_deploy: bool = True
+    # false skips the quality gate on every import, never the checks that keep an unservable
+    # model out
+    validate_imports: bool = True
     force_polling: bool = False
     polling_interval: float = Field(1.0, gt=0)
     deploy_policy: Literal["immediate", "shadow", "manual"] = "immediate"
@@ -165,7 +204,9 @@ class IntegrationSettings(_Section):
 class MonitoringSettings(_Section):
     """What is watched while scoring."""
 
-    drift_detection: bool = True
+    # the plan names it enable_drift_detection; both names work
+    drift_detection: bool = Field(
+        True, validation_alias=AliasChoices("drift_detection", "enable_drift_detection"))
     drift_threshold: float = Field(0.1, gt=0)
     drift_interval: float = Field(300, gt=0)
     baseline_records: int = Field(2000, ge=200)
@@ -177,10 +218,16 @@ class MonitoringSettings(_Section):
     target_arl0_records: float = Field(50_000, ge=100)
     cooldown_records: int = Field(2000, ge=0)
     series_interval: float = Field(60, gt=0)
+    # per-version inference metrics (scoring windows: scores, anomaly rate, latency) kept or not
+    performance_tracking: bool = True
     resource_monitoring: bool = True
     model_health_checks: bool = True
     health_check_interval: float = Field(300, gt=0)
     metrics_flush_interval: float = Field(60, gt=0)
+    # recent anomalies (GET /api/v1/anomalies): the newest this many per version, at most
+    # this many days old
+    keep_anomalies: int = Field(1000, ge=1)
+    anomaly_retention_days: float = Field(7, gt=0)
     alerting: AlertingSettings = AlertingSettings()
 
     @model_validator(mode="after")
@@ -203,7 +250,10 @@ class LoggingSettings(_Section):
     """Where log events go and how they look."""
 
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    format: Literal["auto", "json", "console"] = "auto"
+    # auto, json, console, or a Python logging format string such as the plan's
+    # '%(asctime)s - %(name)s - %(levelname)s - %(message)s' for text lines (structured
+    # fields appended to the message)
+    format: str = "auto"
     file: Path | None = None
     rotation: RotationSettings = RotationSettings()
 
@@ -211,6 +261,26 @@ class LoggingSettings(_Section):
     @classmethod
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("format")
+    @classmethod
+    def _format(cls, value: str) -> str:
+        if value in LOG_FORMATS:
+            return value
+        if "%(" not in value:
+            raise ValueError(f"use one of {', '.join(LOG_FORMATS)} or a Python logging format "
+                             "string with %(message)s")
+        record = logging.LogRecord("modeld", logging.INFO, __file__, 1, "check", None, None)
+        try:
+            logging.Formatter(value).format(record)
+        except (KeyError, ValueError, TypeError) as exc:
+            raise ValueError(f"not a usable logging format string: {exc!r}") from None
+        return value
+
+    @property
+    def format_string(self) -> str | None:
+        """The Python logging format string, when ``format`` is one."""
+        return None if self.format in LOG_FORMATS else self.format
 
 
 class ApiSettings(_Section):
@@ -222,6 +292,9 @@ class ApiSettings(_Section):
     token_file: Path | None = None
     max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     max_records: int = Field(10_000, ge=1)
+    # the model's name in the Open Inference Protocol's /v2/models/{name} routes
+    model_name: str = Field("wifi-anomaly", min_length=1, max_length=200,
+                            pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
     @field_validator("max_request_bytes", mode="before")
     @classmethod
@@ -267,6 +340,13 @@ class SecuritySettings(_Section):
         return LoadPolicy(self.allow_pickle, self.trusted_types)
 
 
+class McpSettings(_Section):
+    """The MCP server at /mcp and ``modeld mcp`` (README "MCP")."""
+
+    # deploy_model and rollback_model exist only when this is true
+    allow_changes: bool = False
+
+
 class Settings(BaseSettings):
     """The whole configuration. Environment variables (``MODELD_API__PORT``) beat the file."""
 
@@ -274,6 +354,7 @@ class Settings(BaseSettings):
         env_prefix="MODELD_", env_nested_delimiter="__", extra="forbid", frozen=True
     )
 
+    version: str = SCHEMA_VERSION
     model: ModelSettings = ModelSettings()
     storage: StorageSettings = StorageSettings()
     integration: IntegrationSettings = IntegrationSettings()
@@ -281,6 +362,7 @@ class Settings(BaseSettings):
     logging: LoggingSettings = LoggingSettings()
     api: ApiSettings = ApiSettings()
     security: SecuritySettings = SecuritySettings()
+    mcp: McpSettings = McpSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -293,6 +375,18 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The YAML file arrives as init data; the environment must win over it.
         return env_settings, init_settings
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _schema_version(cls, value: Any) -> str:
+        text = str(value).strip()
+        major = text.split(".")[0]
+        if not major.isdigit():
+            raise ValueError(f"{text!r} is not a schema version like {SCHEMA_VERSION}")
+        if major != SCHEMA_VERSION.split(".", maxsplit=1)[0]:
+            raise ValueError(f"schema {text} is not one this modeld reads "
+                             f"({SCHEMA_VERSION.split('.', maxsplit=1)[0]}.x)")
+        return text
 
     def api_token(self) -> str | None:
         """The bearer token, from ``api.token`` or the first line of ``api.token_file``."""
@@ -322,6 +416,15 @@ def load_settings(path: Path | None) -> Settings:
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(str(path), "the file must hold a mapping of sections")
         data = loaded or {}
+    monitoring = data.get("monitoring")
+    if isinstance(monitoring, dict) and "enable_drift_detection" in monitoring:
+        # the plan's name, read as modeld's so that MODELD_MONITORING__DRIFT_DETECTION wins
+        monitoring = dict(monitoring)
+        value = monitoring.pop("enable_drift_detection")
+        if monitoring.setdefault("drift_detection", value) != value:
+            raise ConfigError("monitoring.enable_drift_detection", "contradicts "
+                              "monitoring.drift_detection (two names of one key); keep one")
+        data = {**data, "monitoring": monitoring}
     try:
         settings = Settings(**data)
     except ValidationError as exc:
@@ -352,3 +455,49 @@ def load_settings(path: Path | None) -> Settings:
             f"{api.host} is not a loopback address; set api.token or api.token_file first",
         )
     return settings
+
+
+def config_warnings(settings: Settings) -> list[tuple[str, str]]:
+    """What an operator should know about an accepted configuration: (key, warning) pairs.
+
+    A pure function of the settings, called by ``modeld config check`` and once by the daemon
+    at startup (each logged as ``config_warning``).
+    """
+    found: list[tuple[str, str]] = []
+    if settings.version != SCHEMA_VERSION:
+        found.append(("version", f"schema {settings.version} is read as {SCHEMA_VERSION}"))
+    expected = settings.model.type
+    if expected is not None and expected not in SUPPORTED_TYPES:
+        found.append(("model.type", f"{expected} is not one of modeld's supported types "
+                      f"({', '.join(SUPPORTED_TYPES)}): it is served through its own "
+                      "score_samples, and every artifact of it carries a validation warning"))
+    for key, path in (("storage.directory", settings.storage.directory),
+                      ("logging.file", settings.logging.file),
+                      ("integration.training_service_path",
+                       settings.integration.training_service_path)):
+        if path is not None and not path.is_absolute():
+            found.append((key, f"{path} is relative: it is {path.absolute()} from the "
+                          "daemon's working directory"))
+    if not settings.integration.validate_imports:
+        found.append(("integration.validate_imports", "false: the quality gate is off, so "
+                      "artifacts are accepted whatever their quality score (an artifact that "
+                      "cannot be served correctly is still rejected)"))
+    if not settings.integration.auto_import:
+        found.append(("integration.auto_import", "false: new models are imported only on "
+                      "request (POST /api/v1/model-management/import-latest, `modeld models "
+                      "import`)"))
+    if not settings.monitoring.drift_detection:
+        found.append(("monitoring.drift_detection", "false: nothing watches the scored "
+                      "records for drift"))
+    if not settings.monitoring.performance_tracking:
+        found.append(("monitoring.performance_tracking", "false: no per-version inference "
+                      "metrics are kept (the dashboard's plots and check_model_drift's "
+                      "indicators stay empty)"))
+    alerting = settings.monitoring.alerting
+    if alerting.enabled and alerting.webhook_url is None and not alerting.email_notifications:
+        found.append(("monitoring.alerting.enabled", "true, but no channel is configured "
+                      "(webhook_url, email_notifications): alerts are only logged"))
+    if alerting.slack_notifications and alerting.webhook_url is None:
+        found.append(("monitoring.alerting.slack_notifications", "true, but webhook_url is "
+                      "not set: there is no Slack webhook to send to"))
+    return found

@@ -45,6 +45,8 @@ def manager_policy(settings: Settings) -> ManagerPolicy:
         settle_seconds=settings.integration.settle_seconds,
         loader=settings.security.load_policy().loader(),
         trust=TrustPolicy(settings.security.require_manifest, settings.security.verify_key),
+        validate_imports=settings.integration.validate_imports,
+        compress_stored=settings.storage.compression,
     )
 
 
@@ -68,7 +70,8 @@ def build_runtime(settings: Settings, clock: Clock = utc_now,
 def _assemble(settings: Settings, clock: Clock, crash: CrashPoint | None,
               closers: list[tuple[str, Callable[[], None]]]) -> Runtime:
     s = settings
-    state = s.storage.directory
+    # absolute, so that the paths the API reports (local_path) do not depend on our cwd
+    state = s.storage.directory.resolve()
     store = (ModelStore(state / "store", s.security.max_artifact_bytes) if crash is None
              else crash.store(state / "store", s.security.max_artifact_bytes))
     registry = Registry(state / "registry.sqlite3") if crash is None else crash.registry(
@@ -81,7 +84,8 @@ def _assemble(settings: Settings, clock: Clock, crash: CrashPoint | None,
     def fallback_used(deployed: str, fallback: str | None, reason: str) -> None:
         manager.scoring_failed(deployed, fallback, reason)  # the manager is built just below
 
-    slot = ServingSlot(on_fallback=fallback_used, anomaly_threshold=s.model.anomaly_threshold)
+    slot = ServingSlot(on_fallback=fallback_used, anomaly_threshold=s.model.anomaly_threshold,
+                       confidence_threshold=s.model.confidence_threshold)
     manager = ModelManager(registry=registry, store=store, slot=slot,
                            models_dir=s.integration.models_dir.resolve(),
                            policy=manager_policy(s), clock=clock)
@@ -115,6 +119,7 @@ def apply_settings(runtime: Runtime, new: Settings, token: str | None) -> None:
     runtime.settings = new
     runtime.token = token
     runtime.slot.anomaly_threshold = new.model.anomaly_threshold
+    runtime.slot.confidence_threshold = new.model.confidence_threshold
     if runtime.shadow is not None:
         runtime.shadow.configure(new.integration)
     runtime.monitors.settings = new.monitoring

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -49,18 +50,30 @@ def add_train_command(subparsers: Any,
                        f"(default: {','.join(DEFAULT_FEATURES)})")
     train.add_argument("--n-estimators", type=int, default=100)
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--max-features", type=_max_features, default=None,
+                       help="IsolationForest's max_features: a share (0.5) or a count (3) of the "
+                       "features per tree (default: model.max_features of --config, else 1.0)")
     train.set_defaults(func=cmd_train)
+
+
+def _max_features(text: str) -> int | float:
+    value = float(text)
+    if value.is_integer() and "." not in text:
+        return int(value)
+    return value
 
 
 def train_into(path: Path, models_dir: Path, *, model_type: str = "IsolationForest",
                version: str | None = None, fmt: ModelFormat = "joblib",
                feature_names: Sequence[str] | None = None, n_estimators: int = 100,
-               seed: int = 0, now: datetime | None = None) -> tuple[TrainedArtifact, Path]:
+               seed: int = 0, max_features: int | float = 1.0,
+               now: datetime | None = None) -> tuple[TrainedArtifact, Path]:
     """Read ``path``, train, write into ``models_dir``; what ``modeld train`` does."""
     records = read_jsonl(path)
     artifact = train_artifact(
         records, model_type=model_type, feature_names=feature_names, version=version,
-        n_estimators=n_estimators, seed=seed, fmt=fmt, now=now or datetime.now(UTC),
+        n_estimators=n_estimators, seed=seed, fmt=fmt, max_features=max_features,
+        now=now or datetime.now(UTC),
     )
     return artifact, write_artifact(artifact, models_dir)
 
@@ -75,12 +88,24 @@ def describe_metrics(metadata: Mapping[str, Any]) -> str:
             f"{evaluation.get('holdout_samples')} held-out records")
 
 
+def _configured_max_features(config: str | None) -> int | float:
+    """``model.max_features`` of the configuration file (``--config``, else $MODELD_CONFIG)."""
+    from modeld.daemon.process.settings import load_settings
+
+    given = config or os.environ.get("MODELD_CONFIG")
+    return load_settings(Path(given) if given else None).model.max_features
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     names = [n.strip() for n in args.features.split(",") if n.strip()] if args.features else None
     try:
+        max_features = args.max_features
+        if max_features is None:
+            max_features = _configured_max_features(getattr(args, "config", None))
         artifact, folder = train_into(
             args.input, args.output, model_type=args.model_type, version=args.version,
-            fmt=args.fmt, feature_names=names, n_estimators=args.n_estimators, seed=args.seed)
+            fmt=args.fmt, feature_names=names, n_estimators=args.n_estimators, seed=args.seed,
+            max_features=max_features)
     except (OSError, ValueError, ModeldError) as exc:
         print(f"modeld: train: {exc}", file=sys.stderr)
         return 1

@@ -185,6 +185,7 @@ def train_artifact(
     seed: int = 0,
     fmt: ModelFormat = "joblib",
     contamination: float | Literal["auto"] = DEFAULT_CONTAMINATION,
+    max_features: int | float = 1.0,
     now: datetime,
 ) -> TrainedArtifact:
     """Train one model on ``records`` and return its artifact (nothing is written).
@@ -198,6 +199,8 @@ def train_artifact(
     reference (``reference.npz``) is the held-out normal records' features and scores (higher
     is more anomalous, as modeld serves them). ``contamination`` is scikit-learn's: "auto", or
     the share of training rows the decision threshold flags (``DEFAULT_CONTAMINATION``).
+    ``max_features`` is IsolationForest's (``model.max_features``): the share (a float) or
+    number (an int) of features each tree draws.
 
     Raises ``RecordInvalid`` for a record modeld could not score either, and ``ValueError``
     for a model type, format or feature name it cannot train with, or too few records.
@@ -228,7 +231,7 @@ def train_artifact(
     estimator: IsolationForest | LocalOutlierFactor
     if model_type == "IsolationForest":
         estimator = IsolationForest(n_estimators=n_estimators, contamination=contamination,
-                                    random_state=seed)
+                                    max_features=max_features, random_state=seed)
         estimator.fit(fit_rows)
     else:
         # Distances need comparable units; the scaler ships with the model (scaler.<fmt>).
