@@ -127,3 +127,25 @@ class RecordInvalid(ModeldError):
         self.index = index
         self.problem = problem
         super().__init__(f"record {index}: {problem}")
+
+
+class StateDirectoryLocked(ModeldError):
+    """Another modeld process holds the state directory (``storage.directory``)."""
+
+    def __init__(self, directory: str, holder: str) -> None:
+        self.directory = directory
+        self.holder = holder
+        super().__init__(
+            f"another modeld ({holder}) is running on storage.directory {directory}; "
+            "one daemon per state directory"
+        )
+
+
+class RegistryDamaged(ModeldError):
+    """The registry file cannot be trusted; the store next to it must not be judged by it."""
+
+    def __init__(self, path: str, problem: str, remedy: str) -> None:
+        self.path = path
+        self.problem = problem
+        self.remedy = remedy
+        super().__init__(f"the registry {path} is damaged: {problem}; {remedy}")

@@ -17,7 +17,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -25,6 +25,7 @@ from typing import Any, Literal, Protocol
 import structlog
 
 from modeld.core.errors import (
+    ArtifactError,
     ArtifactIncomplete,
     ArtifactInvalid,
     ArtifactUntrusted,
@@ -59,6 +60,7 @@ from modeld.core.source import (
     SettleTracker,
     inspect_folder,
     is_work_in_progress,
+    printable,
     read_manifest,
     read_metadata,
     scan_models_folder,
@@ -291,6 +293,7 @@ class ModelManager:
             for leftover in self.store.clean_leftovers():
                 log.warning("staging_cleaned", path=leftover, reason="left by an interrupted run")
             known = {r.version for r in self.registry.list_versions() if r.status == "available"}
+            self._refetch_missing()
             for child in sorted(self.store.versions.iterdir()):
                 if child.name not in known:
                     self.store.remove(child.name)
@@ -300,6 +303,37 @@ class ModelManager:
             for row in reversed(self.registry.list_versions()):
                 if row.status == "available" and not row.considered:
                     self._consider(row, None)
+
+    def missing_files(self) -> list[str]:
+        """Available versions whose store folder is gone (the daemon's scheduled state check;
+        a stat each, no hashing)."""
+        return [r.version for r in self.registry.list_versions()
+                if r.status == "available" and not self.store.path_of(r.version).is_dir()]
+
+    def _refetch_missing(self) -> None:
+        """Copy a version whose stored files are gone back from its training folder, when
+        that folder still holds the same content (the same digest as at import)."""
+        for version in self.missing_files():
+            row = self.registry.get_version(version)
+            assert row is not None
+            try:
+                staged = self.store.stage(Path(row.source_path))
+            except (ArtifactError, OSError) as exc:
+                log.error("version_files_missing", version=version,
+                          path=str(self.store.path_of(version)),
+                          reason=f"not re-imported: {row.source_path}: {exc}")
+                continue
+            try:
+                if staged.content_digest != row.content_digest:
+                    log.error("version_files_missing", version=version,
+                              path=str(self.store.path_of(version)),
+                              reason=f"not re-imported: {row.source_path} changed since import")
+                    continue
+                self.store.commit(staged, version)
+                log.warning("version_files_reimported", version=version,
+                            source=row.source_path, reason="its stored files were gone")
+            finally:
+                self.store.discard(staged)
 
     def _restore(self) -> None:
         deployed = self.registry.deployed_version()
@@ -371,7 +405,8 @@ class ModelManager:
         outcomes, pending = [], []
         next_check: float | None = None
         now = self.clock().timestamp()
-        for folder in folders:
+        for found in folders:
+            folder = self._bounded(found)
             record = known.get(folder.name)
             if record is not None and record.fingerprint == folder.fingerprint:
                 continue
@@ -395,6 +430,15 @@ class ModelManager:
                 retry = now + max(self.policy.settle_seconds, 0.2)
                 next_check = min(next_check or retry, retry)
         return PollResult(tuple(outcomes), tuple(pending), next_check)
+
+    def _bounded(self, folder: ArtifactFolder) -> ArtifactFolder:
+        """The folder, with its problem when it is too big to hash or copy at all: judged by
+        its sizes before any byte is read (a 10 GiB sparse file costs a stat, not a hash)."""
+        limit = self.store.max_artifact_bytes
+        if folder.problem is None and folder.total_bytes > limit:
+            return replace(folder, problem=f"the artifact holds {folder.total_bytes} bytes, "
+                           f"more than {limit} (security.max_artifact_bytes)")
+        return folder
 
     def note_moved_in(self, name: str) -> None:
         self.tracker.note_moved_in(name)
@@ -425,7 +469,7 @@ class ModelManager:
 
         ``quality_gate`` None follows ``validate_imports``.
         """
-        folder = inspect_folder(self.resolve_import_path(path))
+        folder = self._bounded(inspect_folder(self.resolve_import_path(path)))
         gate = self.policy.validate_imports if quality_gate is None else quality_gate
         outcome = self._import_folder(folder, quality_gate=gate, actor="operator")
         if outcome.status == "conflict":
@@ -603,6 +647,7 @@ class ModelManager:
     ) -> ImportOutcome:
         """Record a rejected folder (and its version, when metadata.json names one)."""
         now = iso(self.clock())
+        path = printable(str(folder.path))
         if validation is not None:
             report = validation.report.to_dict()
             meta = validation.metadata
@@ -611,6 +656,8 @@ class ModelManager:
             report = {"accepted": False, "reason": reason, "errors": [reason], "warnings": [],
                       "blocking_errors": [reason], "quality_score": None}
             score = None
+        if meta is None and validation is None:  # judged before validation read it
+            meta = peek_metadata(folder.path)
         version = None if meta is None else meta.version
         existing = None if version is None else self.registry.get_version(version)
         with self.registry.transaction():
@@ -619,14 +666,14 @@ class ModelManager:
                     version=meta.version, status="rejected", model_type=meta.model_type,
                     quality_score=score, report=report, metadata=dict(meta.raw),
                     created_at=iso(meta.created_at), imported_at=now,
-                    source_path=str(folder.path), store_path=None, checksums={},
+                    source_path=path, store_path=None, checksums={},
                     content_digest=None, reason=reason, considered=True, deployed_at=None,
                 ))
-            self.registry.add_transfer(version, str(folder.path), None, now, "rejected", reason)
+            self.registry.add_transfer(version, path, None, now, "rejected", reason)
             self.registry.record_folder(FolderRow(folder.name, folder.fingerprint, "rejected",
                                                   version, reason, now))
-        self._emit(ImportRejected(version, str(folder.path), reason))
-        return ImportOutcome(str(folder.path), "rejected", version, reason, report)
+        self._emit(ImportRejected(version, path, reason))
+        return ImportOutcome(path, "rejected", version, reason, report)
 
     # deploying ----------------------------------------------------------------------------
 

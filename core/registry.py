@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import shutil
 import sqlite3
 import threading
@@ -20,6 +21,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+
+from modeld.core.errors import RegistryDamaged
+from modeld.core.store import fsync_dir
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS versions (
@@ -124,6 +128,8 @@ INSERT INTO deployments (id, from_version, to_version, at, reason, actor)
 DROP TABLE deployments_before_mcp;
 {triggers}
 """
+
+REGISTRY_FILE = "registry.sqlite3"  # in storage.directory
 
 Actor = Literal["auto", "operator", "rollback", "fallback", "startup", "mcp"]
 
@@ -516,13 +522,129 @@ class Registry:
         return int(old) + int(extra)
 
     def backup(self, target: Path) -> None:
-        """Copy the live database with SQLite's online backup API."""
-        with self._lock:
+        """Copy the live database with SQLite's online backup API.
+
+        Reads through a connection of its own, never this registry's lock: in WAL mode the
+        copy is one consistent snapshot while scoring and the API go on reading and writing.
+        """
+        source = sqlite3.connect(self.path, timeout=30)
+        try:
             dest = sqlite3.connect(target)
             try:
-                self._conn.backup(dest)
+                source.backup(dest)
             finally:
                 dest.close()
+        finally:
+            source.close()
+
+    def check(self) -> str | None:
+        """None when the file passes SQLite's quick check, else what is wrong (scheduled)."""
+        return registry_problem(self.path)
+
+
+def registry_problem(path: Path) -> str | None:
+    """What is wrong with the registry file at ``path``, or None when it is sound (or absent).
+
+    Read through a fresh read-only connection, so damage on disk is seen even while a live
+    connection still holds the pages in its cache. Never writes, never creates the file.
+    """
+    if not path.exists():
+        return None
+    if path.stat().st_size == 0:
+        return "the file is empty (0 bytes)"
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    except sqlite3.Error as exc:
+        return f"cannot be opened: {exc}"
+    try:
+        rows = [r[0] for r in conn.execute("PRAGMA quick_check")]
+        if rows != ["ok"]:
+            return "integrity check failed: " + "; ".join(str(r) for r in rows[:3])
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if not {"versions", "deployments"} <= tables:
+            return "it holds no versions or deployments table"
+    except sqlite3.Error as exc:
+        return f"not a readable SQLite database: {exc}"
+    finally:
+        conn.close()
+    return None
+
+
+def backups(folder: Path) -> list[Path]:
+    """The registry backups in ``folder``, plain or gzipped (storage.compression), oldest
+    first (their names sort by time)."""
+    found = (p for p in folder.glob("registry-*.sqlite3*")
+             if p.name.endswith((".sqlite3", ".sqlite3.gz")))
+    return sorted(found, key=lambda p: p.name.split(".")[0])
+
+
+@contextmanager
+def _unpacked(backup: Path) -> Iterator[Path]:
+    """``backup`` as a plain SQLite file: itself, or a gzipped one decompressed beside it into
+    a ``.partial`` file (removed after; cleaned at startup if the process dies)."""
+    if not backup.name.endswith(".gz"):
+        yield backup
+        return
+    plain = backup.with_name(backup.name.removesuffix(".sqlite3.gz") + ".unpacked.partial")
+    try:
+        with gzip.open(backup, "rb") as fin, plain.open("wb") as fout:
+            shutil.copyfileobj(fin, fout, 1 << 20)
+    except (OSError, EOFError):  # an unreadable archive: judged as the empty file it leaves
+        plain.write_bytes(b"")
+    try:
+        yield plain
+    finally:
+        plain.unlink(missing_ok=True)
+
+
+def backup_problem(backup: Path) -> str | None:
+    """What is wrong with a backup, plain or gzipped, or None when it is sound."""
+    if not backup.exists():
+        return "no such file"
+    with _unpacked(backup) as plain:
+        return registry_problem(plain)
+
+
+def newest_good_backup(folder: Path) -> Path | None:
+    for candidate in reversed(backups(folder)):
+        if backup_problem(candidate) is None:
+            return candidate
+    return None
+
+
+def clean_partial_backups(folder: Path) -> list[Path]:
+    """Remove what a backup killed mid-copy left (``*.partial``); called at startup."""
+    removed = sorted(folder.glob("registry-*.partial"))
+    for partial in removed:
+        partial.unlink(missing_ok=True)
+    return removed
+
+
+def restore_registry(backup: Path, path: Path, stamp: str) -> Path | None:
+    """Put ``backup`` in place of the registry at ``path``; the daemon must not be running.
+
+    The current file (and its -wal/-shm) is kept beside it as ``<name>.damaged-<stamp>``,
+    never deleted; returns that path (None when there was no file). Raises RegistryDamaged
+    when ``backup`` itself is not sound, before anything is moved.
+    """
+    problem = backup_problem(backup)
+    if problem is not None:
+        raise RegistryDamaged(str(backup), problem, "choose another backup")
+    partial = path.with_name(path.name + ".restoring")
+    with _unpacked(backup) as plain:
+        shutil.copyfile(plain, partial)
+    with partial.open("rb") as fh:
+        os.fsync(fh.fileno())
+    kept = None
+    for suffix in ("", "-wal", "-shm"):
+        current = path.with_name(path.name + suffix)
+        if current.exists():
+            aside = path.with_name(f"{path.name}.damaged-{stamp}{suffix}")
+            current.rename(aside)
+            kept = kept or aside
+    partial.rename(path)
+    fsync_dir(path.parent)
+    return kept
 
 
 def backup_registry(registry: Registry, folder: Path, keep: int, stamp: str,
@@ -540,7 +662,6 @@ def backup_registry(registry: Registry, folder: Path, keep: int, stamp: str,
         partial.unlink()
         partial, target = packed, folder / f"{target.name}.gz"
     partial.replace(target)
-    backups = sorted(folder.glob("registry-*.sqlite3*"), key=lambda p: p.name.split(".")[0])
-    for old in [p for p in backups if not p.name.endswith(".partial")][:-keep]:
+    for old in backups(folder)[:-keep]:
         old.unlink()
     return target

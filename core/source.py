@@ -8,6 +8,7 @@ proves it at once; otherwise the folder must have been quiet for ``settle_second
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -23,6 +24,35 @@ MODEL_FILES = ("model.joblib", "model.skops")
 METADATA_FILE = "metadata.json"
 SUCCESS_MARKER = "_SUCCESS"
 MAX_METADATA_BYTES = 4 * 1024 * 1024
+# An artifact is a handful of files; past this many entries a folder is judged without
+# stat-ing each one (a folder of 100k tiny files must not cost a scan seconds, every scan).
+MAX_FOLDER_ENTRIES = 1000
+
+
+def printable(text: str) -> str:
+    """``text`` as valid UTF-8: the bytes of a file name that were not (held as surrogate
+    escapes) are shown as ``\\xNN``, so the name can be logged and stored."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def is_utf8(name: str) -> bool:
+    return printable(name) == name
+
+
+def open_regular(path: Path) -> int:
+    """A read-only descriptor of ``path`` if it is a regular file; never blocks, never follows
+    a symlink. A FIFO named like an artifact's file would block a plain ``open()`` for ever.
+
+    Raises OSError: FileNotFoundError when it is gone, IsADirectoryError/OSError(ELOOP) for
+    a folder or symlink, and OSError naming the type for any other special file.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    mode = os.fstat(fd).st_mode
+    if not stat_module.S_ISREG(mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    os.set_blocking(fd, True)
+    return fd
 
 
 def is_work_in_progress(name: str) -> bool:
@@ -51,7 +81,12 @@ class ArtifactFolder:
 
     @property
     def name(self) -> str:
-        return self.path.name
+        """The folder's name as the registry and the log know it (always valid UTF-8)."""
+        return printable(self.path.name)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
 
     @property
     def fingerprint(self) -> str:
@@ -113,19 +148,35 @@ def scan_models_folder(models_dir: Path, listdir: ListDir = list_entries) -> lis
 
 
 def inspect_folder(path: Path, listdir: ListDir = list_entries) -> ArtifactFolder:
-    """Stat every entry of one candidate folder (not following symlinks)."""
+    """Stat every entry of one candidate folder (not following symlinks).
+
+    A name that is not valid UTF-8, a special file, or more than ``MAX_FOLDER_ENTRIES``
+    entries is the folder's ``problem``: it is rejected with that reason, at the cost of one listing.
+    """
+    entries = listdir(path)
+    if not is_utf8(path.name):
+        return ArtifactFolder(path, (), False, problem="the folder name is not valid UTF-8")
+    if len(entries) > MAX_FOLDER_ENTRIES:
+        return ArtifactFolder(path, (), False, problem=f"the folder holds {len(entries)} "
+                              f"entries, more than {MAX_FOLDER_ENTRIES}")
     files = []
     odd = []
     in_progress = False
-    for entry in listdir(path):
+    for entry in entries:
+        if not is_utf8(entry.name):
+            return ArtifactFolder(path, (), False, problem=f"the file name "
+                                  f"{printable(entry.name)!r} is not valid UTF-8")
         if is_work_in_progress(entry.name):
             in_progress = True
             continue
         st = entry.stat(follow_symlinks=False)
         if stat_module.S_ISREG(st.st_mode):
             files.append(FileState(entry.name, st.st_size, st.st_mtime_ns))
-        else:
-            odd.append(entry.name)
+        elif stat_module.S_ISDIR(st.st_mode) or stat_module.S_ISLNK(st.st_mode):
+            odd.append(entry.name)  # judged when staging (a symlink is never followed)
+        else:  # a FIFO, socket or device: no artifact holds one, and opening it may block
+            return ArtifactFolder(path, (), False, problem=f"{entry.name} is a special file "
+                                  "(FIFO, socket or device), not a regular file")
     return ArtifactFolder(path, tuple(files), in_progress, tuple(odd))
 
 
@@ -133,7 +184,7 @@ def read_metadata(folder: Path) -> dict[str, Any]:
     """Read and decode metadata.json; raises ArtifactInvalid naming what is wrong."""
     path = folder / METADATA_FILE
     try:
-        with path.open("rb") as fh:
+        with os.fdopen(open_regular(path), "rb") as fh:
             raw = fh.read(MAX_METADATA_BYTES + 1)
     except OSError as exc:
         raise ArtifactInvalid(str(folder), f"cannot read metadata.json: {exc.strerror}") from exc
@@ -145,6 +196,8 @@ def read_metadata(folder: Path) -> dict[str, Any]:
         data = json.loads(raw)
     except ValueError as exc:
         raise ArtifactInvalid(str(folder), f"metadata.json is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise ArtifactInvalid(str(folder), "metadata.json is nested too deeply") from exc
     if not isinstance(data, dict):
         raise ArtifactInvalid(str(folder), "metadata.json must hold a JSON object")
     return data
@@ -188,7 +241,7 @@ def manifest_mismatches(
 
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as fh:
+    with os.fdopen(open_regular(path), "rb") as fh:
         while chunk := fh.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()

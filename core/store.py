@@ -27,7 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modeld.core.errors import ArtifactIncomplete, ArtifactUntrusted
-from modeld.core.source import SUCCESS_MARKER, is_work_in_progress, sha256_file
+from modeld.core.source import (
+    SUCCESS_MARKER,
+    is_work_in_progress,
+    open_regular,
+    sha256_file,
+)
 
 COPY_CHUNK = 1 << 20
 COMPRESSED_SUFFIX = ".gz"
@@ -123,12 +128,15 @@ class ModelStore:
         total = 0
         try:
             entries = sorted(os.scandir(source), key=lambda e: e.name)
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, NotADirectoryError) as exc:
             raise ArtifactIncomplete(str(source), "the folder disappeared") from exc
         for entry in entries:
             if is_work_in_progress(entry.name):
                 raise ArtifactIncomplete(str(source), f"{entry.name} is still being written")
-            st = entry.stat(follow_symlinks=False)
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError as exc:  # the folder was renamed or deleted mid-copy
+                raise ArtifactIncomplete(str(source), f"{entry.name} disappeared") from exc
             if stat_module.S_ISLNK(st.st_mode):
                 raise ArtifactUntrusted(str(source), f"{entry.name} is a symbolic link")
             if not stat_module.S_ISREG(st.st_mode):
@@ -144,16 +152,13 @@ class ModelStore:
     def _copy_file(self, src: Path, dst: Path) -> FileDigest:
         digest = hashlib.sha256()
         size = 0
-        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
         try:
-            fd = os.open(src, flags)
+            fd = open_regular(src)
         except FileNotFoundError as exc:
             raise ArtifactIncomplete(str(src.parent), f"{src.name} disappeared") from exc
         except OSError as exc:
             raise ArtifactUntrusted(str(src.parent), f"{src.name} cannot be opened: {exc}") from exc
         with os.fdopen(fd, "rb") as fin, dst.open("xb") as fout:
-            if not stat_module.S_ISREG(os.fstat(fin.fileno()).st_mode):
-                raise ArtifactUntrusted(str(src.parent), f"{src.name} is not a regular file")
             while chunk := fin.read(COPY_CHUNK):
                 size += len(chunk)
                 if size > self.max_artifact_bytes:

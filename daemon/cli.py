@@ -22,8 +22,10 @@ from typing import Any
 import httpx
 
 from modeld.client import ModeldError, answer_of
-from modeld.core.errors import ConfigError
+from modeld.core.errors import ConfigError, RegistryDamaged, StateDirectoryLocked
+from modeld.core.registry import REGISTRY_FILE, restore_registry
 from modeld.daemon.process.settings import Settings, config_warnings, load_settings
+from modeld.daemon.process.statelock import hold_state_lock
 from modeld.daemon.producer.demo import add_demo_command
 from modeld.daemon.producer.train import add_train_command
 
@@ -64,7 +66,10 @@ class Client:
             token = settings.api_token()
         except ConfigError as exc:
             raise CliError(str(exc), 2) from None
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        # the API refuses a state-changing request without it (cross-site protection)
+        headers = {"X-Modeld-Client": "cli"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         self.http = httpx.Client(base_url=self.base, headers=headers, timeout=timeout)
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
@@ -391,6 +396,25 @@ def cmd_reload(args: argparse.Namespace) -> int:
     raise CliError(f"no reload result within {args.timeout:g} s")
 
 
+def cmd_registry_restore(args: argparse.Namespace) -> int:
+    """Put a backup in place of the registry while the daemon is stopped (its lock says so)."""
+    directory = _settings(args).storage.directory
+    try:
+        lock = hold_state_lock(directory)
+    except StateDirectoryLocked as exc:
+        raise CliError(f"{exc}: stop it before restoring its registry") from None
+    try:
+        kept = restore_registry(Path(args.backup), directory / REGISTRY_FILE,
+                                datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ"))
+    except RegistryDamaged as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        os.close(lock)
+    print(f"restored {directory / REGISTRY_FILE} from {args.backup}"
+          + (f"; the previous file is kept as {kept}" if kept else ""))
+    return 0
+
+
 # the parser -----------------------------------------------------------------------------
 
 
@@ -467,6 +491,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train_command(sub, parents=[common])
     add_demo_command(sub, parents=[common])
+
+    registry = sub.add_parser("registry", parents=[common], help="the registry's backups")
+    rsub = registry.add_subparsers(dest="registry_command", required=True)
+    restore = rsub.add_parser("restore", parents=[common],
+                              help="replace the registry with BACKUP (the daemon stopped)")
+    restore.add_argument("backup", help="a storage.directory/backups/registry-*.sqlite3 file")
+    restore.set_defaults(func=cmd_registry_restore)
 
     reload = sub.add_parser("reload", parents=[common],
                             help="SIGHUP the daemon and wait for the result (ExecReload)")

@@ -181,7 +181,7 @@ def bad_artifacts(sentinel: Path) -> list[tuple[str, Callable[[Path], None], str
 BAD_REQUESTS: list[tuple[str, str, bytes, dict[str, str], int, str]] = [
     # (what, path, body, headers, expected status, words of the detail)
     ("not json", "/api/v1/score", b"{records", {}, 400, "not valid JSON"),
-    ("not utf-8", "/api/v1/score", b"\xff\xfe\x00", {}, 400, "not valid JSON"),
+    ("not utf-8", "/api/v1/score", b"\xff\xfe\x00", {}, 400, "body is not UTF-8"),
     ("nan token", "/api/v1/score", b'{"records": [{"features": {"x0": NaN}}]}', {}, 400,
      "not valid JSON"),
     ("records missing", "/api/v1/score", b'{"rows": []}', {}, 422, "records"),

@@ -196,7 +196,8 @@ class DaemonProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        client = {"X-Modeld-Client": "test"}  # as the CLI sends (cross-site protection)
+        return {**client, "Authorization": f"Bearer {self.token}"} if self.token else client
 
     def get(self, path: str, **kw: Any) -> httpx.Response:
         return httpx.get(self.base + path, headers=self.headers(), timeout=30, **kw)

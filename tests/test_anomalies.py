@@ -21,7 +21,7 @@ from modeld.core.registry import AnomalyRow, Registry
 from modeld.daemon.http.app import create_app
 from modeld.daemon.process.runtime import Runtime
 from tests.helpers import DaemonProcess, artifact_files, records, stamp, write_renamed
-from tests.test_api import build_runtime
+from tests.test_api import IN_PROCESS, build_runtime
 
 # far outside the training data (standard normal): every one of these is flagged
 ODD = {"timestamp": "2026-11-28T03:12:09Z", "host": "ap-2f-07", "process": "hostapd",
@@ -36,12 +36,12 @@ def runtime(tmp_path: Path) -> Iterator[Runtime]:
     rt.manager.note_moved_in("v1")
     rt.manager.poll_once()
     yield rt
-    rt.close()  # the runtime's threads (the shadow worker) stop too
+    rt.close()
 
 
 @pytest.fixture
 def client(runtime: Runtime) -> Iterator[TestClient]:
-    with TestClient(create_app(runtime)) as http:
+    with TestClient(create_app(runtime), **IN_PROCESS) as http:
         yield http
 
 

@@ -30,6 +30,10 @@ from tests.helpers import (
     write_renamed,
 )
 
+# the bound address as Host, and the header the CLI sends (the guard's cross-site checks)
+IN_PROCESS: dict[str, Any] = {"base_url": "http://127.0.0.1",
+                              "headers": {"X-Modeld-Client": "test"}}
+
 
 def build_runtime(root: Path, token: str | None = None, **sections: Any) -> Runtime:
     """The daemon's own composition root on temporary folders; ``sections`` add settings."""
@@ -52,7 +56,7 @@ def runtime(tmp_path: Path) -> Iterator[Runtime]:
 
 @pytest.fixture
 def client(runtime: Runtime) -> Iterator[TestClient]:
-    with TestClient(create_app(runtime)) as http:
+    with TestClient(create_app(runtime), **IN_PROCESS) as http:
         yield http
 
 
@@ -162,7 +166,7 @@ def test_nothing_escapes_the_training_folder(client: TestClient, runtime: Runtim
 
 def test_bearer_token(tmp_path: Path) -> None:
     runtime = build_runtime(tmp_path, token="s3cret")
-    with TestClient(create_app(runtime)) as http:
+    with TestClient(create_app(runtime), **IN_PROCESS) as http:
         assert http.get("/healthz").status_code == 200
         assert http.get("/readyz").status_code == 503
         for path in ("/api/v1/status", "/api/v1/models", "/metrics"):
@@ -236,7 +240,7 @@ def test_the_composed_daemon_answers_a_scoring_failure_from_the_fallback_and_rec
         assert deployed is not None and deployed.version == "v2"
         # arm the loaded instance: scoring now raises inside the deployed model
         deployed.scorer.__closure__[0].cell_contents.__self__.armed = True
-        with TestClient(create_app(runtime)) as http:
+        with TestClient(create_app(runtime), **IN_PROCESS) as http:
             answer = http.post("/api/v1/score", json={"records": records(2)})
             assert answer.status_code == 200 and answer.json()["model_version"] == "v1"
             assert "modeld_fallback_uses_total 1.0" in http.get("/metrics").text
@@ -269,7 +273,7 @@ def test_fuzz_the_openapi_schema_no_5xx_and_refusals_change_nothing(tmp_path: Pa
         path, method = op
         url = path.replace("{version}", quote(segment, safe="")).replace(
             "{model_name}", runtime.settings.api.model_name)
-        with TestClient(app, raise_server_exceptions=False) as http:
+        with TestClient(app, raise_server_exceptions=False, **IN_PROCESS) as http:
             before = runtime.manager.registry.deployed_version()
             response = http.request(method.upper(), url, content=json.dumps(body),
                                     headers={"content-type": "application/json"})

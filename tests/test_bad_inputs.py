@@ -20,7 +20,7 @@ from tests.helpers import (
     write_in_place,
     write_renamed,
 )
-from tests.test_api import build_runtime
+from tests.test_api import IN_PROCESS, build_runtime
 from tests.test_trust import write_key_pair
 
 pytestmark = pytest.mark.e2e
@@ -92,7 +92,7 @@ def test_the_sentinel_pickle_never_runs_where_trust_is_required(tmp_path: Path,
         sign_folder(manager.models_dir / "evil", private)
         (manager.models_dir / "evil" / "model.joblib").write_bytes(
             pickle.dumps(Sentinel(sentinel)) + b" ")
-    with TestClient(create_app(runtime)) as http:
+    with TestClient(create_app(runtime), **IN_PROCESS) as http:
         response = http.post("/api/v1/models/import", json={"path": "evil"})
     assert response.status_code == 422
     expected = {"signature": "modified after signing", "manifest": "no files manifest",

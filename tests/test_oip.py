@@ -20,7 +20,7 @@ from modeld.daemon.http.app import create_app
 from modeld.daemon.process.runtime import Runtime
 from modeld.daemon.process.settings import Settings, load_settings
 from tests.helpers import FEATURES, artifact_files, records, stamp, write_renamed
-from tests.test_api import add_versions, build_runtime, client, runtime
+from tests.test_api import IN_PROCESS, add_versions, build_runtime, client, runtime
 
 __all__ = ["client", "runtime"]  # test_api's fixtures, used here too
 
@@ -104,7 +104,7 @@ def test_model_metadata_names_inputs_outputs_and_shapes(served: TestClient) -> N
 def test_the_model_name_is_a_setting_a_reload_changes(tmp_path: Path) -> None:
     runtime = build_runtime(tmp_path)
     add_versions(runtime, "v1")
-    with TestClient(create_app(runtime)) as http:
+    with TestClient(create_app(runtime), **IN_PROCESS) as http:
         assert http.get("/v2/models/wifi-anomaly").json()["name"] == "wifi-anomaly"
         # what a SIGHUP does: the runtime's settings are replaced
         runtime.settings = runtime.settings.model_copy(
@@ -371,7 +371,7 @@ def test_the_token_guards_all_but_the_probes_and_errors_keep_the_protocol_shape(
         tmp_path: Path) -> None:
     runtime = build_runtime(tmp_path, token="s3cret")
     add_versions(runtime, "v1")
-    with TestClient(create_app(runtime)) as http:
+    with TestClient(create_app(runtime), **IN_PROCESS) as http:
         assert http.get("/v2/health/live").status_code == 200
         assert http.get("/v2/health/ready").status_code == 200
         for method, path in [("GET", "/v2"), ("GET", "/v2/models/wifi-anomaly"),
@@ -413,7 +413,7 @@ REQUEST = st.fixed_dictionaries(
 def test_fuzz_inference_requests_answer_200_or_400(tmp_path: Path) -> None:
     runtime = build_runtime(tmp_path)
     add_versions(runtime, "v1")
-    http = TestClient(create_app(runtime), raise_server_exceptions=False)
+    http = TestClient(create_app(runtime), raise_server_exceptions=False, **IN_PROCESS)
 
     @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
     @given(request=REQUEST, tail=st.binary(max_size=64))

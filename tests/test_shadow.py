@@ -45,7 +45,7 @@ from modeld.daemon.process.runtime import Runtime
 from modeld.daemon.process.settings import CanarySettings, load_settings
 from modeld.daemon.process.wiring import apply_settings
 from tests.helpers import FEATURES, artifact_files, records
-from tests.test_api import add_versions, build_runtime
+from tests.test_api import IN_PROCESS, add_versions, build_runtime
 from tests.test_core import Clock, created, deployment, drop, row
 
 flags = st.lists(st.tuples(st.booleans(), st.booleans()), min_size=1, max_size=200)
@@ -366,7 +366,7 @@ def shadow_runtime(tmp_path: Path) -> Iterator[Runtime]:
 
 
 def test_shadow_api_without_and_with_a_candidate(shadow_runtime: Runtime) -> None:
-    with TestClient(create_app(shadow_runtime)) as client:
+    with TestClient(create_app(shadow_runtime), **IN_PROCESS) as client:
         view = client.get("/api/v1/shadow").json()
         assert view["candidate"] is None and view["deploy_policy"] == "shadow"
         refused = client.post("/api/v1/shadow/promote")
@@ -397,7 +397,7 @@ def test_canary_scores_a_share_by_host_and_names_versions(shadow_runtime: Runtim
     batch = records(40, names=FEATURES)
     for i, record in enumerate(batch):
         record["host"] = f"ap-{i % 8}"
-    with TestClient(create_app(shadow_runtime)) as client:
+    with TestClient(create_app(shadow_runtime), **IN_PROCESS) as client:
         answer = client.post("/api/v1/score", json={"records": batch}).json()
         expected = canary_mask(batch, "host", 50)
         assert expected.any() and not expected.all()
@@ -419,7 +419,7 @@ def test_the_candidate_scores_by_name_over_the_open_inference_protocol(
     batch = records(6, names=FEATURES)
     request = {"inputs": [{"name": "records", "datatype": "BYTES", "shape": [6],
                            "data": [json.dumps(r) for r in batch]}]}
-    with TestClient(create_app(shadow_runtime)) as client:
+    with TestClient(create_app(shadow_runtime), **IN_PROCESS) as client:
         assert client.get("/v2/models/wifi-anomaly/versions/v2/ready").status_code == 200
         named = client.post("/v2/models/wifi-anomaly/versions/v2/infer", json=request).json()
         assert named["model_version"] == "v2"

@@ -411,3 +411,13 @@ def test_libraries_work_inside_the_units_system_call_filter() -> None:
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "sandboxed workload ok" in result.stdout
+
+
+def test_the_unit_bounds_files_and_memory_above_what_the_daemon_uses_by_default() -> None:
+    # Issue 19, finding 8. Before: neither was set (systemd's 524288 files, no memory limit).
+    from modeld.daemon.http.limits import FD_RESERVE
+    from modeld.daemon.process.settings import ApiSettings, SecuritySettings, parse_size
+
+    assert int(_value("LimitNOFILE")) >= ApiSettings().max_connections + FD_RESERVE
+    memory_max = parse_size(_value("MemoryMax") + "iB")
+    assert memory_max >= SecuritySettings().canary_memory_limit + 1024**3

@@ -102,7 +102,9 @@ def rate_test(name: str, ref: Rate | None, events: int, n: int, config: DriftCon
     ref_events = round(ref.events)
     table = [[events, n - events], [ref_events, ref.n - ref_events]]
     p = float(stats.fisher_exact(table).pvalue)
-    p0 = max(ref.rate, 0.5 / ref.n)
+    # kept off 0 and 1: a reference whose records were all (or never) flagged has no
+    # variance of its own, and the effect is then measured against half a record
+    p0 = min(max(ref.rate, 0.5 / ref.n), 1.0 - 0.5 / ref.n)
     rate = events / n
     effect = abs(rate - ref.rate) / math.sqrt(p0 * (1.0 - p0))
     r.update(statistic=rate, p_value=min(max(p, 0.0), 1.0), effect_size=effect,

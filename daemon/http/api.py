@@ -110,6 +110,8 @@ def _probe_routes(router: APIRouter, runtime: Runtime) -> None:
         deployed = runtime.slot.state.deployed
         if deployed is None:
             return error(503, "no model is deployed yet")
+        if "registry" in runtime.state_problems:
+            return error(503, f"the registry is damaged: {runtime.state_problems['registry']}")
         return ORJSONResponse({"status": "ready", "deployed_version": deployed.version})
 
     @router.get("/api/v1/status", summary="What serves now, and the daemon's state")

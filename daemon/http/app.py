@@ -7,12 +7,15 @@ with a ``detail`` a person can act on. No user error is a 500.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
 
 import structlog
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from modeld.core.errors import (
     ArtifactError,
@@ -39,6 +42,7 @@ from modeld.daemon.http.plan import plan_router
 from modeld.daemon.http.shadow import shadow_router
 from modeld.daemon.http.views import ORJSONResponse, error
 from modeld.daemon.process.runtime import Runtime
+from modeld.daemon.process.settings import ApiSettings
 
 __all__ = ["create_app"]
 
@@ -46,6 +50,9 @@ log = structlog.get_logger("modeld.api")
 
 # The dashboard's page holds no data without the token: its script asks for it.
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/"}) | OPEN_PROTOCOL_PATHS
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# Sent by the CLI and the dashboard; a cross-site page cannot add it without a preflight.
+CLIENT_HEADER = "x-modeld-client"
 
 STATUS_FOR: list[tuple[type[ModeldError], int]] = [
     (UnknownVersion, 404),
@@ -73,6 +80,9 @@ def create_app(runtime: Runtime) -> FastAPI:
     @app.middleware("http")
     async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]
                     ) -> Response:
+        refused = cross_site_refusal(request, runtime.settings.api)
+        if refused is not None:
+            return refused
         if request.url.path not in OPEN_PATHS and not bearer_ok(
                 runtime.token, request.headers.get("authorization")):
             refused = _error(request, 401, UNAUTHORIZED_DETAIL)
@@ -107,7 +117,68 @@ def _error(request: Request, status: int, detail: str) -> Response:
     return error(status, detail)
 
 
+def _host_allowed(host: str, api: ApiSettings) -> bool:
+    """``host`` (a Host header or an Origin's host, port removed) names this daemon: its bound
+    address, a name in ``api.allowed_hosts``, localhost on a loopback address, or any address
+    literal when bound to all addresses. A DNS-rebinding page brings its own name instead."""
+    name = host.lower()
+    if name == api.host.lower() or name in (h.lower() for h in api.allowed_hosts):
+        return True
+    try:
+        literal = ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        return name == "localhost" and api.is_loopback()
+    if api.host in ("0.0.0.0", "::", ""):
+        return True
+    return str(literal) == api.host.strip("[]")
+
+
+def _hostname(netloc: str) -> str:
+    """``netloc`` without its port: ``[::1]:8080`` -> ``[::1]``, ``a:80`` -> ``a``."""
+    if netloc.startswith("["):
+        return netloc.partition("]")[0] + "]"
+    return netloc.rpartition(":")[0] if netloc.count(":") == 1 else netloc
+
+
+def cross_site_refusal(request: Request, api: ApiSettings) -> Response | None:
+    """Why a request must not be served although no token may be configured, or None.
+
+    A browser lets any web page send "simple" requests (a form's POST, a fetch without custom
+    headers) to 127.0.0.1, and a DNS-rebinding page even read the answers. So: too many
+    headers are refused (431); a Host that is not this daemon's address or a name in
+    ``api.allowed_hosts`` is refused (400); a state-changing request needs a JSON content type
+    or an ``X-Modeld-Client`` header (neither can be sent cross-site without a CORS preflight,
+    which this daemon never grants) and must not carry a foreign ``Origin`` (403).
+    """
+    if len(request.headers.raw) > api.max_headers:
+        return error(431, f"more than {api.max_headers} request headers (api.max_headers)")
+    host = request.headers.get("host")
+    if host is not None and not _host_allowed(_hostname(host), api):
+        return error(400, f"Host {host!r} is not this daemon's address or a name in "
+                     "api.allowed_hosts")
+    if request.method in SAFE_METHODS:
+        return None
+    origin = request.headers.get("origin")
+    if origin is not None:
+        netloc = urlsplit(origin).netloc
+        if not netloc or netloc.lower() != (host or "").lower():
+            return error(403, f"cross-site request refused: Origin {origin!r} is not this "
+                         "daemon")
+    media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media != "application/json" and CLIENT_HEADER not in request.headers:
+        return error(403, "cross-site request refused: a state-changing request needs "
+                     f"Content-Type: application/json or an {CLIENT_HEADER} header")
+    return None
+
+
 def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ClientDisconnect)
+    async def disconnected(request: Request, _exc: ClientDisconnect) -> Response:
+        # Nobody is left to answer: one quiet line, no traceback (a flood of these wrote
+        # megabytes of error log and slowed everyone else).
+        log.debug("client_disconnected", path=request.url.path, method=request.method)
+        return Response(status_code=400)
+
     @app.exception_handler(ModeldError)
     async def modeld_error(request: Request, exc: ModeldError) -> Response:
         for kind, status in STATUS_FOR:

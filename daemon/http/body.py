@@ -23,10 +23,14 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
 
 
 def parse_json(body: bytes) -> Any:
-    """The parsed JSON of ``body``; 400 when it is not JSON."""
+    """The parsed JSON of ``body``; 400 when it is not UTF-8 or not JSON."""
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as bad:
+            raise HTTPException(400, f"body is not UTF-8 (byte {bad.start})") from exc
         raise HTTPException(400, f"body is not valid JSON: {exc}") from exc
 
 

@@ -50,6 +50,7 @@ log = structlog.get_logger()
 AlertKind = Literal[
     "drift_alarm", "import_rejected", "swap_failed", "fallback_used", "model_unhealthy",
     "candidate_held",
+    "scan_failed", "registry_damaged", "version_files_missing",
 ]
 ALERT_KINDS: frozenset[str] = frozenset(get_args(AlertKind))
 

@@ -191,6 +191,30 @@ class Monitors:
                  reference=report.reference_source, records=report.records_seen)
         return report
 
+    def retire(self, keep: set[str]) -> list[str]:
+        """Release every version but ``keep`` (the loaded ones: deployed, fallback, candidate):
+        its state is saved to the registry first, so a rollback to it later picks up where it
+        stopped, and its metric series are removed. Called by the runtime after each
+        deployment change."""
+        with self.lock:
+            gone = sorted((set(self.windows) | set(self.detectors) | set(self.reports)) - keep)
+            if not gone:
+                return []
+            windows = {v: self.windows.pop(v).to_state() for v in gone if v in self.windows}
+            detectors = {v: self.detectors.pop(v).to_state() for v in gone
+                         if v in self.detectors}
+            for version in gone:
+                self.reports.pop(version, None)
+        now = iso(utc_now())
+        for version, state in windows.items():
+            self.registry.save_state("window", version, state, now)
+        for version, state in detectors.items():
+            self.registry.save_state("drift", version, state, now)
+        for version in gone:
+            self.metrics.forget(version)
+        log.info("monitors_released", versions=gone, reason="no longer loaded")
+        return gone
+
     def roll(self) -> None:
         """Close the current time-series interval of every window (for the plots)."""
         now = time.time()

@@ -69,7 +69,8 @@ class PollWorker:
     """The one thread that scans and imports; requests coalesce into the next scan.
 
     ``request()`` is called from the observer thread, the scheduler, SIGHUP handling and the
-    API; it never blocks. A scan that raises is logged and the worker carries on.
+    API; it never blocks. A scan that raises is logged, reported to ``on_failure`` once per
+    streak of failures, and retried in 5 s.
     """
 
     def __init__(
@@ -78,8 +79,13 @@ class PollWorker:
         force_polling: bool,
         polling_interval: float,
         enabled: bool = True,
+        on_failure: Callable[[str], object] = lambda _reason: None,
     ) -> None:
         self.manager = manager
+        # the daemon's alerting: a scan that keeps failing must reach an operator, not only
+        # the log (called once per streak of failures, on this worker's thread)
+        self.on_failure = on_failure
+        self._failing = False
         self.enabled = enabled  # integration.auto_import: off means operators import by hand
         self.force_polling = force_polling
         self.polling_interval = polling_interval
@@ -140,10 +146,14 @@ class PollWorker:
             try:
                 self._ensure_watch()
                 result = self.manager.poll_once()
-            except Exception:
+            except Exception as exc:
                 log.exception("scan_failed", path=str(self.manager.models_dir))
+                if not self._failing:
+                    self._failing = True
+                    self.on_failure(f"{self.manager.models_dir}: {type(exc).__name__}: {exc}")
                 self._deadline = time.time() + 5
                 continue
+            self._failing = False
             self._deadline = result.next_check
             if result.folder_missing:  # nothing to watch yet: look again soon
                 self._deadline = time.time() + self.polling_interval

@@ -24,16 +24,32 @@ import structlog
 import uvicorn
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from modeld.core.errors import ConfigError
+from modeld.core.errors import ConfigError, RegistryDamaged, StateDirectoryLocked
 from modeld.core.manager import iso, utc_now
-from modeld.core.registry import backup_registry
+from modeld.core.registry import (
+    REGISTRY_FILE,
+    backup_registry,
+    clean_partial_backups,
+    newest_good_backup,
+    registry_problem,
+    restore_registry,
+)
 from modeld.daemon.http.app import create_app
+from modeld.daemon.http.limits import server_limits
+from modeld.daemon.jobs.alerting import Alert
 from modeld.daemon.jobs.watch import PollWorker
 from modeld.daemon.process.crashpoints import CRASH_ENV
 from modeld.daemon.process.logs import configure_logging
 from modeld.daemon.process.runtime import ReloadResult, Runtime
 from modeld.daemon.process.sdnotify import SystemdNotifier
-from modeld.daemon.process.settings import Settings, config_warnings, load_settings
+from modeld.daemon.process.settings import (
+    Settings,
+    check_reload,
+    config_sections,
+    config_warnings,
+    load_settings,
+)
+from modeld.daemon.process.statelock import hold_state_lock
 from modeld.daemon.process.wiring import apply_settings, build_runtime
 
 log = structlog.get_logger("modeld.main")
@@ -56,6 +72,8 @@ class Daemon:
     def __init__(self, config_path: Path | None, settings: Settings) -> None:
         self.config_path = config_path
         self.settings = settings
+        # what the running file holds: a reload's file without one of these may be cut short
+        self._sections = config_sections(config_path)
         self._signals: deque[int] = deque()
         # The handler must not take a lock (it may interrupt the main thread while that holds
         # it): it appends to a deque, and Python writes the signal number to this pipe, which
@@ -84,6 +102,12 @@ class Daemon:
         except ConfigError as exc:
             log.error("startup_failed", reason=str(exc))
             return 2
+        except StateDirectoryLocked as exc:
+            log.error("startup_failed", reason=str(exc))
+            return 1
+        except RegistryDamaged as exc:  # starting again would fail the same way
+            log.error("startup_failed", reason=str(exc))
+            return 3
         except OSError as exc:
             log.error("startup_failed", reason=str(exc))
             return 1
@@ -95,6 +119,13 @@ class Daemon:
 
     def _start(self, cleanups: list[tuple[str, Callable[[], None]]]) -> Runtime:
         s = self.settings
+        lock = hold_state_lock(s.storage.directory)
+        cleanups.append(("state lock", lambda: os.close(lock)))
+        for partial in clean_partial_backups(s.storage.directory / "backups"):
+            log.warning("backup_partial_removed", path=str(partial),
+                        reason="left by a backup that was killed")
+        self._check_registry(s.storage.directory / REGISTRY_FILE,
+                             s.storage.directory / "store" / "versions")
         runtime = build_runtime(s, utc_now, crash_at=os.environ.get(CRASH_ENV))
         cleanups.append(("runtime", runtime.close))
         log.info("starting", config=str(self.config_path), store=str(s.storage.directory),
@@ -103,7 +134,10 @@ class Daemon:
         self.http_thread = self._start_http(runtime, cleanups)
 
         worker = PollWorker(runtime.manager, s.integration.force_polling,
-                            s.integration.polling_interval, enabled=s.integration.auto_import)
+                            s.integration.polling_interval, enabled=s.integration.auto_import,
+                            on_failure=lambda reason: runtime.alerter.send(Alert(
+                                kind="scan_failed", title="scanning the training service's "
+                                "models folder failed", detail=reason)))
         if not s.integration.auto_import:
             log.info("auto_import_off", reason="integration.auto_import is false; import with "
                      "the API or `modeld models import`")
@@ -119,6 +153,54 @@ class Daemon:
         self.scheduler = scheduler
         return runtime
 
+    def _check_registry(self, path: Path, versions: Path) -> None:
+        """Never let a damaged or missing registry judge a non-empty store (it would remove
+        every version as an orphan): restore the newest good backup when
+        ``storage.restore_from_backup`` says so, else raise RegistryDamaged saying how."""
+        storage = self.settings.storage
+        problem = registry_problem(path)
+        if problem is None and not path.exists() and versions.is_dir() and any(
+                versions.iterdir()):
+            problem = "the file is missing while the store holds versions"
+        if problem is None:
+            return
+        folder = storage.directory / "backups"
+        backup = newest_good_backup(folder)
+        if storage.restore_from_backup and backup is not None:
+            kept = restore_registry(backup, path, utc_now().strftime("%Y%m%dT%H%M%SZ"))
+            log.warning("registry_restored", backup=str(backup), kept=str(kept), reason=problem)
+            return
+        where = (f"`modeld registry restore {backup}` restores the newest good backup"
+                 if backup is not None else f"there is no good backup in {folder}")
+        raise RegistryDamaged(str(path), problem, f"modeld will not start on it ({where}; "
+                              "storage.restore_from_backup: true restores it at startup)")
+
+    def _check_state(self, runtime: Runtime) -> None:
+        """Scheduled: the registry's integrity and the store's version folders."""
+        manager = runtime.manager
+        problems = runtime.state_problems
+        registry = manager.registry.check()
+        if registry is not None and problems.get("registry") != registry:
+            log.error("registry_damaged", path=str(manager.registry.path), reason=registry)
+            runtime.alerter.send(Alert(kind="registry_damaged", title="the registry is damaged",
+                                       detail=registry))
+        if registry is not None:
+            problems["registry"] = registry
+            return  # the versions to look for cannot be read from it
+        problems.pop("registry", None)
+        missing = manager.missing_files()
+        for version in sorted(set(missing) - set(problems.get("store", "").split())):
+            log.error("version_files_missing", version=version,
+                      path=str(manager.store.path_of(version)))
+            runtime.alerter.send(Alert(
+                kind="version_files_missing", version=version,
+                title=f"a stored version's files are missing: {version}",
+                detail=f"{manager.store.path_of(version)} is missing"))
+        if missing:
+            problems["store"] = " ".join(missing)
+        else:
+            problems.pop("store", None)
+
     def _start_http(self, runtime: Runtime,
                     cleanups: list[tuple[str, Callable[[], None]]]) -> threading.Thread:
         """Serve the API on its own thread; raises OSError when it cannot listen."""
@@ -126,6 +208,7 @@ class Daemon:
         server = uvicorn.Server(uvicorn.Config(
             create_app(runtime), host=api.host, port=api.port, log_config=None,
             access_log=False, lifespan="on", timeout_graceful_shutdown=STOP_TIMEOUT,
+            **server_limits(api),
         ))
         http = threading.Thread(target=server.run, name="modeld-http", daemon=True)
         http.start()
@@ -182,6 +265,9 @@ class Daemon:
             scheduler.add_job(manager.compact, "interval", id="compress_versions",
                               seconds=min(COMPRESS_INTERVAL, s.storage.retention_interval),
                               next_run_time=utc_now(), coalesce=True, max_instances=1)
+        scheduler.add_job(self._check_state, "interval", id="state_check", args=[runtime],
+                          seconds=s.storage.integrity_check_interval, coalesce=True,
+                          max_instances=1)
         if s.storage.backup_enabled:
             scheduler.add_job(self._backup, "interval", id="backup", args=[runtime],
                               seconds=s.storage.backup_interval, coalesce=True, max_instances=1)
@@ -258,12 +344,14 @@ class Daemon:
         now = iso(utc_now())
         try:
             new = load_settings(self.config_path)
+            check_reload(self.config_path, self._sections, runtime.token, new)
             token = new.api_token()
             if new.logging != self.settings.logging:
                 configure_logging(new.logging)
         except ConfigError as exc:
             runtime.last_reload = ReloadResult(generation, False, str(exc), now)
-            log.error("reload_refused", reason=str(exc), kept_generation=runtime.config_generation)
+            log.error("reload_refused", key=exc.key, reason=str(exc),
+                      kept_generation=runtime.config_generation)
             self.notifier.ready()
             self.notifier.status(f"Reload refused: {exc}")
             self.worker.request()
@@ -274,6 +362,7 @@ class Daemon:
                         reason="these keys take effect at the next start")
         apply_settings(runtime, new, token)
         self.settings = new
+        self._sections = config_sections(self.config_path)
         self._reschedule(runtime)
         self.worker.enabled = new.integration.auto_import
         _log_config_warnings(new)

@@ -6,6 +6,8 @@ thread-safe. Served at ``GET /metrics``.
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -107,6 +109,17 @@ class DaemonMetrics:
         """A new comparison: the last candidate's series go."""
         self.shadow.clear()
         self.shadow_gate.clear()
+
+    def forget(self, version: str) -> None:
+        """Remove every series labelled with ``version`` (a retired version)."""
+        for counter in (self.records, self.anomalies):
+            with contextlib.suppress(KeyError):
+                counter.remove(version)
+        for gauge in (self.drift_statistic, self.drift_p_value, self.drift_alarm):
+            signals = {s.labels["signal"] for family in gauge.collect() for s in family.samples
+                       if s.labels.get("version") == version}
+            for signal in signals:
+                gauge.remove(version, signal)
 
     def set_deployed(self, deployed: str | None, fallback: str | None) -> None:
         self.deployed.info({"version": deployed or "", "fallback": fallback or ""})

@@ -16,7 +16,12 @@ import numpy as np
 import structlog
 
 from modeld.core.errors import ModeldError, NoModelDeployed, RecordInvalid, VersionNotLoaded
-from modeld.core.events import ManagerEvent
+from modeld.core.events import (
+    DeployedVersionUnusable,
+    ManagerEvent,
+    ModelSwapped,
+    ModelUnhealthy,
+)
 from modeld.core.features import Batch, FeatureColumns
 from modeld.core.loader import Scores, ServableModel
 from modeld.core.manager import ModelManager
@@ -33,6 +38,10 @@ log = structlog.get_logger("modeld.runtime")
 
 # contributions per explained record unless the request asks for another number
 DEFAULT_TOP = 3
+
+
+# the manager's events after which a version may have stopped being deployed or fallback
+RETIRING_EVENTS = (ModelSwapped, ModelUnhealthy, DeployedVersionUnusable)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +85,8 @@ class Runtime:
     last_reload: ReloadResult | None = None
     health: dict[str, bool] = field(default_factory=dict)
     closers: list[tuple[str, Callable[[], None]]] = field(default_factory=list)
+    # what the scheduled state check found: "registry" (its problem), "store" (missing versions)
+    state_problems: dict[str, str] = field(default_factory=dict)
     _counters: dict[str, tuple[Any, Any]] = field(default_factory=dict)
 
     @property
@@ -104,9 +115,16 @@ class Runtime:
         )
 
     def on_manager_event(self, event: ManagerEvent) -> None:
-        """The manager's listener: metrics, the deployed-version info, alerts."""
+        """The manager's listener: metrics, the deployed-version info, alerts, and releasing
+        what versions that no longer serve held."""
         self.metrics.on_event(event)
         self.publish_deployed()
+        if isinstance(event, RETIRING_EVENTS):
+            state = self.slot.state
+            live = {m.version for m in state.loaded()}  # a candidate scores a canary
+            self.monitors.retire(live)
+            for version in set(self._counters) - live:
+                del self._counters[version]
         alert = manager_alert(event)
         if alert is not None:
             self.alerter.send(alert)
@@ -345,4 +363,5 @@ class Runtime:
             "deploy_policy": self.manager.policy.deployment.deploy_policy,
             "candidate_version": state.candidate.version if state.candidate else None,
             "health": dict(self.health),
+            "state_problems": dict(self.state_problems),
         }

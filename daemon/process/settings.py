@@ -136,6 +136,9 @@ class StorageSettings(_Section):
     # registry backups and stored versions that are not loaded are kept gzip-compressed;
     # checksums stay those of the delivered bytes, verified on decompression
     compression: bool = False
+    # a damaged registry at startup: restore the newest good backup (true) or refuse to start
+    restore_from_backup: bool = False
+    integrity_check_interval: float = Field(300, gt=0)
 
 
 class GateSettings(_Section):
@@ -295,8 +298,16 @@ class ApiSettings(_Section):
     # the model's name in the Open Inference Protocol's /v2/models/{name} routes
     model_name: str = Field("wifi-anomaly", min_length=1, max_length=200,
                             pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    # names (besides the bound address) that a request's Host may carry: DNS rebinding
+    allowed_hosts: tuple[str, ...] = ("localhost",)
+    # connections (README "Connections"): what one client may hold, and for how long
+    max_connections: int = Field(1000, ge=16)
+    header_timeout: float = Field(10.0, gt=0)
+    keep_alive_timeout: float = Field(5.0, gt=0)
+    max_header_bytes: int = Field(16 * 1024, ge=1024)
+    max_headers: int = Field(100, ge=8)
 
-    @field_validator("max_request_bytes", mode="before")
+    @field_validator("max_request_bytes", "max_header_bytes", mode="before")
     @classmethod
     def _size(cls, value: Any) -> int:
         return parse_size(value)
@@ -501,3 +512,47 @@ def config_warnings(settings: Settings) -> list[tuple[str, str]]:
         found.append(("monitoring.alerting.slack_notifications", "true, but webhook_url is "
                       "not set: there is no Slack webhook to send to"))
     return found
+
+
+def config_sections(path: Path | None) -> frozenset[str]:
+    """The top-level sections a configuration file names (none when unreadable)."""
+    if path is None:
+        return frozenset()
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return frozenset()
+    return frozenset(data) if isinstance(data, dict) else frozenset()
+
+
+def check_reload(path: Path | None, sections: frozenset[str], token: str | None,
+                 new: Settings) -> None:
+    """Refuse (ConfigError naming the key) a reload that a file caught mid-write would cause.
+
+    Called by the main thread on SIGHUP after ``new`` loaded. An empty file is never "all
+    defaults". A new file that removes or changes the bearer token ``token`` must be complete
+    (every section the running file had, a final newline) and name ``api.token`` or
+    ``api.token_file`` itself: a file cut before ``api:`` or inside the token is refused.
+    """
+    if path is None:
+        return
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:  # changed again meanwhile
+        raise ConfigError(str(path), f"cannot be read again: {exc}") from None
+    if not isinstance(data, dict) or not data:
+        raise ConfigError(str(path), "the file is empty; a reload never falls back to all "
+                          "defaults (the running configuration is kept)")
+    if token is None or new.api_token() == token:
+        return
+    api = data.get("api")
+    explicit = isinstance(api, dict) and ("token" in api or "token_file" in api)
+    missing = sorted(sections - set(data))
+    if not explicit or missing or not text.endswith("\n"):
+        why = (f"sections {', '.join(missing)} are missing" if missing else
+               "the file does not end with a newline" if not text.endswith("\n") else
+               "api.token is not set in the file")
+        raise ConfigError("api.token", "the new file would remove or change the API token "
+                          f"but looks incomplete ({why}); the old token stays in force. Write "
+                          "the whole file with api.token (or api.token_file) to change it")

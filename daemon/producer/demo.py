@@ -284,7 +284,9 @@ class Demo:
         self._start_daemon(config, workspace / "daemon.log")
         cleanups.append(("daemon", self._stop_daemon))
         base_url = f"http://127.0.0.1:{port}"
-        self.http = httpx.Client(base_url=base_url, timeout=30)
+        # X-Modeld-Client: the API refuses state-changing requests without it (cross-site)
+        self.http = httpx.Client(base_url=base_url, timeout=30,
+                                 headers={"X-Modeld-Client": "demo"})
         cleanups.append(("http client", self.http.close))
         self._wait_for(lambda: self._get("/healthz").status_code == 200, 30,
                        "the daemon to answer")

@@ -32,7 +32,8 @@
 
   async function api(method, path, body) {
     for (let attempt = 0; attempt < 2; attempt += 1) {
-      const headers = { Accept: "application/json" };
+      // X-Modeld-Client: the API refuses state-changing requests without it (cross-site)
+      const headers = { Accept: "application/json", "X-Modeld-Client": "dashboard" };
       const token = getToken();
       if (token) headers.Authorization = `Bearer ${token}`;
       if (body !== undefined) headers["Content-Type"] = "application/json";

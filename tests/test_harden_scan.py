@@ -1,0 +1,227 @@
+"""Issue 19, findings 7 and 11: one odd folder never stops imports. Each hazard is judged on its
+own at a bounded cost and rejected with its reason while a good folder beside it imports; a
+folder renamed or deleted mid-copy is ``incomplete``; a rejection records the version that
+metadata.json names. Real files, FIFOs and sparse files in ``tmp_path``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from modeld.core.manager import ModelManager, describe_folder
+from modeld.core.source import MAX_FOLDER_ENTRIES, scan_models_folder
+from modeld.core.store import FileDigest, ModelStore
+from modeld.daemon.jobs.alerting import Alert, Alerter
+from modeld.daemon.jobs.watch import PollWorker
+from tests.helpers import artifact_files, metadata
+from tests.test_alerting import (
+    WebhookReceiver,
+    fast_settings,
+    receiver,  # noqa: F401 (a fixture)
+)
+from tests.test_api import build_runtime
+from tests.test_core import Clock, created, drop, make_manager
+
+GIB = 1024**3
+
+
+def _odd_name(models: Path) -> Path:
+    folder = Path(os.fsdecode(bytes(models) + b"/caf\xe9-latin1"))
+    drop_files(folder, artifact_files("v-latin1", created_at=created(2)))
+    return folder
+
+
+def _odd_file_name(models: Path) -> Path:
+    folder = models / "odd-file"
+    drop_files(folder, artifact_files("v-oddfile", created_at=created(2)))
+    (Path(os.fsdecode(bytes(folder) + b"/notes-\xff.txt"))).write_bytes(b"notes")
+    return folder
+
+
+def _deep_metadata(models: Path) -> Path:
+    folder = models / "deep"
+    files = artifact_files("v-deep", created_at=created(2))
+    files["metadata.json"] = b"[" * 100_000 + b"]" * 100_000
+    drop_files(folder, files)
+    return folder
+
+
+def _fifo_metadata(models: Path) -> Path:
+    folder = models / "fifo"
+    files = artifact_files("v-fifo", created_at=created(2))
+    del files["metadata.json"]
+    drop_files(folder, files)
+    os.mkfifo(folder / "metadata.json")
+    return folder
+
+
+def _sparse_with_manifest(models: Path) -> Path:
+    # a 10 GiB sparse model whose manifest matches its size: before, the readiness check
+    # hashed all 10 GiB on the poll thread before any size limit was consulted
+    folder = models / "sparse"
+    meta = metadata("v-sparse", created_at=created(2),
+                    files={"model.joblib": {"size": 10 * GIB, "sha256": "0" * 64}})
+    drop_files(folder, {"metadata.json": json.dumps(meta).encode()})
+    with (folder / "model.joblib").open("wb") as fh:
+        fh.truncate(10 * GIB)
+    return folder
+
+
+def _many_files(models: Path) -> Path:
+    folder = models / "many"
+    drop_files(folder, artifact_files("v-many", created_at=created(2)))
+    for i in range(MAX_FOLDER_ENTRIES):
+        (folder / f"part-{i:05d}.txt").write_bytes(b"x")
+    return folder
+
+
+def drop_files(folder: Path, files: dict[str, bytes]) -> None:
+    folder.mkdir()
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+
+
+HAZARDS: dict[str, tuple[Callable[[Path], Path], str]] = {
+    "folder name not UTF-8": (_odd_name, "the folder name is not valid UTF-8"),
+    "file name not UTF-8": (_odd_file_name, "is not valid UTF-8"),
+    "metadata.json nested 100k deep": (_deep_metadata, "metadata.json is nested too deeply"),
+    "FIFO named metadata.json": (_fifo_metadata, "metadata.json is a special file"),
+    "10 GiB sparse file": (_sparse_with_manifest, "security.max_artifact_bytes"),
+    "more files than an artifact has": (_many_files, f"more than {MAX_FOLDER_ENTRIES}"),
+}
+
+
+def _release_fifos(models: Path) -> None:
+    """Open every FIFO's write end, so a reader blocked in open() returns (before the fix)."""
+    for path in models.rglob("*"):
+        if path.is_fifo():
+            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+
+
+def _polls(manager: ModelManager, clock: Clock) -> list[str]:
+    """Two scans (the second after the settle time); what each did, or how it failed."""
+    done: list[str] = []
+
+    def run() -> None:
+        try:
+            for _ in range(2):
+                result = manager.poll_once()
+                done.append(",".join(f"{o.status}:{o.version}" for o in result.outcomes))
+                clock.advance(5)
+            for folder in scan_models_folder(manager.models_dir):  # what the API lists
+                describe_folder(folder)
+            done.append("listed")
+        except Exception as exc:
+            done.append(f"raised {exc!r}")
+
+    worker = threading.Thread(target=run, name="modeld-test-poll")
+    worker.start()
+    worker.join(60)  # a hang guard, not a timing assertion: before the fix a FIFO blocked here
+    if worker.is_alive():
+        _release_fifos(manager.models_dir)
+        worker.join(10)
+        pytest.fail(f"a scan blocked: {done}")
+    return done
+
+
+@pytest.mark.parametrize("hazard", list(HAZARDS))
+def test_an_odd_folder_is_rejected_with_its_reason_and_the_good_one_imports(
+        tmp_path: Path, hazard: str) -> None:
+    clock = Clock(datetime.now(UTC))  # the files' mtimes are real: so is the settle clock
+    manager = make_manager(tmp_path, clock=clock)
+    write, reason = HAZARDS[hazard]
+    odd = write(manager.models_dir)
+    drop(manager, "good", artifact_files("v-good", created_at=created(1)))
+
+    done = _polls(manager, clock)
+
+    assert not any(d.startswith("raised") for d in done), done
+    assert manager.slot.state.deployed is not None
+    assert manager.slot.state.deployed.version == "v-good"
+    rows = {Path(t.source_path).name: t for t in manager.registry.transfers()}
+    odd_name = os.fsencode(odd.name).decode("utf-8", "backslashreplace")
+    assert rows[odd_name].status == "rejected", rows
+    assert reason in rows[odd_name].detail
+    manager.registry.close()
+
+
+class _ProducerMovesAfterFirstFile(ModelStore):
+    """A store whose first copied file is the moment the producer moves the folder away."""
+
+    def __init__(self, directory: Path, move: Callable[[Path], object]) -> None:
+        super().__init__(directory)
+        self.move = move
+        self.moved = False
+
+    def _copy_file(self, src: Path, dst: Path) -> FileDigest:
+        digest = super()._copy_file(src, dst)
+        if not self.moved:
+            self.moved = True
+            self.move(src.parent)
+        return digest
+
+
+def test_a_folder_renamed_or_deleted_mid_copy_is_incomplete_not_an_error(tmp_path: Path) -> None:
+    # Before: status "failed" and a staging_failed error (FileNotFoundError from the stat of
+    # the next file), as if the daemon's own disk had failed.
+    moves: list[Callable[[Path], object]] = [
+        lambda folder: folder.rename(folder.with_name(folder.name + "-moved")),
+        shutil.rmtree,
+    ]
+    for i, move in enumerate(moves):
+        root = tmp_path / str(i)
+        root.mkdir()
+        manager = make_manager(root)
+        drop(manager, "v1", artifact_files("v1", created_at=created(1)))
+        manager.store = _ProducerMovesAfterFirstFile(root / "store", move)
+        with capture_logs() as logs:
+            outcome = manager.poll_once().outcomes[0]
+        assert outcome.status == "incomplete", outcome
+        assert not [e for e in logs if e["log_level"] == "error"], logs
+        manager.registry.close()
+
+
+def test_a_rejection_before_validation_records_the_version_metadata_names(
+        tmp_path: Path) -> None:
+    manager = make_manager(tmp_path)
+    folder = drop(manager, "linked", artifact_files("v-linked", created_at=created(1)))
+    (folder / "extra.bin").symlink_to("/etc/hostname")
+    outcome = manager.poll_once().outcomes[0]
+    assert outcome.status == "rejected" and outcome.version == "v-linked"
+    row = manager.registry.get_version("v-linked")
+    assert row is not None and row.status == "rejected" and "symbolic link" in row.reason
+    manager.registry.close()
+
+
+def test_a_scan_that_keeps_failing_is_alerted_once_per_streak(
+        tmp_path: Path, receiver: WebhookReceiver) -> None:  # noqa: F811
+    # Before: scan_failed was only a log line, every 5 s, for ever.
+    runtime = build_runtime(tmp_path)
+    runtime.alerter = Alerter(fast_settings(webhook_url=receiver.url))
+    runtime.alerter.start()
+    models = runtime.manager.models_dir
+    models.rmdir()
+    models.symlink_to(models)  # a symlink loop: every scan fails with ELOOP
+    worker = PollWorker(runtime.manager, force_polling=True, polling_interval=0.1,
+                        on_failure=lambda reason: runtime.alerter.send(Alert(
+                            kind="scan_failed", title="scan failed", detail=reason)))
+    worker.start()
+    try:
+        assert receiver.wait_for_bodies(1)
+        for _ in range(3):
+            worker.request()  # three more failing scans: the same streak
+        assert not receiver.wait_for_bodies(2, timeout=1.0)
+    finally:
+        worker.stop(5)
+        runtime.alerter.stop(2)
+        runtime.manager.registry.close()
+    alert = receiver.bodies[0]
+    assert alert["kind"] == "scan_failed" and "Too many levels of symbolic links" in alert["detail"]
