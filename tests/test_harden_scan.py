@@ -222,6 +222,6 @@ def test_a_scan_that_keeps_failing_is_alerted_once_per_streak(
     finally:
         worker.stop(5)
         runtime.alerter.stop(2)
-        runtime.manager.registry.close()
+        runtime.close()
     alert = receiver.bodies[0]
     assert alert["kind"] == "scan_failed" and "Too many levels of symbolic links" in alert["detail"]
