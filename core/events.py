@@ -121,9 +121,57 @@ class ModelUnhealthy:
     new: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class CandidateNominated:
+    """``version`` is on trial beside ``champion`` (deploy policy shadow or manual)."""
+
+    name: ClassVar[str] = "candidate_nominated"
+    level: ClassVar[Level] = "info"
+    version: str
+    champion: str | None
+    superseded: str | None
+    policy: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class CandidatePromoted:
+    """The candidate ``version`` was deployed (by the gate, actor auto, or an operator)."""
+
+    name: ClassVar[str] = "candidate_promoted"
+    level: ClassVar[Level] = "info"
+    version: str
+    old: str | None
+    actor: Actor
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class CandidateDiscarded:
+    """An operator ended the candidate's trial; it stays an available version."""
+
+    name: ClassVar[str] = "candidate_discarded"
+    level: ClassVar[Level] = "info"
+    version: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class CandidateHeld:
+    """The promotion gate refused the candidate on the ``failed`` conditions; it stays the
+    candidate until an operator decides."""
+
+    name: ClassVar[str] = "candidate_held"
+    level: ClassVar[Level] = "warning"
+    version: str
+    failed: str
+    reason: str
+
+
 ManagerEvent = (
     ModelImported | ImportRejected | ImportConflict | StagingFailed | ModelSwapped | SwapFailed
-    | FallbackUsed | DeployedVersionUnusable | ModelUnhealthy
+    | FallbackUsed | DeployedVersionUnusable | ModelUnhealthy | CandidateNominated
+    | CandidatePromoted | CandidateDiscarded | CandidateHeld
 )
 
 Listener = Callable[[ManagerEvent], None]

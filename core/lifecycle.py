@@ -2,7 +2,8 @@
 
 The registry stores what was decided about a version (``available``, ``rejected``,
 ``removed``); the serving slot knows what serves now. What an operator sees, one of
-``deployed``, ``fallback``, ``retired`` (served once, not now), ``available`` (never served),
+``deployed``, ``fallback``, ``candidate`` (on trial beside the deployed version, see
+:mod:`modeld.core.shadow`), ``retired`` (served once, not now), ``available`` (never served),
 ``rejected`` or ``removed``, is a pure function of the two, computed here so that the API, the
 dashboard and the CLI never work it out on their own.
 """
@@ -13,20 +14,25 @@ from typing import Literal
 
 __all__ = ["LifecycleState", "PlanStatus", "lifecycle_state", "plan_status"]
 
-LifecycleState = Literal["deployed", "fallback", "retired", "available", "rejected", "removed"]
+LifecycleState = Literal["deployed", "fallback", "candidate", "retired", "available", "rejected",
+                         "removed"]
 
 
 def lifecycle_state(stored_status: str, version: str, deployed_at: str | None,
-                    deployed: str | None, fallback: str | None) -> LifecycleState:
+                    deployed: str | None, fallback: str | None,
+                    candidate: str | None = None) -> LifecycleState:
     """The state an operator sees for ``version``.
 
     ``stored_status`` is the registry's status, ``deployed_at`` when the version last started
-    serving (None if never), ``deployed``/``fallback`` the versions the slot holds now.
+    serving (None if never), ``deployed``/``fallback`` the versions the slot holds now,
+    ``candidate`` the registry's candidate.
     """
     if version == deployed:
         return "deployed"
     if version == fallback:
         return "fallback"
+    if version == candidate and stored_status == "available":
+        return "candidate"
     if stored_status == "available":
         return "retired" if deployed_at else "available"
     if stored_status == "rejected":

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import structlog
 
@@ -35,6 +35,10 @@ from modeld.core.errors import (
     VersionConflict,
 )
 from modeld.core.events import (
+    CandidateDiscarded,
+    CandidateHeld,
+    CandidateNominated,
+    CandidatePromoted,
     DeployedVersionUnusable,
     FallbackUsed,
     ImportConflict,
@@ -85,11 +89,20 @@ def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="microseconds")
 
 
+DeployPolicy = Literal["immediate", "shadow", "manual"]
+
+
 @dataclass(frozen=True, slots=True)
 class DeploymentPolicy:
-    """What auto-deployment may do (from ``integration.auto_deploy``)."""
+    """What auto-deployment may do (``integration.auto_deploy``, ``integration.deploy_policy``).
+
+    ``deploy_policy``: ``immediate`` deploys a newer valid version at once; ``shadow`` and
+    ``manual`` make it the candidate beside the deployed version instead (under ``shadow`` the
+    promotion gate may promote it, under ``manual`` only an operator).
+    """
 
     auto_deploy: bool = True
+    deploy_policy: DeployPolicy = "immediate"
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,11 +153,13 @@ ROLLBACK_REASON = "rollback from "
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """What a policy function asks the manager to do."""
+    """What a policy function asks the manager to do: deploy ``version``, or nominate it as
+    the candidate."""
 
     version: str
     reason: str
     actor: Actor
+    action: Literal["deploy", "nominate"] = "deploy"
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +168,7 @@ class RegistrySnapshot:
 
     deployed: VersionRow | None
     history: tuple[DeploymentRow, ...]
+    candidate: VersionRow | None = None
 
     @property
     def rolled_back_from(self) -> frozenset[str]:
@@ -167,7 +183,10 @@ def next_deployment(
 ) -> Decision | None:
     """Deploy a newly imported version when auto-deploy is on and it is newer than what serves.
 
-    Never a version that an operator rolled back from; never a rejected one.
+    Never a version that an operator rolled back from; never a rejected one. Under the
+    ``shadow`` and ``manual`` deploy policies a newer version becomes the candidate instead
+    (when it is newer than the candidate too); the first version is deployed, as there is
+    nothing to compare it with.
     """
     if not policy.auto_deploy or candidate.status != "available":
         return None
@@ -178,13 +197,17 @@ def next_deployment(
         return Decision(candidate.version, "first valid version", "auto")
     if deployed.version == candidate.version:
         return None
-    if _created(candidate) > _created(deployed):
-        return Decision(
-            candidate.version,
-            f"newer than {deployed.version} ({candidate.created_at} > {deployed.created_at})",
-            "auto",
-        )
-    return None
+    if _created(candidate) <= _created(deployed):
+        return None
+    reason = f"newer than {deployed.version} ({candidate.created_at} > {deployed.created_at})"
+    if policy.deploy_policy == "immediate":
+        return Decision(candidate.version, reason, "auto")
+    current = snapshot.candidate
+    if current is not None and (current.version == candidate.version
+                                or _created(candidate) <= _created(current)):
+        return None
+    return Decision(candidate.version, f"{reason}; {policy.deploy_policy} policy: on trial "
+                    "beside the deployed version", "auto", "nominate")
 
 
 def rollback_target(
@@ -333,6 +356,21 @@ class ModelManager:
         self.slot.set(servable, fallback)
         log.info("model_restored", version=deployed,
                  fallback=None if fallback is None else fallback.version)
+        self._restore_candidate()
+
+    def _restore_candidate(self) -> None:
+        row = self.registry.candidate()
+        if row is None:
+            return
+        try:
+            self.slot.set_candidate(self._load(row.version))
+        except (ModelLoadFailed, UnknownVersion) as exc:
+            reason = f"unusable at startup: {exc}"
+            self.registry.close_candidate(row.version, "discarded", iso(self.clock()), "startup",
+                                          reason, None)
+            log.warning("candidate_unusable", version=row.version, reason=reason)
+            return
+        log.info("candidate_restored", version=row.version, held=row.held)
 
     def _fall_back(self, bad: str, reason: str) -> None:
         """Serve the newest earlier good version (or nothing) after ``bad`` failed."""
@@ -642,7 +680,9 @@ class ModelManager:
     def _snapshot(self) -> RegistrySnapshot:
         deployed = self.registry.deployed_version()
         row = None if deployed is None else self.registry.get_version(deployed)
-        return RegistrySnapshot(row, tuple(self.registry.deployments()))
+        nominee = self.registry.candidate()
+        candidate = None if nominee is None else self.registry.get_version(nominee.version)
+        return RegistrySnapshot(row, tuple(self.registry.deployments()), candidate)
 
     def _available(self) -> dict[str, VersionRow]:
         return {r.version: r for r in self.registry.list_versions() if r.status == "available"}
@@ -650,7 +690,9 @@ class ModelManager:
     def _consider(self, row: VersionRow, servable: ServableModel | None) -> bool:
         decision = next_deployment(self._snapshot(), row, self.policy.deployment)
         deployed = False
-        if decision is not None:
+        if decision is not None and decision.action == "nominate":
+            self._nominate(decision, servable)
+        elif decision is not None:
             try:
                 self._deploy(decision, servable)
                 deployed = True
@@ -662,7 +704,7 @@ class ModelManager:
     def _load(self, version: str) -> ServableModel:
         """A servable for ``version``: the one in memory, or loaded from the verified store."""
         state = self.slot.state
-        for loaded in (state.deployed, state.fallback):
+        for loaded in (state.deployed, state.fallback, state.candidate):
             if loaded is not None and loaded.version == version:
                 return loaded
         row = self.registry.get_version(version)
@@ -690,13 +732,13 @@ class ModelManager:
         return problem
 
     def compact(self) -> list[str]:
-        """With ``compress_stored``, gzip every stored version that is neither deployed nor
-        the fallback; returns the versions compressed. Called by the daemon's scheduler."""
+        """With ``compress_stored``, gzip every stored version that is not loaded (deployed,
+        fallback or candidate); returns the versions compressed. Called by the daemon's scheduler."""
         if not self.policy.compress_stored:
             return []
         with self.lock:
             state = self.slot.state
-            loaded = {m.version for m in (state.deployed, state.fallback) if m is not None}
+            loaded = {m.version for m in state.loaded()}
             done = []
             for version in self._available():
                 if version in loaded:
@@ -708,7 +750,10 @@ class ModelManager:
                              took_ms=round((time.perf_counter() - started) * 1000, 2))
             return done
 
-    def _deploy(self, decision: Decision, servable: ServableModel | None = None) -> str:
+    def _deploy(self, decision: Decision, servable: ServableModel | None = None,
+                report: Mapping[str, Any] | None = None) -> str:
+        """Load (unless given) and swap in ``decision.version``; a candidate deployed this way
+        is promoted, with ``report`` recorded. Raises ModelLoadFailed (recorded)."""
         started = time.perf_counter()
         current = self.slot.state.deployed
         old = None if current is None else current.version
@@ -722,8 +767,17 @@ class ModelManager:
                                     {"reason": exc.reason, "actor": decision.actor})
             self._emit(SwapFailed(old, decision.version, exc.reason))
             raise
-        self.registry.record_deployment(old, decision.version, iso(self.clock()),
-                                        decision.reason, decision.actor)
+        nominee = self.registry.candidate()
+        promoted = nominee is not None and nominee.version == decision.version
+        with self.registry.transaction():  # a promotion is one step: never half-recorded
+            self.registry.record_deployment(old, decision.version, iso(self.clock()),
+                                            decision.reason, decision.actor)
+            if promoted:
+                self.registry.close_candidate(decision.version, "promoted", iso(self.clock()),
+                                              decision.actor, decision.reason, report)
+        if promoted:
+            self._emit(CandidatePromoted(decision.version, old, decision.actor,
+                                         decision.reason))
         self.slot.swap(new)
         took_ms = round((time.perf_counter() - started) * 1000, 2)
         self._emit(ModelSwapped(old, decision.version, decision.actor, decision.reason,
@@ -763,6 +817,75 @@ class ModelManager:
                 target = version
             current = snapshot.deployed.version if snapshot.deployed else None
             return self._deploy(Decision(target, f"{ROLLBACK_REASON}{current}", actor))
+
+    # candidates ---------------------------------------------------------------------------
+
+    def _nominate(self, decision: Decision, servable: ServableModel | None) -> None:
+        """Put ``decision.version`` on trial beside the deployed version (registry first)."""
+        try:
+            new = servable if servable is not None else self._load(decision.version)
+        except ModelLoadFailed as exc:
+            current = self.slot.state.deployed
+            self._emit(SwapFailed(None if current is None else current.version,
+                                  decision.version, exc.reason))
+            return
+        current = self.slot.state.deployed
+        champion = None if current is None else current.version
+        previous = self.slot.state.candidate
+        self.registry.nominate(decision.version, champion, iso(self.clock()), decision.reason)
+        self.slot.set_candidate(new)
+        self._emit(CandidateNominated(decision.version, champion,
+                                      None if previous is None else previous.version,
+                                      self.policy.deployment.deploy_policy, decision.reason))
+
+    def _the_candidate(self, version: str | None) -> str:
+        row = self.registry.candidate()
+        if row is None:
+            raise VersionConflict(version or "-", "there is no candidate")
+        if version is not None and version != row.version:
+            if self.registry.get_version(version) is None:
+                raise UnknownVersion(version)
+            raise VersionConflict(version, f"is not the candidate (the candidate is "
+                                  f"{row.version})")
+        return row.version
+
+    def promote(self, version: str | None = None, actor: Actor = "operator",
+                reason: str = "promoted by an operator",
+                report: Mapping[str, Any] | None = None) -> str:
+        """Deploy the candidate (``version``, when given, must be it); returns what serves.
+
+        Called by operators (API, CLI, dashboard) and by the shadow worker when the gate holds
+        (actor ``auto``, the gate's summary as the reason, its report recorded). Raises
+        VersionConflict when there is no such candidate, ModelLoadFailed (recorded) when it
+        cannot serve.
+        """
+        with self.lock:
+            target = self._the_candidate(version)
+            loaded = self.slot.state.candidate
+            servable = loaded if loaded is not None and loaded.version == target else None
+            return self._deploy(Decision(target, reason, actor), servable, report)
+
+    def discard(self, version: str | None = None, reason: str = "discarded by an operator",
+                report: Mapping[str, Any] | None = None) -> str:
+        """Stop the trial of the candidate; it stays an available version. Returns it."""
+        with self.lock:
+            target = self._the_candidate(version)
+            self.registry.close_candidate(target, "discarded", iso(self.clock()), "operator",
+                                          reason, report)
+            self.slot.set_candidate(None)
+            self._emit(CandidateDiscarded(target, reason))
+            return target
+
+    def hold(self, version: str, reason: str, failed: tuple[str, ...]) -> bool:
+        """Write down that the gate refused ``version``; it stays the candidate. True the
+        first time (the caller alerts then), False when already held or no longer candidate."""
+        with self.lock:
+            row = self.registry.candidate()
+            if row is None or row.version != version or row.held is not None:
+                return False
+            self.registry.hold_candidate(version, reason)
+            self._emit(CandidateHeld(version, ", ".join(failed), reason))
+            return True
 
     def revalidate(self, version: str) -> dict[str, Any]:
         """Re-run validation of a stored version; the new report is recorded and returned."""
@@ -830,7 +953,8 @@ class ModelManager:
         ``keep_versions``; never the deployed or fallback version."""
         with self.lock:
             state = self.slot.state
-            protected = {m.version for m in (state.deployed, state.fallback) if m is not None}
+            protected = {m.version for m in (state.deployed, state.fallback, state.candidate)
+                         if m is not None}
             available = sorted(self._available().values(), key=_created, reverse=True)
             cutoff = self.clock() - timedelta(days=retention_days)
             removed = []

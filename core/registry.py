@@ -79,6 +79,20 @@ CREATE TABLE IF NOT EXISTS monitor_state (
     updated_at TEXT NOT NULL,
     PRIMARY KEY (kind, version)
 );
+CREATE TABLE IF NOT EXISTS candidates (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    version TEXT NOT NULL,
+    champion TEXT,
+    state TEXT NOT NULL CHECK (state IN ('candidate', 'promoted', 'discarded', 'superseded')),
+    since TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    held TEXT,
+    decided_at TEXT,
+    actor TEXT,
+    decision TEXT,
+    report TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS one_candidate ON candidates (state) WHERE state = 'candidate';
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     kind TEXT NOT NULL,
@@ -149,6 +163,27 @@ class DeploymentRow:
     at: str
     reason: str
     actor: str
+
+
+@dataclass(frozen=True, slots=True)
+class CandidateRow:
+    """One version's time as the candidate: nominated, then promoted, discarded or superseded.
+
+    ``held`` is the gate's failed conditions once it has judged and refused; ``report`` the
+    comparison report when the candidacy was decided.
+    """
+
+    id: int
+    version: str
+    champion: str | None
+    state: str
+    since: str
+    reason: str
+    held: str | None
+    decided_at: str | None
+    actor: str | None
+    decision: str | None
+    report: Mapping[str, Any] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,6 +374,49 @@ class Registry:
     def deployed_version(self) -> str | None:
         rows = self._query("SELECT to_version FROM deployments ORDER BY id DESC LIMIT 1")
         return rows[0]["to_version"] if rows else None
+
+    # candidates -------------------------------------------------------------------------
+
+    @staticmethod
+    def _candidate(row: sqlite3.Row) -> CandidateRow:
+        data = dict(row)
+        data["report"] = None if row["report"] is None else json.loads(row["report"])
+        return CandidateRow(**data)
+
+    def candidate(self) -> CandidateRow | None:
+        """The current candidate (at most one), if any."""
+        rows = self._query("SELECT * FROM candidates WHERE state = 'candidate'")
+        return self._candidate(rows[0]) if rows else None
+
+    def candidates(self, limit: int = 100) -> list[CandidateRow]:
+        """Every candidacy, newest first."""
+        rows = self._query("SELECT * FROM candidates ORDER BY id DESC LIMIT ?", (limit,))
+        return [self._candidate(r) for r in rows]
+
+    def nominate(self, version: str, champion: str | None, at: str, reason: str) -> None:
+        """Make ``version`` the candidate; a candidate before it is superseded."""
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE candidates SET state = 'superseded', decided_at = ?, actor = 'auto', "
+                "decision = ? WHERE state = 'candidate'", (at, f"superseded by {version}"))
+            conn.execute(
+                "INSERT INTO candidates (version, champion, state, since, reason) "
+                "VALUES (?, ?, 'candidate', ?, ?)", (version, champion, at, reason))
+
+    def hold_candidate(self, version: str, held: str) -> None:
+        """Write down that the gate refused the candidate (it stays the candidate)."""
+        with self.transaction() as conn:
+            conn.execute("UPDATE candidates SET held = ? WHERE state = 'candidate' AND "
+                         "version = ?", (held, version))
+
+    def close_candidate(self, version: str, state: Literal["promoted", "discarded"], at: str,
+                        actor: Actor, decision: str, report: Mapping[str, Any] | None) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE candidates SET state = ?, decided_at = ?, actor = ?, decision = ?, "
+                "report = ? WHERE state = 'candidate' AND version = ?",
+                (state, at, actor, decision, None if report is None else json.dumps(report),
+                 version))
 
     # folders and transfers --------------------------------------------------------------
 

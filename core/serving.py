@@ -20,14 +20,21 @@ from modeld.core.loader import Scores, ServableModel
 
 @dataclass(frozen=True, slots=True)
 class SlotState:
-    """What serves now: the deployed version and the last good one behind it."""
+    """What serves now: the deployed version and the last good one behind it, and the
+    candidate on trial beside them (shadow scoring, a canary share; see core/shadow.py)."""
 
     deployed: ServableModel | None
     fallback: ServableModel | None
+    candidate: ServableModel | None = None
 
     def loaded(self) -> tuple[ServableModel, ...]:
-        """Every version loaded now, deployed first: the versions that can score by name."""
-        return tuple(s for s in (self.deployed, self.fallback) if s is not None)
+        """Every version loaded now, deployed first, then the fallback and the candidate: the
+        versions that can score by name."""
+        found: dict[str, ServableModel] = {}
+        for s in (self.deployed, self.fallback, self.candidate):
+            if s is not None:
+                found.setdefault(s.version, s)
+        return tuple(found.values())
 
     def find(self, version: str) -> ServableModel:
         """The loaded servable of ``version``; raises VersionNotLoaded when it is not loaded."""
@@ -35,6 +42,13 @@ class SlotState:
             if servable.version == version:
                 return servable
         raise VersionNotLoaded(version, tuple(s.version for s in self.loaded()))
+
+
+def _unless(candidate: ServableModel | None, deployed: ServableModel | None
+            ) -> ServableModel | None:
+    if candidate is None or deployed is None or candidate.version != deployed.version:
+        return candidate
+    return None
 
 
 class ServingSlot:
@@ -61,28 +75,43 @@ class ServingSlot:
         self.confidence_threshold = confidence_threshold
 
     def set(self, deployed: ServableModel | None, fallback: ServableModel | None) -> SlotState:
+        """Replace deployed and fallback; the candidate stays unless it is now deployed."""
         with self._lock:
             old = self.state
-            self.state = SlotState(deployed, fallback)
+            self.state = SlotState(deployed, fallback, _unless(old.candidate, deployed))
             return old
 
     def swap(self, new: ServableModel) -> SlotState:
-        """Make ``new`` the deployed model; the old deployed one becomes the fallback."""
+        """Make ``new`` the deployed model; the old deployed one becomes the fallback. A
+        candidate that is now deployed is no longer a candidate."""
         with self._lock:
             old = self.state
             keep = old.deployed if old.deployed is not None else old.fallback
             if keep is not None and keep.version == new.version:
                 keep = old.fallback
-            self.state = SlotState(new, keep)
+            self.state = SlotState(new, keep, _unless(old.candidate, new))
+            return old
+
+    def set_candidate(self, candidate: ServableModel | None) -> SlotState:
+        """Put ``candidate`` on trial beside the deployed model (None: no candidate)."""
+        with self._lock:
+            old = self.state
+            self.state = SlotState(old.deployed, old.fallback, candidate)
             return old
 
     def score(self, records: Batch, version: str | None = None) -> Scores:
         """Score with the deployed model (the fallback answers when it fails), or with the
         loaded ``version`` alone: a client that names a version gets that version or an error."""
         if version is None:
-            result = self._score(records)
-        else:
-            result = self.state.find(version).score_records(records)
+            return self._thresholded(self._score(records))
+        return self._thresholded(self.state.find(version).score_records(records))
+
+    def score_with(self, servable: ServableModel, records: Batch) -> Scores:
+        """Score with one given servable (a candidate, off or on the request path), under the
+        slot's serving policy; raises whatever it raises."""
+        return self._thresholded(servable.score_records(records))
+
+    def _thresholded(self, result: Scores) -> Scores:
         threshold, needed = self.anomaly_threshold, self.confidence_threshold
         flags = result.flags if threshold is None else result.scores > threshold
         if needed is not None:

@@ -276,6 +276,64 @@ def cmd_drift(args: argparse.Namespace) -> int:
     return 0
 
 
+def _render_shadow(d: dict[str, Any]) -> str:
+    candidate = d["candidate"]
+    if candidate is None:
+        return f"no candidate (deploy policy {d['deploy_policy']})"
+    lines = [f"candidate {candidate['version']} beside {candidate['champion']} since "
+             f"{candidate['since']} (deploy policy {d['deploy_policy']}, canary "
+             f"{d['canary']['percent']:g}% by {d['canary']['key']})"]
+    if candidate["held"]:
+        lines.append(f"held: {candidate['held']}")
+    report, gate = d["report"], d["gate"]
+    if report is None:
+        lines.append("no records compared yet")
+        return "\n".join(lines)
+    latency = report["latency_ms"]
+    lines.append(_kv({
+        "records_compared": f"{report['records_compared']} (gate at "
+                            f"{d['shadow']['min_records']})",
+        "flag_agreement": report["flag_agreement"],
+        "kappa": report["kappa"],
+        "flag_rate": report["flag_rate"],
+        "flag_rate_ratio": report["flag_rate_ratio"],
+        "spearman": report["spearman"],
+        "score_difference": report["score_difference_quantiles"],
+        "latency_ms": latency,
+        "dropped": d["shadow"]["dropped"],
+    }))
+    if gate is not None:
+        verdict = ("passes" if gate["passed"] else "fails on " + ", ".join(gate["failed"])
+                   if gate["ready"] else "waits for min_records")
+        lines.append(f"gate: {verdict}")
+        lines.append(_table(gate["conditions"], ("name", "holds", "observed", "required")))
+    return "\n".join(lines)
+
+
+def cmd_shadow(args: argparse.Namespace) -> int:
+    client = Client(_settings(args), timeout=300)
+    action = getattr(args, "shadow_command", None)
+    if action is None:
+        _print(args, client.call("GET", "/api/v1/shadow"), _render_shadow)
+        return 0
+    body = {"version": args.version, "reason": args.reason}
+    data = client.call("POST", f"/api/v1/shadow/{action}", body)
+    _print(args, data, lambda d: f"promoted {d['promoted']}; serving {d['deployed_version']}"
+           if action == "promote" else f"discarded {d['discarded']}; serving "
+           f"{d['deployed_version']}")
+    return 0
+
+
+def add_shadow_command(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
+    shadow = sub.add_parser("shadow", parents=parents, help="the candidate on trial: its "
+                            "comparison with the deployed version; promote or discard it")
+    shadow.set_defaults(func=cmd_shadow)
+    ssub = shadow.add_subparsers(dest="shadow_command")
+    for action in ("promote", "discard"):
+        act = ssub.add_parser(action, parents=parents, help=f"{action} the candidate")
+        act.add_argument("version", nargs="?", help="refused when another is the candidate")
+        act.add_argument("--reason", help="recorded with the decision")
+        act.set_defaults(func=cmd_shadow)
 ANOMALY_COLUMNS = ("at", "host", "process", "score", "version", "why", "message")
 
 
@@ -418,6 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("drift", parents=[common], help="the drift report of the deployed version"
                    ).set_defaults(func=cmd_drift)
 
+    add_shadow_command(sub, parents=[common])
     anomalies = sub.add_parser("anomalies", parents=[common],
                                help="recent anomalies with their explanations, newest first")
     anomalies.add_argument("--since", help="ISO-8601 time they were scored, e.g. "

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import DaemonProcess
+from tests.helpers import DaemonProcess, Receiver
 
 
 @pytest.fixture(autouse=True)
@@ -40,3 +40,15 @@ def daemon(tmp_path: Path) -> Iterator[DaemonProcess]:
     yield proc
     if proc.proc is not None:
         proc.stop()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A webhook receiver on loopback, for alerts sent by a real daemon."""
+    server = Receiver()
+    thread = threading.Thread(target=server.serve_forever, name="receiver")
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join()

@@ -3,49 +3,23 @@ reported over HTTP and the CLI, logged, and sent to a webhook the test runs."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.helpers import FEATURES, DaemonProcess, artifact_files, stamp, write_renamed
+from tests.helpers import (
+    FEATURES,
+    DaemonProcess,
+    Receiver,
+    artifact_files,
+    stamp,
+    write_renamed,
+)
 
 pytestmark = pytest.mark.e2e
-
-
-class Receiver(ThreadingHTTPServer):
-    def __init__(self) -> None:
-        self.bodies: list[dict] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers["Content-Length"])
-                outer.bodies.append(json.loads(self.rfile.read(length)))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        super().__init__(("127.0.0.1", 0), Handler)
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    server = Receiver()
-    thread = threading.Thread(target=server.serve_forever, name="receiver")
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join()
 
 
 def batch(rng: np.random.Generator, n: int, shift: float = 0.0) -> list[dict]:
@@ -56,7 +30,7 @@ def batch(rng: np.random.Generator, n: int, shift: float = 0.0) -> list[dict]:
 
 def test_shifted_traffic_raises_one_alarm_reported_everywhere(tmp_path: Path,
                                                               receiver: Receiver) -> None:
-    url = f"http://127.0.0.1:{receiver.server_address[1]}/hook"
+    url = receiver.url
     daemon = DaemonProcess(tmp_path, overrides={
         "monitoring": {"baseline_records": 400, "drift_interval": 1, "min_window_records": 100,
                        "window_records": 1000,

@@ -111,7 +111,7 @@ def test_the_model_name_is_a_setting_a_reload_changes(tmp_path: Path) -> None:
             update={"api": runtime.settings.api.model_copy(update={"model_name": "ap-logs"})})
         assert http.get("/v2/models/ap-logs").json()["name"] == "ap-logs"
         refused(http.get("/v2/models/wifi-anomaly"), 404, "'ap-logs'")
-    runtime.manager.registry.close()
+    runtime.close()  # the runtime's threads (the shadow worker) stop too
 
 
 def test_api_model_name_defaults_and_is_checked(tmp_path: Path) -> None:
@@ -387,7 +387,7 @@ def test_the_token_guards_all_but_the_probes_and_errors_keep_the_protocol_shape(
         # modeld's own API keeps its own shape
         assert http.get("/api/v1/status").json() == {"detail": "missing or wrong bearer token "
                                                      "(Authorization: Bearer <token>)"}
-    runtime.manager.registry.close()
+    runtime.close()  # the runtime's threads (the shadow worker) stop too
 
 
 VALUE = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(
@@ -427,4 +427,4 @@ def test_fuzz_inference_requests_answer_200_or_400(tmp_path: Path) -> None:
 
     with http:
         fuzz()
-    runtime.manager.registry.close()
+    runtime.close()  # the runtime's threads (the shadow worker) stop too

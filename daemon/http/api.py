@@ -21,9 +21,10 @@ from modeld.core.errors import UnknownVersion
 from modeld.core.features import parse_timestamp
 from modeld.core.manager import iso
 from modeld.daemon.http.body import read_json
-from modeld.daemon.http.scoring import score_batch
+from modeld.daemon.http.scoring import score_routed
 from modeld.daemon.http.views import (
     ORJSONResponse,
+    candidate_version,
     error,
     import_answer,
     serving_pair,
@@ -133,7 +134,7 @@ def _scoring_routes(router: APIRouter, runtime: Runtime) -> None:
         if not isinstance(payload, dict) or not isinstance(payload.get("records"), list):
             return error(422, 'the body must be a JSON object {"records": [...]}')
         explain, top = _explain_options(payload)
-        result = await score_batch(runtime, payload["records"])
+        result = await score_routed(runtime, payload["records"])
         if explain:  # about a millisecond a record: off the event loop
             answer = await run_in_threadpool(runtime.answer, result, True, top)
         else:
@@ -167,7 +168,8 @@ def _model_routes(router: APIRouter, runtime: Runtime) -> None:
     @router.get("/api/v1/models", summary="Every version the registry knows, newest import first")
     async def models() -> list[dict[str, Any]]:
         deployed, fallback = serving_pair(runtime.slot)
-        return [version_view(r, deployed, fallback) for r in registry.list_versions()]
+        candidate = candidate_version(runtime.slot)
+        return [version_view(r, deployed, fallback, candidate) for r in registry.list_versions()]
 
     @router.get("/api/v1/models/{version}", summary="One version with its full report and metadata")
     async def model(version: str) -> dict[str, Any]:
@@ -175,7 +177,8 @@ def _model_routes(router: APIRouter, runtime: Runtime) -> None:
         if row is None:
             raise UnknownVersion(version)
         deployed, fallback = serving_pair(runtime.slot)
-        return {**version_view(row, deployed, fallback), "report": row.report,
+        return {**version_view(row, deployed, fallback, candidate_version(runtime.slot)),
+                "report": row.report,
                 "metadata": version_metadata(row, deployed, fallback),
                 "checksums": row.checksums}
 

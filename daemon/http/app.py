@@ -39,6 +39,7 @@ from modeld.daemon.http.oip import (
     protocol_error,
 )
 from modeld.daemon.http.plan import plan_router
+from modeld.daemon.http.shadow import shadow_router
 from modeld.daemon.http.views import ORJSONResponse, error
 from modeld.daemon.process.runtime import Runtime
 from modeld.daemon.process.settings import ApiSettings
@@ -108,6 +109,7 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     app.include_router(api_router(runtime))
     app.include_router(dashboard_router(runtime))
+    app.include_router(shadow_router(runtime))
     mount_mcp(app, runtime)
     app.include_router(oip_router(runtime))
     app.include_router(plan_router(runtime))

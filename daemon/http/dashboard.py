@@ -34,7 +34,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse
 
 from modeld.daemon.http.auth import bearer_ok
-from modeld.daemon.http.views import version_view
+from modeld.daemon.http.shadow import shadow_view
+from modeld.daemon.http.views import candidate_version, version_view
 
 if TYPE_CHECKING:
     from modeld.daemon.process.runtime import Runtime
@@ -51,7 +52,7 @@ SAMPLE_SECONDS: Final = 1.0
 MAX_SAMPLES: Final = 1200
 HISTORY_ROWS: Final = 15
 HISTOGRAM_BINS: Final = 40
-DEPLOYABLE: Final = frozenset({"available", "retired", "fallback"})
+DEPLOYABLE: Final = frozenset({"available", "retired", "fallback", "candidate"})
 
 
 # --------------------------------------------------------------------------- series
@@ -459,6 +460,72 @@ def render_models(models: Sequence[Mapping[str, Any]]) -> str:
     return f'<table class="models"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
 
 
+def render_shadow(view: Mapping[str, Any]) -> str:
+    """The candidate panel: its trial's report and gate, with promote and discard buttons."""
+    policy = _e(view["deploy_policy"])
+    candidate = view.get("candidate")
+    if candidate is None:
+        last = view["history"][0] if view["history"] else None
+        after = (f" Last: <code>{_e(last['version'])}</code> {_e(last['state'])} by "
+                 f"{_e(last['actor'])} {_when(last['decided_at'])}." if last else "")
+        return (f'<p class="muted">No candidate (deploy policy <code>{policy}</code>).{after}'
+                "</p>")
+    version = str(candidate["version"])
+    report, gate = view.get("report") or {}, view.get("gate") or {}
+    held = (f'<p class="status rejected">held: {_e(candidate["held"])}</p>'
+            if candidate.get("held") else "")
+    latency = report.get("latency_ms") or {}
+    rates = report.get("flag_rate") or {}
+
+    def pair(a: Any, b: Any) -> str:
+        return f"{_number(a)} / {_number(b)}"
+
+    rows = [
+        ("records compared", f"{report.get('records_compared', 0)} of "
+         f"{view['shadow']['min_records']} for the gate"),
+        ("flag agreement", _number(report.get("flag_agreement"))),
+        ("Cohen's kappa", _number(report.get("kappa"))),
+        ("flag rate (deployed / candidate)", pair(rates.get("champion"), rates.get("candidate"))),
+        ("Spearman of scores", _number(report.get("spearman"))),
+        ("score difference p05 / p50 / p95", " / ".join(
+            _number((report.get("score_difference_quantiles") or {}).get(q))
+            for q in ("p05", "p50", "p95"))),
+        ("latency p50 ms (deployed / candidate)",
+         pair((latency.get("champion") or {}).get("p50"),
+              (latency.get("candidate") or {}).get("p50"))),
+        ("latency p99 ms (deployed / candidate)",
+         pair((latency.get("champion") or {}).get("p99"),
+              (latency.get("candidate") or {}).get("p99"))),
+        ("shadow queue", f"{view['shadow']['queue_depth']} / {view['shadow']['queue_size']}, "
+         f"{view['shadow']['dropped']} dropped"),
+    ]
+    stats = "".join(f"<tr><th>{_e(k)}</th><td>{v}</td></tr>" for k, v in rows)
+    conditions = "".join(
+        f'<li class="{"good" if c["holds"] else "bad"}">{_e(c["name"])} '
+        f'{_number(c["observed"]) if isinstance(c["observed"], float) else _e(c["observed"])} '
+        f'{"meets" if c["holds"] else "fails"} {_e(c["required"])}</li>'
+        for c in gate.get("conditions", []))
+    worst = "".join(
+        f"<tr><td>{_number(d['champion_score'])} / {_number(d['candidate_score'])}</td>"
+        f"<td>{'yes' if d['champion_flag'] else 'no'} / {'yes' if d['candidate_flag'] else 'no'}"
+        f"</td><td>{_e(d['record'].get('host', '-'))}</td>"
+        f'<td class="path">{_e(d["record"].get("message", ""))}</td></tr>'
+        for d in report.get("top_disagreements", [])[:5])
+    worst_html = ("<table><thead><tr><th>Score (deployed / candidate)</th><th>Flag</th>"
+                  f"<th>Host</th><th>Message</th></tr></thead><tbody>{worst}</tbody></table>"
+                  if worst else "")
+    buttons = (f'<button type="button" data-action="promote" data-version="{_e(version)}">'
+               f'Promote</button> <button type="button" class="secondary" '
+               f'data-action="discard" data-version="{_e(version)}">Discard</button>')
+    return (f'<p>Candidate <code>{_e(version)}</code> beside '
+            f'{_version_link(candidate.get("champion"))} since {_when(candidate["since"])} '
+            f'(deploy policy <code>{policy}</code>, canary {_number(view["canary"]["percent"])}%'
+            f' by <code>{_e(view["canary"]["key"])}</code>) {buttons}</p>{held}'
+            f'<div class="two"><div><table class="shadow">{stats}</table></div>'
+            f'<div><h3>Gate</h3><ul class="gate">{conditions}</ul>'
+            f"<h3>Largest disagreements</h3>{worst_html}</div></div>")
+
+
 def render_history(deployments: Sequence[Any], transfers: Sequence[Any]) -> str:
     if deployments:
         rows = "".join(
@@ -516,13 +583,15 @@ def render_sections(runtime: Runtime) -> dict[str, Any]:
     status = runtime.status()
     deployed, fallback = status["deployed_version"], status["fallback_version"]
     registry = runtime.manager.registry
-    models = [version_view(r, deployed, fallback) for r in registry.list_versions()]
+    candidate = candidate_version(runtime.slot)
+    models = [version_view(r, deployed, fallback, candidate) for r in registry.list_versions()]
     return {
         "deployed_version": deployed,
         "fallback_version": fallback,
         "sections": {
             "state": render_state(status, _deployed_totals(runtime, deployed)),
             "models": render_models(models),
+            "shadow": render_shadow(shadow_view(runtime)),
             "history": render_history(registry.deployments(HISTORY_ROWS),
                                       registry.transfers(HISTORY_ROWS)),
             "anomalies": render_anomalies(runtime.monitors.anomalies.read(None, None,
@@ -553,6 +622,7 @@ class DashboardPage:
             "refresh_ms": str(int(REFRESH_SECONDS * 1000)),
             "state": sections["state"] if sections else locked,
             "models": sections["models"] if sections else "",
+            "shadow": sections["shadow"] if sections else "",
             "history": sections["history"] if sections else "",
             "anomalies": sections["anomalies"] if sections else "",
         }

@@ -95,7 +95,7 @@ def build_server(runtime: Runtime) -> ModeldMcp:
         if len(records) > runtime.settings.api.max_records:
             raise HTTPException(413, f"{len(records)} records exceed api.max_records "
                                 f"({runtime.settings.api.max_records})")
-        return runtime.answer(runtime.score(records), explain=True, top=top)
+        return runtime.answer(runtime.score_routed(records), explain=True, top=top)
 
     @server.tool(annotations=READ, structured_output=True)
     async def score_log_records(

@@ -17,8 +17,8 @@ from modeld.core.manager import ImportOutcome
 from modeld.core.registry import VersionRow
 from modeld.core.serving import ServingSlot
 
-__all__ = ["ORJSONResponse", "error", "import_answer", "serving_pair", "version_metadata",
-           "version_view"]
+__all__ = ["ORJSONResponse", "candidate_version", "error", "import_answer", "serving_pair",
+           "version_metadata", "version_view"]
 
 
 class ORJSONResponse(JSONResponse):
@@ -38,12 +38,20 @@ def serving_pair(slot: ServingSlot) -> tuple[str | None, str | None]:
             state.fallback.version if state.fallback else None)
 
 
-def version_view(row: VersionRow, deployed: str | None, fallback: str | None) -> dict[str, Any]:
+def candidate_version(slot: ServingSlot) -> str | None:
+    """The candidate on trial beside the deployed version, as the slot holds it now."""
+    candidate = slot.state.candidate
+    return None if candidate is None else candidate.version
+
+
+def version_view(row: VersionRow, deployed: str | None, fallback: str | None,
+                 candidate: str | None = None) -> dict[str, Any]:
     """A version as the API shows it; ``status`` is its lifecycle state now."""
     evaluation = row.metadata.get("evaluation_info")
     return {
         "version": row.version,
-        "status": lifecycle_state(row.status, row.version, row.deployed_at, deployed, fallback),
+        "status": lifecycle_state(row.status, row.version, row.deployed_at, deployed, fallback,
+                                  candidate),
         "model_type": row.model_type,
         "quality_score": row.quality_score,
         "created_at": row.created_at,

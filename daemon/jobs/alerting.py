@@ -35,6 +35,7 @@ import structlog
 from pydantic import ConfigDict, Field, SecretStr
 
 from modeld.core.events import (
+    CandidateHeld,
     DeployedVersionUnusable,
     FallbackUsed,
     ImportConflict,
@@ -48,6 +49,7 @@ log = structlog.get_logger()
 
 AlertKind = Literal[
     "drift_alarm", "import_rejected", "swap_failed", "fallback_used", "model_unhealthy",
+    "candidate_held",
     "scan_failed", "registry_damaged", "version_files_missing",
 ]
 ALERT_KINDS: frozenset[str] = frozenset(get_args(AlertKind))
@@ -181,6 +183,10 @@ def manager_alert(event: ManagerEvent) -> Alert | None:
         case ModelUnhealthy(version=version, reason=reason):
             return _event_alert("model_unhealthy", "deployed model failed its health check",
                                 version, reason, {"version": version, "reason": reason})
+        case CandidateHeld(version=version, failed=failed, reason=reason):
+            return _event_alert("candidate_held", f"candidate held by the shadow gate on "
+                                f"{failed}", version, reason,
+                                {"version": version, "failed": failed, "reason": reason})
         case _:
             return None
 

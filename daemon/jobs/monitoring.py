@@ -192,9 +192,10 @@ class Monitors:
         return report
 
     def retire(self, keep: set[str]) -> list[str]:
-        """Release every version but ``keep`` (the deployed and fallback ones): its state is
-        saved to the registry first, so a rollback to it later picks up where it stopped, and
-        its metric series are removed. Called by the runtime after each deployment change."""
+        """Release every version but ``keep`` (the loaded ones: deployed, fallback, candidate):
+        its state is saved to the registry first, so a rollback to it later picks up where it
+        stopped, and its metric series are removed. Called by the runtime after each
+        deployment change."""
         with self.lock:
             gone = sorted((set(self.windows) | set(self.detectors) | set(self.reports)) - keep)
             if not gone:
@@ -211,7 +212,7 @@ class Monitors:
             self.registry.save_state("drift", version, state, now)
         for version in gone:
             self.metrics.forget(version)
-        log.info("monitors_released", versions=gone, reason="no longer deployed or fallback")
+        log.info("monitors_released", versions=gone, reason="no longer loaded")
         return gone
 
     def roll(self) -> None:

@@ -296,6 +296,7 @@ class Daemon:
             "scheduler": bool(self.scheduler.running),
             "watcher": self.worker.alive(),
             "http": self.http_thread.is_alive(),
+            "shadow": runtime.shadow is not None and runtime.shadow.alive(),
         }
         runtime.health.update(health)
         return all(health.values())

@@ -27,6 +27,7 @@ from modeld.core.events import (
     ModelSwapped,
     SwapFailed,
 )
+from modeld.core.shadow import GateVerdict, ShadowReport
 
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
@@ -67,6 +68,47 @@ class DaemonMetrics:
                                  ["version", "signal"], registry=r)
         self.drift_alarms = Counter("modeld_drift_alarms", "Drift alarms raised",
                                     ["signal"], registry=r)
+
+        self.shadow_dropped = Counter("modeld_shadow_dropped", "Shadow scorings dropped because "
+                                      "the shadow queue was full (no response waited)",
+                                      registry=r)
+        self.shadow_errors = Counter("modeld_shadow_errors", "Shadow batches the other model "
+                                     "of the pair failed to score", registry=r)
+        self.shadow_queue = Gauge("modeld_shadow_queue_depth", "Batches waiting for shadow "
+                                  "scoring", registry=r)
+        self.shadow = Gauge("modeld_shadow_statistic", "The candidate's comparison with the "
+                            "deployed version (records_compared, flag_agreement, kappa, "
+                            "flag rates, spearman, latency p99 seconds)",
+                            ["candidate", "statistic"], registry=r)
+        self.shadow_gate = Gauge("modeld_shadow_gate_condition", "1 while a promotion gate "
+                                 "condition holds for the candidate, 0 while it fails",
+                                 ["candidate", "condition"], registry=r)
+
+    def set_shadow(self, report: ShadowReport, verdict: GateVerdict, queue_depth: int) -> None:
+        """The shadow worker's gauges, after each report it builds."""
+        self.shadow_queue.set(queue_depth)
+        statistics = {
+            "records_compared": report.records_compared,
+            "flag_agreement": report.flag_agreement,
+            "kappa": report.kappa,
+            "champion_flag_rate": report.champion_flag_rate,
+            "candidate_flag_rate": report.candidate_flag_rate,
+            "spearman": report.spearman,
+            "champion_latency_p99_seconds": None if report.champion_latency_p99_ms is None
+            else report.champion_latency_p99_ms / 1000,
+            "candidate_latency_p99_seconds": None if report.candidate_latency_p99_ms is None
+            else report.candidate_latency_p99_ms / 1000,
+        }
+        for name, value in statistics.items():
+            if value is not None:
+                self.shadow.labels(report.candidate, name).set(value)
+        for condition in verdict.conditions:
+            self.shadow_gate.labels(report.candidate, condition.name).set(int(condition.holds))
+
+    def clear_shadow(self) -> None:
+        """A new comparison: the last candidate's series go."""
+        self.shadow.clear()
+        self.shadow_gate.clear()
 
     def forget(self, version: str) -> None:
         """Remove every series labelled with ``version`` (a retired version)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import structlog
@@ -26,9 +26,11 @@ from modeld.core.features import Batch, FeatureColumns
 from modeld.core.loader import Scores, ServableModel
 from modeld.core.manager import ModelManager
 from modeld.core.serving import ServingSlot
+from modeld.core.shadow import canary_mask
 from modeld.daemon.jobs.alerting import Alerter, manager_alert
 from modeld.daemon.jobs.anomalies import explain_rows
 from modeld.daemon.jobs.monitoring import Monitors
+from modeld.daemon.jobs.shadow import ShadowWorker
 from modeld.daemon.process.metrics import DaemonMetrics
 from modeld.daemon.process.settings import Settings
 
@@ -40,6 +42,19 @@ DEFAULT_TOP = 3
 
 # the manager's events after which a version may have stopped being deployed or fallback
 RETIRING_EVENTS = (ModelSwapped, ModelUnhealthy, DeployedVersionUnusable)
+
+
+@dataclass(frozen=True, slots=True)
+class CanaryScores:
+    """A batch of ``size`` records a canary routed: each part's positions in the batch and
+    what scored them (the candidate's share, the deployed version's). Built by
+    ``Runtime.score_routed``, answered by ``Runtime.answer``."""
+
+    size: int
+    parts: tuple[tuple[np.ndarray, Scores], ...]
+
+
+ScoredT = TypeVar("ScoredT", bound="Scores | CanaryScores")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +79,7 @@ class Runtime:
     alerter: Alerter
     monitors: Monitors
     token: str | None
+    shadow: ShadowWorker | None = None  # the daemon's; in-process tests run without one
     started_at: float = field(default_factory=time.time)
     config_generation: int = 1
     last_reload: ReloadResult | None = None
@@ -105,7 +121,7 @@ class Runtime:
         self.publish_deployed()
         if isinstance(event, RETIRING_EVENTS):
             state = self.slot.state
-            live = {m.version for m in (state.deployed, state.fallback) if m is not None}
+            live = {m.version for m in state.loaded()}  # a candidate scores a canary
             self.monitors.retire(live)
             for version in set(self._counters) - live:
                 del self._counters[version]
@@ -116,17 +132,51 @@ class Runtime:
     def score(self, batch: Batch, version: str | None = None) -> Scores:
         """Score one batch, all from one version: the deployed one (or its fallback when it
         fails), or the loaded ``version``. The one scoring path of every HTTP surface: it
-        counts, times and monitors what it scored, and counts what it refused."""
+        counts, times and monitors what it scored, and counts what it refused.
+
+        With a candidate on trial, a batch of records the deployed version answered is also
+        offered to the shadow worker (it never waits for it). The shadow comparison is given
+        each model's scoring time as the CPU time of the thread that scored, so that the
+        request thread and the shadow worker contending for the interpreter does not bias it.
+        """
+        return self._counted(lambda: self._score(batch, version))
+
+    def score_routed(self, records: Sequence[object]) -> Scores | CanaryScores:
+        """Score records as ``score`` does, except that with ``integration.canary.percent``
+        set and a candidate on trial, the records whose key falls in the canary's share are
+        answered by the candidate instead (a CanaryScores, whose answer names the version of
+        every result). Called by /api/v1/score and the MCP tools."""
+        return self._counted(lambda: self._score_routed(records))
+
+    def _counted(self, scoring: Callable[[], ScoredT]) -> ScoredT:
         try:
-            result = self._score(batch, version)
+            result = scoring()
         except ModeldError:
             self.metrics.requests.labels("refused").inc()
             raise
         self.metrics.requests.labels("ok").inc()
         return result
 
+    def _score_routed(self, records: Sequence[object]) -> Scores | CanaryScores:
+        state = self.slot.state
+        canary = self.settings.integration.canary
+        if state.candidate is None or state.deployed is None or canary.percent <= 0:
+            return self._score(records, None)
+        mask = canary_mask(records, canary.key, canary.percent)
+        if not len(mask):  # nothing to route: the deployed version answers, named
+            return CanaryScores(0, ((np.flatnonzero(mask), self._score(records, None)),))
+        started = time.perf_counter()
+        try:
+            return self._score_canary(records, mask, state.deployed, state.candidate, started)
+        except RecordInvalid:
+            self.metrics.errors.labels("invalid_record").inc()
+            self._observe_invalid(None)
+            raise
+
     def _score(self, batch: Batch, version: str | None) -> Scores:
         started = time.perf_counter()
+        state = self.slot.state
+        cpu = time.thread_time() if state.candidate is not None else 0.0
         try:
             result = self.slot.score(batch, version)
         except RecordInvalid:
@@ -142,6 +192,65 @@ class Runtime:
         if not len(result.scores):
             return result
         latency = time.perf_counter() - started
+        if state.candidate is not None and not isinstance(batch, FeatureColumns):
+            self._shadow(batch, result, time.thread_time() - cpu, state.deployed,
+                         state.candidate, False)
+        self._observe(batch, result, latency)
+        self.metrics.latency.observe(latency)
+        return result
+
+    def _score_canary(self, records: Sequence[object], mask: np.ndarray,
+                      deployed: ServableModel, candidate: ServableModel,
+                      started: float) -> CanaryScores:
+        """The canary's share scored by the candidate, the rest by the deployed version.
+
+        A failing candidate's share is answered by the deployed version (logged, counted).
+        RecordInvalid names the record's index in the whole batch.
+        """
+        parts: list[tuple[np.ndarray, Scores]] = []
+        for positions, by_candidate in ((np.flatnonzero(mask), True),
+                                        (np.flatnonzero(~mask), False)):
+            if not len(positions):
+                continue
+            part = [records[i] for i in positions.tolist()]
+            began, cpu = time.perf_counter(), time.thread_time()
+            try:
+                result = (self._score_by_candidate(candidate, part) if by_candidate
+                          else self.slot.score(part))
+            except RecordInvalid as exc:
+                raise RecordInvalid(int(positions[exc.index]), exc.problem) from exc
+            parts.append((positions, result))
+            self._shadow(part, result, time.thread_time() - cpu, deployed, candidate,
+                         by_candidate and result.version == candidate.version)
+            self._observe(part, result, time.perf_counter() - began)
+        self.metrics.latency.observe(time.perf_counter() - started)
+        return CanaryScores(len(records), tuple(parts))
+
+    def _score_by_candidate(self, candidate: ServableModel, records: Sequence[object]
+                            ) -> Scores:
+        try:
+            return self.slot.score_with(candidate, records)
+        except RecordInvalid:
+            raise
+        except Exception as exc:  # third-party estimator code: the deployed version answers
+            self.metrics.errors.labels("canary_failed").inc()
+            log.error("canary_scoring_failed", version=candidate.version,
+                      reason=f"{type(exc).__name__}: {exc}")
+            return self.slot.score(records)
+
+    def _shadow(self, records: Sequence[object], result: Scores, seconds: float,
+                deployed: ServableModel | None, candidate: ServableModel | None,
+                by_candidate: bool) -> None:
+        """Offer an answered batch to the shadow worker when a candidate is on trial and the
+        answer came from one model of the pair (not from the fallback)."""
+        if self.shadow is None or deployed is None or candidate is None:
+            return
+        if result.version != (candidate.version if by_candidate else deployed.version):
+            return
+        self.shadow.offer(records, result, seconds, deployed, candidate, by_candidate)
+
+    def _observe(self, batch: Batch, result: Scores, latency: float) -> None:
+        """Monitor, count and keep the anomalies of what one version scored."""
         self.monitors.observe(result.version, result.feature_names, result.features,
                               result.scores, result.flags, latency)
         counters = self._counters.get(result.version)
@@ -153,10 +262,7 @@ class Runtime:
         flagged = int(result.flags.sum())
         if flagged:
             counters[1].inc(flagged)
-        self.metrics.latency.observe(latency)
-        if flagged:
             self._keep_anomalies(batch, result)
-        return result
 
     def _keep_anomalies(self, batch: Batch, result: Scores) -> None:
         """Hand the flagged records to the recent-anomalies buffer (explained and written by
@@ -169,11 +275,27 @@ class Runtime:
         self.monitors.anomalies.add(servable, records, np.flatnonzero(result.flags),
                                     result.scores, result.features)
 
-    def answer(self, result: Scores, explain: bool = False,
+    def answer(self, result: Scores | CanaryScores, explain: bool = False,
                top: int | None = DEFAULT_TOP) -> dict[str, Any]:
         """A scored batch as /api/v1/score answers it: one result per record, each with its
         ``top`` contributions when ``explain`` (about a millisecond a record: call it off the
-        event loop then)."""
+        event loop then). A canary's answer names the version of every result, and lists the
+        versions that scored the batch (``model_version`` is null when it was split)."""
+        if isinstance(result, Scores):
+            return {"model_version": result.version,
+                    "results": self._results(result, explain, top)}
+        results: list[dict[str, Any]] = [{}] * result.size
+        for positions, part in result.parts:
+            for i, item in zip(positions.tolist(), self._results(part, explain, top),
+                               strict=True):
+                item["model_version"] = part.version
+                results[i] = item
+        versions = sorted({part.version for _, part in result.parts})
+        return {"model_version": versions[0] if len(versions) == 1 else None,
+                "model_versions": versions, "results": results}
+
+    def _results(self, result: Scores, explain: bool, top: int | None
+                 ) -> list[dict[str, Any]]:
         results: list[dict[str, Any]] = [
             {"score": s, "is_anomaly": f, "confidence": c}
             for s, f, c in zip(result.scores.tolist(), result.flags.tolist(),
@@ -183,7 +305,7 @@ class Runtime:
             for answer, explanation in zip(results, self._explanations(result, top),
                                            strict=True):
                 answer["explanation"] = explanation
-        return {"model_version": result.version, "results": results}
+        return results
 
     def explain(self, record: object) -> dict[str, Any]:
         """One record's score with its full explanation. Not traffic: nothing is observed,
@@ -202,7 +324,8 @@ class Runtime:
                 for e in explain_rows(servable, result.features, result.scores, words, top)]
 
     def servable(self, version: str) -> ServableModel | None:
-        """The loaded servable of ``version`` (deployed or fallback), if it is loaded."""
+        """The loaded servable of ``version`` (deployed, fallback or candidate), if it is
+        loaded."""
         try:
             return self.slot.state.find(version)
         except VersionNotLoaded:
@@ -237,6 +360,8 @@ class Runtime:
             },
             "training_models_dir": str(self.manager.models_dir),
             "auto_deploy": self.manager.policy.deployment.auto_deploy,
+            "deploy_policy": self.manager.policy.deployment.deploy_policy,
+            "candidate_version": state.candidate.version if state.candidate else None,
             "health": dict(self.health),
             "state_problems": dict(self.state_problems),
         }

@@ -33,6 +33,8 @@ from pydantic_settings import (
 from modeld.core.drift import DriftConfig
 from modeld.core.errors import ConfigError
 from modeld.core.loader import DEFAULT_TRUSTED_TYPES, LoadPolicy
+from modeld.core.manager import DeploymentPolicy
+from modeld.core.shadow import GatePolicy
 from modeld.core.trust import load_public_key
 from modeld.core.validate import SUPPORTED_TYPES, ValidationPolicy
 from modeld.daemon.jobs.alerting import AlertingSettings
@@ -139,6 +141,44 @@ class StorageSettings(_Section):
     integrity_check_interval: float = Field(300, gt=0)
 
 
+class GateSettings(_Section):
+    """``integration.shadow.gate``: what a candidate's comparison must show to be promoted."""
+
+    flag_rate_ratio: tuple[float, float] = (0.5, 2.0)
+    min_kappa: float = Field(0.4, ge=-1, le=1)
+    max_latency_ratio: float = Field(2.0, gt=0)
+
+    @field_validator("flag_rate_ratio")
+    @classmethod
+    def _range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 <= value[0] <= value[1]:
+            raise ValueError(f"must be [low, high] with 0 <= low <= high, not {list(value)}")
+        return value
+
+
+class ShadowSettings(_Section):
+    """``integration.shadow``: how a candidate is scored beside the deployed version."""
+
+    sample: float = Field(1.0, ge=0, le=1)  # the share of scoring requests shadowed
+    min_records: int = Field(2000, ge=1)
+    queue_size: int = Field(256, ge=1)  # batches waiting; beyond it shadow work is dropped
+    cpu_budget: float = Field(0.5, gt=0, le=1)  # the shadow worker's share of one core
+    window_records: int = Field(10_000, ge=100)
+    gate: GateSettings = GateSettings()
+
+    def gate_policy(self) -> GatePolicy:
+        low, high = self.gate.flag_rate_ratio
+        return GatePolicy(self.min_records, low, high, self.gate.min_kappa,
+                          self.gate.max_latency_ratio)
+
+
+class CanarySettings(_Section):
+    """``integration.canary``: the share of records the candidate answers instead."""
+
+    percent: float = Field(0, ge=0, le=100)
+    key: str = Field("host", min_length=1)
+
+
 class IntegrationSettings(_Section):
     """Where the training service writes, and how modeld picks its artifacts up."""
 
@@ -152,10 +192,16 @@ class IntegrationSettings(_Section):
     validate_imports: bool = True
     force_polling: bool = False
     polling_interval: float = Field(1.0, gt=0)
+    deploy_policy: Literal["immediate", "shadow", "manual"] = "immediate"
+    shadow: ShadowSettings = ShadowSettings()
+    canary: CanarySettings = CanarySettings()
 
     @property
     def models_dir(self) -> Path:
         return self.training_service_path / "models"
+
+    def deployment_policy(self) -> DeploymentPolicy:
+        return DeploymentPolicy(self.auto_deploy, self.deploy_policy)
 
 
 class MonitoringSettings(_Section):

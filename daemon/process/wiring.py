@@ -16,7 +16,6 @@ from modeld.core.drift import DriftConfig
 from modeld.core.events import Listener, ManagerEvent
 from modeld.core.manager import (
     Clock,
-    DeploymentPolicy,
     FirstLoad,
     ManagerPolicy,
     ModelManager,
@@ -29,17 +28,20 @@ from modeld.core.store import ModelStore
 from modeld.daemon.jobs.alerting import Alerter
 from modeld.daemon.jobs.monitoring import Monitors
 from modeld.daemon.jobs.sandbox import Zygote, canary_load
+from modeld.daemon.jobs.shadow import ShadowWorker
 from modeld.daemon.process.crashpoints import CrashPoint
 from modeld.daemon.process.metrics import DaemonMetrics
 from modeld.daemon.process.runtime import Runtime
 from modeld.daemon.process.settings import Settings
+
+SHADOW_STOP_TIMEOUT = 3.0  # the worker wakes every 0.2 s; its last batch is bounded by one
 
 
 def manager_policy(settings: Settings) -> ManagerPolicy:
     """The manager's share of the settings, as the one value a reload swaps."""
     return ManagerPolicy(
         validation=settings.model.validation_policy(),
-        deployment=DeploymentPolicy(settings.integration.auto_deploy),
+        deployment=settings.integration.deployment_policy(),
         settle_seconds=settings.integration.settle_seconds,
         loader=settings.security.load_policy().loader(),
         trust=TrustPolicy(settings.security.require_manifest, settings.security.verify_key),
@@ -95,6 +97,9 @@ def _assemble(settings: Settings, clock: Clock, crash: CrashPoint | None,
     runtime = Runtime(settings=s, manager=manager, metrics=metrics, alerter=alerter,
                       monitors=monitors, token=s.api_token(), closers=closers)
     closers.append(("alerter", lambda: runtime.alerter.stop(1.0)))  # a reload may replace it
+    shadow = runtime.shadow = ShadowWorker(manager, metrics, s.integration)
+    shadow.start()
+    closers.append(("shadow worker", lambda: shadow.stop(SHADOW_STOP_TIMEOUT)))
     manager.first_load = _canary(runtime, zygote)
     manager.listener = (runtime.on_manager_event if crash is None
                         else _both(runtime.on_manager_event, crash.on_event))
@@ -115,6 +120,8 @@ def apply_settings(runtime: Runtime, new: Settings, token: str | None) -> None:
     runtime.token = token
     runtime.slot.anomaly_threshold = new.model.anomaly_threshold
     runtime.slot.confidence_threshold = new.model.confidence_threshold
+    if runtime.shadow is not None:
+        runtime.shadow.configure(new.integration)
     runtime.monitors.settings = new.monitoring
     runtime.monitors.config = DriftConfig.from_mapping(new.monitoring.model_dump())
     if new.monitoring.alerting != runtime.alerter.settings:

@@ -34,14 +34,15 @@ FEATURES = ("x0", "x1", "x2", "x3")
 BODY = json.dumps({"records": [{"features": dict.fromkeys(FEATURES, 0.1)}]}).encode()
 
 
-def client(port: int, stop: Any, out: Any) -> None:
-    """Score one record at a time until told to stop; report (start, latency, ok) samples."""
+def client(port: int, stop: Any, out: Any, body: bytes = BODY) -> None:
+    """Score one body (one record) at a time until told to stop; report (start, latency, ok)
+    samples."""
     conn = http.client.HTTPConnection("127.0.0.1", port)
     samples = []
     while not stop.is_set():
         start = time.time()
         try:
-            conn.request("POST", "/api/v1/score", BODY, {"Content-Type": "application/json"})
+            conn.request("POST", "/api/v1/score", body, {"Content-Type": "application/json"})
             response = conn.getresponse()
             response.read()
             ok = response.status == 200

@@ -433,23 +433,33 @@
   async function act(button) {
     const version = button.dataset.version;
     const action = button.dataset.action;
-    const question = action === "deploy"
-      ? `Deploy ${version}? It serves every scoring request from the next one on.`
-      : `Roll back from ${version} to the previously deployed version?`;
+    const questions = {
+      deploy: `Deploy ${version}? It serves every scoring request from the next one on.`,
+      rollback: `Roll back from ${version} to the previously deployed version?`,
+      promote: `Promote the candidate ${version}? It serves every scoring request from the next one on.`,
+      discard: `Discard the candidate ${version}? Its trial ends; it stays an available version.`,
+    };
+    const question = questions[action];
     if (!window.confirm(question)) return;
     if ((tokenWanted || (tokenRequired && !getToken()))
         && !askToken("Deploying needs the API token.")) return;
     button.disabled = true;
     try {
-      const path = action === "deploy"
-        ? `/api/v1/models/${encodeURIComponent(version)}/deploy` : "/api/v1/models/rollback";
-      const result = await api("POST", path);
-      banner(`Now serving ${result.deployed_version}` +
+      const paths = {
+        deploy: `/api/v1/models/${encodeURIComponent(version)}/deploy`,
+        rollback: "/api/v1/models/rollback",
+        promote: "/api/v1/shadow/promote",
+        discard: "/api/v1/shadow/discard",
+      };
+      const shadow = action === "promote" || action === "discard";
+      const result = await api("POST", paths[action], shadow ? { version } : undefined);
+      banner((action === "discard" ? `Discarded ${result.discarded}; serving ` : "Now serving ")
+        + `${result.deployed_version}` +
         (result.fallback_version ? ` (fallback ${result.fallback_version})` : ""), "info");
       setTimeout(() => { if (document.getElementById("banner").className === "info") banner(""); },
         8000);
     } catch (err) {
-      banner(`${action === "deploy" ? "Deploy" : "Rollback"} refused: ${err.message}`);
+      banner(`${action[0].toUpperCase()}${action.slice(1)} refused: ${err.message}`);
     } finally {
       button.disabled = false;
       await refresh();
