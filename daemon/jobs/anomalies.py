@@ -45,14 +45,15 @@ class RecentAnomalies:
     """The buffer and its flush. ``add`` is called on request threads (a deque append under a
     lock held for microseconds); ``flush`` on the scheduler's thread; ``read`` on the HTTP
     thread pool. A flush that fails (the database) logs ``anomalies_flush_failed`` and keeps
-    the buffer for the next one."""
+    the buffer for the next one; records stay in the buffer until they are written."""
 
     def __init__(self, registry: Registry, keep: Callable[[], tuple[int, float]],
                  words: Callable[[str, Sequence[str]], ReferenceWords]) -> None:
         self.registry = registry
         self._keep = keep
         self._words = words
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the buffer; held for microseconds by request threads
+        self._visible = threading.Lock()  # a flush's write against reads, never on requests
         self._pending: dict[str, deque[PendingAnomaly]] = {}
 
     def add(self, servable: ServableModel, records: Sequence[object], indices: np.ndarray,
@@ -70,35 +71,42 @@ class RecentAnomalies:
 
     def flush(self) -> None:
         with self._lock:
-            taken = self._pending
-            self._pending = {}
-        rows = [row for items in taken.values() for row in self._explained(list(items))]
+            taken = {version: list(items) for version, items in self._pending.items() if items}
+        rows = [row for items in taken.values() for row in self._explained(items)]
         per_version, days = self._keep()
-        try:
-            if rows:
-                self.registry.add_anomalies(rows)
-            pruned = self.registry.prune_anomalies(
-                per_version, iso(utc_now() - timedelta(days=days)))
-        except Exception as exc:
-            log.error("anomalies_flush_failed", records=len(rows), reason=str(exc))
-            with self._lock:
+        # A read sees each anomaly either waiting in the buffer or in the registry, never in
+        # neither (taken but not yet written) nor in both: _visible orders reads and this.
+        with self._visible:
+            try:
+                if rows:
+                    self.registry.add_anomalies(rows)
+                pruned = self.registry.prune_anomalies(
+                    per_version, iso(utc_now() - timedelta(days=days)))
+            except Exception as exc:
+                log.error("anomalies_flush_failed", records=len(rows), reason=str(exc))
+                return  # nothing left the buffer: the next flush writes it
+            with self._lock:  # written: out of the buffer; what arrived meanwhile stays
                 for version, items in taken.items():
-                    self._pending.setdefault(version, deque(maxlen=per_version)).extendleft(
-                        reversed(items))
-            return
+                    buffer = self._pending.get(version)
+                    if buffer is not None:
+                        written = {id(item) for item in items}
+                        kept = [item for item in buffer if id(item) not in written]
+                        buffer.clear()
+                        buffer.extend(kept)
         if rows or pruned:
             log.info("anomalies_flushed", written=len(rows), pruned=pruned)
 
     def read(self, since: str | None, host: str | None, limit: int) -> list[dict[str, Any]]:
         """Newest first: what waits for the flush, then the registry's rows."""
-        with self._lock:
-            waiting = [item for items in self._pending.values() for item in items
-                       if (since is None or item.row.at >= since)
-                       and (host is None or item.row.host == host)]
+        with self._visible:
+            with self._lock:
+                waiting = [item for items in self._pending.values() for item in items
+                           if (since is None or item.row.at >= since)
+                           and (host is None or item.row.host == host)]
+            stored = self.registry.anomalies(since, host, limit)
         waiting.reverse()  # newest first, also among records of one batch (same time)
         waiting.sort(key=lambda item: item.row.at, reverse=True)
         fresh = self._explained(waiting[:limit])
-        stored = self.registry.anomalies(since, host, limit)
         merged = sorted([*fresh, *stored], key=lambda row: row.at, reverse=True)
         return [row.to_dict() for row in merged[:limit]]
 
