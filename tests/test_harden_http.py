@@ -42,6 +42,15 @@ def _raw(daemon: DaemonProcess, data: bytes = b"") -> socket.socket:
     return sock
 
 
+def _closed_by_peer(sock: socket.socket) -> bool:
+    """An orderly close reads as end of stream; a close that crossed a byte we sent reads as a
+    reset (the kernel answers a segment for a closed socket with RST). A timeout raises."""
+    try:
+        return sock.recv(100) == b""
+    except ConnectionResetError:
+        return True
+
+
 def test_a_cross_site_post_or_a_rebinding_host_is_refused_without_a_token(
         daemon: DaemonProcess) -> None:
     # Before: a page on any website could POST a rollback to 127.0.0.1 (a form's text/plain
@@ -79,9 +88,12 @@ def test_idle_and_half_sent_headers_time_out(daemon: DaemonProcess) -> None:
     try:
         for _ in range(3):  # a byte now and then does not extend the deadline
             time.sleep(HEADER_TIMEOUT / 3)
-            half.send(b"a")
+            try:
+                half.send(b"a")
+            except (BrokenPipeError, ConnectionResetError):
+                break  # already closed: a loaded machine slept past the deadline
         for sock in (idle, half):
-            assert sock.recv(100) == b""  # closed by the daemon, well within 15 s
+            assert _closed_by_peer(sock)  # by the daemon, well within the socket's 15 s
     finally:
         idle.close()
         half.close()
