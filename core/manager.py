@@ -6,7 +6,13 @@ retention pass) runs under one operation lock, so the registry and the slot alwa
 the deployment history shows every change in order. Decisions are pure functions of a registry
 snapshot (:func:`next_deployment`, :func:`rollback_target`); the manager carries them out.
 
-Called from the daemon's poll worker, its HTTP handlers and its scheduler jobs. It never
+Imports of different folders may finish in any order (the daemon stages them on a small pool
+so that a slow one holds no other back); the decisions do not depend on it: "newer" is by
+created_at, then by version for equal created_at, so the same folders lead to the same
+deployed version and candidate whichever import finishes first.
+
+Called from the daemon's poll worker, its import threads, its HTTP handlers and its
+scheduler jobs. It never
 raises for a bad artifact (that is an outcome); it raises ModeldError subclasses for refused
 operator requests and lets sqlite3/OSError through for failures of the daemon's own disk.
 """
@@ -197,14 +203,14 @@ def next_deployment(
         return Decision(candidate.version, "first valid version", "auto")
     if deployed.version == candidate.version:
         return None
-    if _created(candidate) <= _created(deployed):
+    if _newness(candidate) <= _newness(deployed):
         return None
     reason = f"newer than {deployed.version} ({candidate.created_at} > {deployed.created_at})"
     if policy.deploy_policy == "immediate":
         return Decision(candidate.version, reason, "auto")
     current = snapshot.candidate
     if current is not None and (current.version == candidate.version
-                                or _created(candidate) <= _created(current)):
+                                or _newness(candidate) <= _newness(current)):
         return None
     return Decision(candidate.version, f"{reason}; {policy.deploy_policy} policy: on trial "
                     "beside the deployed version", "auto", "nominate")
@@ -228,6 +234,12 @@ def _created(row: VersionRow) -> datetime:
     return _moment(row.created_at)
 
 
+def _newness(row: VersionRow) -> tuple[datetime, str]:
+    """What "newer" compares: created_at, and for equal ones the version, so that which of
+    two imports finished first never decides which serves."""
+    return _created(row), row.version
+
+
 def _moment(value: object) -> datetime:
     """A created_at for ordering: unreadable ones sort as the oldest."""
     try:
@@ -249,13 +261,23 @@ class ImportOutcome:
 
 
 @dataclass(frozen=True, slots=True)
+class Scan:
+    """One look at the models folder: the folders to import now, in scan order, the names of
+    those still waited for, and when to look again (epoch seconds, by the manager's clock)."""
+
+    ready: tuple[ArtifactFolder, ...] = ()
+    pending: tuple[str, ...] = ()
+    next_check: float | None = None
+    folder_missing: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class PollResult:
-    """One scan of the models folder."""
+    """One scan of the models folder and the imports it led to."""
 
     outcomes: tuple[ImportOutcome, ...] = ()
     pending: tuple[str, ...] = ()
     next_check: float | None = None
-    folder_missing: bool = False
 
 
 @dataclass(slots=True)
@@ -395,14 +417,31 @@ class ModelManager:
     # finding and importing ---------------------------------------------------------------
 
     def poll_once(self) -> PollResult:
-        """Scan the models folder once and import every folder that is ready."""
+        """Scan the models folder once and import every folder that is ready, one after the
+        other. The daemon's PollWorker runs the same two steps with the imports on its own
+        threads (:meth:`discover`, :meth:`import_ready`), so a slow one holds no other back."""
+        scan = self.discover()
+        outcomes, pending, next_check = [], list(scan.pending), scan.next_check
+        for folder in scan.ready:
+            outcome = self.import_ready(folder)
+            outcomes.append(outcome)
+            if outcome.status == "incomplete":
+                pending.append(folder.name)
+                retry = self.retry_at()
+                next_check = min(next_check or retry, retry)
+        return PollResult(tuple(outcomes), tuple(pending), next_check)
+
+    def discover(self) -> Scan:
+        """Which folders are ready to import now, in scan order, and which are still waited
+        for: listings and stats only, nothing hashed or copied (the scan's cost does not grow
+        with the artifacts' size). Called from one thread at a time (the settle tracker)."""
         try:
             folders = scan_models_folder(self.models_dir)
         except (FileNotFoundError, NotADirectoryError):
-            return PollResult(folder_missing=True)
+            return Scan(folder_missing=True)
         self.tracker.forget_missing(f.name for f in folders)
         known = self.registry.folders()
-        outcomes, pending = [], []
+        ready, pending = [], []
         next_check: float | None = None
         now = self.clock().timestamp()
         for found in folders:
@@ -411,25 +450,31 @@ class ModelManager:
             if record is not None and record.fingerprint == folder.fingerprint:
                 continue
             readiness = self.tracker.readiness(folder, now)
-            if not readiness.ready:
-                pending.append(folder.name)
-                if readiness.wait_until is not None:
-                    next_check = min(next_check or readiness.wait_until, readiness.wait_until)
+            if readiness.ready:
+                ready.append(folder)
                 continue
-            try:
-                outcome = self._import_folder(folder, quality_gate=self.policy.validate_imports,
-                                              actor="auto")
-            except (OSError, sqlite3.Error):
-                raise  # the daemon's own disk or database: the whole scan is retried
-            except Exception as exc:  # one odd folder must not stop the others
-                log.exception("import_crashed", path=str(folder.path), reason=repr(exc))
-                outcome = self._reject(folder, f"import failed: {exc!r}")
-            outcomes.append(outcome)
-            if outcome.status == "incomplete":
-                pending.append(folder.name)
-                retry = now + max(self.policy.settle_seconds, 0.2)
-                next_check = min(next_check or retry, retry)
-        return PollResult(tuple(outcomes), tuple(pending), next_check)
+            pending.append(folder.name)
+            if readiness.wait_until is not None:
+                next_check = min(next_check or readiness.wait_until, readiness.wait_until)
+        return Scan(tuple(ready), tuple(pending), next_check)
+
+    def import_ready(self, folder: ArtifactFolder) -> ImportOutcome:
+        """Stage, check, validate and commit one folder that :meth:`discover` found ready.
+        Any thread; imports of different folders may run at once (commits and deployment
+        decisions are serialised by the lock). Raises OSError or sqlite3.Error for the
+        daemon's own disk or database (retried); anything else is the folder's rejection."""
+        try:
+            return self._import_folder(folder, quality_gate=self.policy.validate_imports,
+                                       actor="auto")
+        except (OSError, sqlite3.Error):
+            raise
+        except Exception as exc:  # one odd folder must not stop the others
+            log.exception("import_crashed", path=str(folder.path), reason=repr(exc))
+            return self._reject(folder, f"import failed: {exc!r}")
+
+    def retry_at(self) -> float:
+        """When to look again at a folder whose import came back ``incomplete``."""
+        return self.clock().timestamp() + max(self.policy.settle_seconds, 0.2)
 
     def _bounded(self, folder: ArtifactFolder) -> ArtifactFolder:
         """The folder, with its problem when it is too big to hash or copy at all: judged by

@@ -113,7 +113,7 @@ def test_settle_tracker_waits_for_quiet_unless_completeness_is_proven(tmp_path: 
 
     manifested = tmp_path / "c"
     write_in_place(manifested, with_manifest(artifact_files("v3")))
-    assert tracker.readiness(inspect_folder(manifested), 0).reason == "files manifest matches"
+    assert tracker.readiness(inspect_folder(manifested), 0).reason == "files manifest sizes match"
     (manifested / "model.joblib").write_bytes(b"truncated")
     assert not tracker.readiness(inspect_folder(manifested), 0).ready
 
@@ -282,6 +282,19 @@ def test_next_deployment_is_a_pure_decision() -> None:
     rolled = RegistrySnapshot(old, (deployment(2, "v2", "v1", "rollback"),
                                     deployment(1, "v1", "v2")))
     assert next_deployment(rolled, new, policy) is None
+
+
+def test_equal_created_at_is_decided_by_version_whichever_import_finishes_first() -> None:
+    # Imports run on several threads: with equal created_at, the first to finish used to
+    # keep serving. The version decides, so the same two folders end the same either way.
+    policy = DeploymentPolicy(auto_deploy=True)
+    a, b = row("v-a", created(1)), row("v-b", created(1))
+    assert next_deployment(RegistrySnapshot(a, ()), b, policy).version == "v-b"
+    assert next_deployment(RegistrySnapshot(b, ()), a, policy) is None
+    shadow = DeploymentPolicy(auto_deploy=True, deploy_policy="shadow")
+    old = row("v0", created(2))
+    assert next_deployment(RegistrySnapshot(old, (), a), b, shadow).action == "nominate"
+    assert next_deployment(RegistrySnapshot(old, (), b), a, shadow) is None
 
 
 def test_rollback_target_walks_back_past_versions_rolled_back_from() -> None:
