@@ -244,6 +244,12 @@ class ForestExplainer:
         values = forest.leaf_path_length[leaf_ids] / max(1, forest.n_trees)
         self.expected_path = float(np.sum(leaf_weight * values))
         self._c = float(average_path_length([max_samples])[0])
+        # Only the internal nodes test anything: a path test names its node's column here.
+        column = np.zeros(n_nodes, dtype=np.intp)
+        column[internal] = np.arange(internal.shape[0])
+        self._tested_feature = forest.feature[internal]
+        self._tested_threshold = forest.threshold[internal]
+        self._tested_nan_right = forest.nan_goes_right[internal]
 
         # Per leaf: its slots in order of first test from the leaf up, the cover fraction of
         # each (product over the path's nodes on that feature) and the path's tests. A leaf
@@ -260,7 +266,7 @@ class ForestExplainer:
                 if slot == len(cover):
                     cover.append(1.0)
                 cover[slot] *= count[child] / count[node]
-                tests.append((node, bool(goes_right[child]), slot))
+                tests.append((int(column[node]), bool(goes_right[child]), slot))
                 child = node
             if tests:
                 paths.append(_LeafPath(value, tuple(slot_of), tuple(cover), tuple(tests)))
@@ -291,12 +297,12 @@ class ForestExplainer:
         per_feature: FloatArray = np.zeros((X.shape[0], forest.n_features_in_))
         with np.errstate(over="ignore"):
             x32 = np.ascontiguousarray(X, dtype=np.float32)
-        # Which way the record goes at every node.
-        values = x32[:, forest.feature]
-        right = values > forest.threshold
+        # Which way the record goes at every internal node.
+        values = x32[:, self._tested_feature]
+        right = values > self._tested_threshold
         nan = np.isnan(values)
         if nan.any():
-            right |= nan & forest.nan_goes_right
+            right |= nan & self._tested_nan_right
         as_bytes = right.view(np.uint8)
         if self._table is not None:
             self._table.add(as_bytes, per_feature)
@@ -309,17 +315,15 @@ class ForestExplainer:
                      top: int | None = None) -> list[Explanation]:
         per_path, paths = self.path_contributions(X)
         expected = self.expected_score
-        out = []
-        for i in range(X.shape[0]):
-            own = 2.0 ** (-paths[i] / self._c) if self._c else 0.5
-            gap = paths[i] - self.expected_path
-            # Onto the score: the same shares of (score - expected_score) as of the
-            # path-length gap; at a zero gap, the score's slope there.
-            scale = ((own - expected) / gap if abs(gap) > 1e-12
-                     else -math.log(2) / self._c * own)
-            out.append(_explanation(self.method, float(scores[i]), expected,
-                                    per_path[i] * scale, values[i], words, top))
-        return out
+        own = 2.0 ** (-paths / self._c) if self._c else np.full(paths.shape, 0.5)
+        gap = paths - self.expected_path
+        # Onto the score: the same shares of (score - expected_score) as of the path-length
+        # gap; at a zero gap, the score's slope there.
+        flat = np.abs(gap) <= 1e-12
+        slope = -math.log(2) / self._c * own if self._c else np.zeros(paths.shape)
+        scale = np.where(flat, slope, (own - expected) / np.where(flat, 1.0, gap))
+        return _explanations(self.method, scores, expected, per_path * scale[:, None], values,
+                             words, top)
 
     @property
     def expected_score(self) -> float:
@@ -346,17 +350,15 @@ class NeighbourExplainer:
         if X.ndim != 2 or X.shape[1] != self.rows.shape[1]:
             raise ValueError(f"expected a 2-D matrix with {self.rows.shape[1]} feature "
                              f"columns, got shape {X.shape}")
-        out = []
+        deviations = np.empty(X.shape)
         for i, x in enumerate(X):
             gap = self.rows - x
             distance = np.einsum("ij,ij->i", gap, gap)
             nearest = self.rows[np.argpartition(distance, self.k - 1)[: self.k]]
             spread = nearest.std(axis=0)
             spread = np.where(spread > 1e-9, spread, 1.0)
-            deviation = (x - nearest.mean(axis=0)) / spread
-            out.append(_explanation(self.method, float(scores[i]), None, deviation,
-                                    values[i], words, top))
-        return out
+            deviations[i] = (x - nearest.mean(axis=0)) / spread
+        return _explanations(self.method, scores, None, deviations, values, words, top)
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,7 +368,7 @@ class _LeafPath:
     value: float  # path length / n_trees
     features: tuple[int, ...]  # per slot
     cover: tuple[float, ...]  # per slot: the share of the samples that take the path there
-    tests: tuple[tuple[int, bool, int], ...]  # (node, whether the path goes right, slot)
+    tests: tuple[tuple[int, bool, int], ...]  # (node's column, whether it goes right, slot)
 
 
 def _shapley(cover: FloatArray, agree: npt.NDArray[np.bool_]) -> FloatArray:
@@ -458,29 +460,30 @@ class _Twig:
 class _PatternTable:
     """Every twig's Shapley value for each slot and each pattern of its bits (see _Twig).
 
-    Twigs are sorted by slot count, most first, so that slot s is held by the first
-    ``len(start[s])`` of them: a twig's value for slot s and bits b is
-    ``values[start[s][twig] + b]``, and a record's lookups are slices and one gather. At most
-    ``slots * 2**slots`` floats per leaf: 6 MB for 100 default trees on 12 features.
+    Entry e (a twig's slot) owns ``2**bits`` values from ``start[e]``: for bits b, its value
+    is ``values[start[e] + b]``. Entries are sorted by feature, so that one reduceat sums
+    each feature's. At most ``slots * 2**slots`` floats per leaf: 6 MB for 100 default trees
+    on 12 features.
     """
 
     paths: _PathTests
     values: FloatArray
-    start: tuple[IntArray, ...]  # per slot: (twig,) for the twigs that have it
-    feature: IntArray  # per lookup, the slots' in order
+    start: IntArray  # (entry,)
+    twig: IntArray  # (entry,)
+    feature_start: IntArray  # where each feature in ``features`` starts among the entries
+    features: IntArray
 
     @classmethod
     def build(cls, leaves: list[_LeafPath]) -> _PatternTable:
         siblings: dict[int, list[_LeafPath]] = {}
         for leaf in leaves:  # a pair's left leaf (lower id) comes first
             siblings.setdefault(leaf.tests[0][0], []).append(leaf)
-        twigs = sorted((_Twig(tuple(pair)) for pair in siblings.values()),
-                       key=lambda t: -len(t.features))
-        widest = len(twigs[0].features)
-        held = [sum(1 for t in twigs if len(t.features) > s) for s in range(widest)]
-        sizes = [1 << t.bits for s in range(widest) for t in twigs[:held[s]]]
-        flat_start = np.cumsum([0, *sizes[:-1]], dtype=np.intp)
-        start = tuple(np.split(flat_start, np.cumsum(held[:-1])))
+        twigs = [_Twig(tuple(pair)) for pair in siblings.values()]
+        entries = sorted((f, row, slot) for row, t in enumerate(twigs)
+                         for slot, f in enumerate(t.features))
+        sizes = [1 << twigs[row].bits for _f, row, _slot in entries]
+        start = np.cumsum([0, *sizes[:-1]], dtype=np.intp)
+        where = {(row, slot): int(s) for (_f, row, slot), s in zip(entries, start, strict=True)}
         values = np.zeros(int(sum(sizes)), dtype=np.float64)
         for slots, size in sorted({(len(t.features), len(t.leaves)) for t in twigs}):
             rows = [row for row, t in enumerate(twigs)
@@ -498,20 +501,20 @@ class _PatternTable:
                 phi += _shapley(cover, agree[:, None, :]) * value[:, None]
             for i, row in enumerate(rows):
                 for slot in range(slots):
-                    at = int(start[slot][row])
+                    at = where[row, slot]
                     values[at:at + patterns.shape[0]] = phi[:, i, slot]
-        feature = np.array([t.features[s] for s in range(widest) for t in twigs[:held[s]]],
-                           dtype=np.intp)
+        features = np.array([f for f, _row, _slot in entries], dtype=np.intp)
+        present, feature_start = np.unique(features, return_index=True)
         paths = _PathTests.build([t.tests for t in twigs], max(t.bits for t in twigs))
-        return cls(paths, values, start, feature)
+        return cls(paths, values, start,
+                   np.array([row for _f, row, _slot in entries], dtype=np.intp),
+                   feature_start.astype(np.intp), present.astype(np.intp))
 
     def add(self, right: npt.NDArray[np.uint8], per_feature: FloatArray) -> None:
         """Adds these leaves' values to ``per_feature`` (record, feature), given which way
-        each record goes at every node."""
-        missed = self.paths.missed(right)
-        at = np.concatenate([start + missed[:, :start.shape[0]] for start in self.start],
-                            axis=1)
-        _add_by_feature(per_feature, self.feature, self.values[at])
+        each record goes at every internal node."""
+        looked_up = self.values[self.start + self.paths.missed(right)[:, self.twig]]
+        per_feature[:, self.features] += np.add.reduceat(looked_up, self.feature_start, axis=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -577,15 +580,20 @@ def explainer_for(estimator: Any) -> Explainer | None:
     return None
 
 
-def _explanation(method: str, score: float, expected: float | None, amounts: FloatArray,
-                 values: FloatArray, words: ReferenceWords, top: int | None) -> Explanation:
-    order = np.argsort(-np.abs(amounts), kind="stable")[:top]
-    contributions = tuple(
-        Contribution(words.feature_names[i], float(values[i]), float(amounts[i]),
-                     words.text(int(i), float(values[i])))
-        for i in order
-    )
-    return Explanation(method, float(score), expected, contributions)
+def _explanations(method: str, scores: FloatArray, expected: float | None,
+                  amounts: FloatArray, values: FloatArray, words: ReferenceWords,
+                  top: int | None) -> list[Explanation]:
+    """One explanation per row of ``amounts`` (record, feature), largest first. Sorted for
+    all records at once and read as Python floats: per record, only the words remain."""
+    order = np.argsort(-np.abs(amounts), axis=1, kind="stable")[:, :top].tolist()
+    names = words.feature_names
+    return [
+        Explanation(method, score, expected, tuple(
+            Contribution(names[i], value[i], amount[i], words.text(i, value[i])) for i in row))
+        for score, amount, value, row in zip(
+            np.asarray(scores, dtype=np.float64).tolist(), amounts.tolist(),
+            np.asarray(values, dtype=np.float64).tolist(), order, strict=True)
+    ]
 
 
 def _inverse_average_path(target: float) -> int:
