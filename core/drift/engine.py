@@ -2,11 +2,14 @@
 
 Every scored record becomes one statistic vector: per column (the features, then the anomaly
 score) the standardised normal score ``y`` and ``y^2``, per pair of columns the product of
-their standardised uniform scores, then the anomaly flag and the missing flag. Each CUSUM
-stream reads one entry of that vector and adds the log-likelihood ratio ``A * stat + B`` of its
-alternative; the streams are, in this order, the marginal ones (mean and spread, up and down,
-per column), the correlation pairs (up and down) and the rate ones (anomaly rate up and down,
-invalid rate up).
+their standardised uniform scores, per column the value as a 0/1 event (``x > 0.5``), then the
+anomaly flag and the missing flag. Each CUSUM stream reads one entry of that vector and adds
+the log-likelihood ratio ``A * stat + B`` of its alternative; the streams are, in this order,
+the marginal ones (mean and spread, up and down, per column with more than two values), the
+correlation pairs (up and down) and the rate ones (per 0/1 feature its rate up and down, the
+anomaly rate up and down, invalid rate up). A 0/1 feature is a rate, watched as one (a
+Bernoulli CUSUM against the reference's exact count); a clock feature is the season's key
+(seasonal.py) and watched by none.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from modeld.core.drift.calibration import (
 from modeld.core.drift.config import DriftConfig
 from modeld.core.drift.ranks import ColumnTables, RankTransform, column_tables
 from modeld.core.drift.reference import Correlation, Distribution, Rate, Reference
+from modeld.core.drift.seasonal import clock_columns
 
 # A rate stream's null: the reference's events and trials, and its increment A * x + B.
 RateStream = tuple[float, int, float, float]
@@ -82,16 +86,24 @@ class Engine:
         columns = len(names) + 1  # features, then the anomaly score
         self.columns = columns
         self.correlation_n = reference.correlation.n if reference.correlation else 1
-        grids, present, sizes = _reference_grids([*reference.features, reference.scores],
-                                                 config.reference_levels)
+        grids, present, sizes, counts = _reference_grids(
+            [*reference.features, reference.scores], config.reference_levels)
         self.transform = RankTransform(grids)
-        tables = column_tables(grids, present)
+        tables = column_tables(grids, present, counts)
         self.table = self.transform.flat_table(tables.normal)
         self.utable = self.transform.flat_table(tables.uniform)
-        # A constant column has no spread to watch.
-        enabled = present & (tables.normal_sd > 1e-9)
-        # The statistic vector: y, y^2, the pair products, then the flag and the missing flag.
-        flag_stat = 2 * columns + columns * columns
+        clock = np.asarray([*clock_columns(names), False], dtype=bool)
+        self.binary_events: list[float | None] = [
+            None if dist is None or clock[c] else dist.binary_events()
+            for c, dist in enumerate(reference.features)]
+        binary = np.asarray([e is not None for e in self.binary_events] + [False], dtype=bool)
+        # A constant column has no spread to watch; a 0/1 one is a rate; a clock is the key.
+        enabled = present & (tables.normal_sd > 1e-9) & ~binary & ~clock
+        self.rank_columns = enabled
+        # The statistic vector: y, y^2, the pair products, the 0/1 events, the flag and the
+        # missing flag.
+        self.event_stat = 2 * columns + columns * columns
+        flag_stat = self.event_stat + columns
         self.n_stats = flag_stat + 2
 
         streams = _Streams()
@@ -99,8 +111,10 @@ class Engine:
         self.pair_i, self.pair_j, self.pair_r = _watched_pairs(reference.correlation, enabled,
                                                                config.max_correlation_pairs)
         self._add_pair_streams(streams, names, config.correlation_shift_design)
-        rates, self.invalid_stream = _add_rate_streams(streams, reference, flag_stat, columns,
-                                                       config)
+        rates = self._add_event_streams(streams, reference, config)
+        more, self.invalid_stream = _add_rate_streams(streams, reference, flag_stat, columns,
+                                                      config)
+        rates += more
         self.keys = tuple(streams.keys)
         self.signal_of = tuple(streams.signal_of)
         self.stat_index = np.asarray(streams.stat_index, dtype=np.intp)
@@ -119,7 +133,8 @@ class Engine:
         self._stat_one = np.zeros(self.n_stats)
         self._y_one = self._stat_one[:columns]
         self._y2_one = self._stat_one[columns:2 * columns]
-        self._outer_one = self._stat_one[2 * columns:flag_stat].reshape(columns, columns)
+        self._outer_one = self._stat_one[2 * columns:self.event_stat].reshape(columns, columns)
+        self._event_one = self._stat_one[self.event_stat:flag_stat]
         self._u_one = np.empty(columns)
         self._inc_one = np.empty(self.stat_index.size)
 
@@ -133,6 +148,28 @@ class Engine:
                 a, b = pair_coefficients(r, shift_design, sign)
                 streams.add(f"correlation:{names[i]}~{names[j]}:{suffix}", "correlation",
                             2 * columns + i * columns + j, a, b, i, j)
+
+    def _add_event_streams(self, streams: _Streams, reference: Reference,
+                           config: DriftConfig) -> list[RateStream]:
+        """Per 0/1 feature: its rate up (and down, when the reference saw it at all), a
+        Bernoulli likelihood ratio against the reference's exact count (Jeffreys-smoothed, so
+        that a flag the reference never raised is watched too)."""
+        rates: list[RateStream] = []
+        for c, events in enumerate(self.binary_events):
+            dist = reference.features[c]
+            if events is None or dist is None:
+                continue
+            name = f"feature:{reference.feature_names[c]}"
+            p0 = (events + 0.5) / (dist.n + 1.0)
+            designs = [("rate+", min(p0 * config.rate_ratio_design, (1.0 + p0) / 2.0))]
+            if events >= 1:
+                designs.append(("rate-", p0 / config.rate_ratio_design))
+            for suffix, p1 in designs:
+                a, b = bernoulli_lr(p0, p1)
+                streams.add(f"{name}:{suffix}", name, self.event_stat + c, a, b, c,
+                            self.columns)
+                rates.append((events, dist.n, a, b))
+        return rates
 
     def _calibrate(self, marginal: _MarginalNulls, rates: list[RateStream],
                    config: DriftConfig) -> FloatArray:
@@ -173,6 +210,7 @@ class Engine:
         np.multiply(y, y, out=stat[:, cols:2 * cols])
         np.multiply(u[:, :, None], u[:, None, :],
                     out=stat[:, 2 * cols:2 * cols + cols * cols].reshape(n, cols, cols))
+        np.greater(values, 0.5, out=stat[:, self.event_stat:self.event_stat + cols])
         stat[:, -2] = flags
         stat[:, -1] = 0.0 if missing is None else missing
         inc = stat.take(self.stat_index, axis=1)
@@ -194,6 +232,7 @@ class Engine:
         np.multiply(y, y, out=self._y2_one)
         u = self.utable.take(codes, out=self._u_one)
         np.multiply.outer(u, u, out=self._outer_one)
+        np.greater(values, 0.5, out=self._event_one)
         stat = self._stat_one
         stat[-2] = flag
         inc = stat.take(self.stat_index, out=self._inc_one)
@@ -202,19 +241,23 @@ class Engine:
         return inc
 
 
-def _reference_grids(dists: list[Distribution | None],
-                     levels: int) -> tuple[FloatArray, BoolArray, FloatArray]:
+def _reference_grids(dists: list[Distribution | None], levels: int
+                     ) -> tuple[FloatArray, BoolArray, FloatArray, list[FloatArray | None]]:
     """Per column: its reference quantiles at ``levels`` points (zeros when it has none),
-    whether it has a reference, and the reference's sample size."""
+    whether it has a reference, the reference's sample size and its code counts (None when
+    it has none at these levels)."""
     grids = np.zeros((len(dists), levels))
     present = np.zeros(len(dists), dtype=bool)
     sizes = np.ones(len(dists))
+    counts: list[FloatArray | None] = [None] * len(dists)
     for c, dist in enumerate(dists):
         if dist is not None:
-            grids[c] = dist.resampled(levels).quantiles
+            at_levels = dist.resampled(levels)
+            grids[c] = at_levels.quantiles
             present[c] = True
             sizes[c] = dist.n
-    return grids, present, sizes
+            counts[c] = at_levels.code_counts
+    return grids, present, sizes, counts
 
 
 def _add_marginal_streams(streams: _Streams, names: tuple[str, ...], enabled: BoolArray,

@@ -16,6 +16,7 @@ from numpy.typing import NDArray
 
 from modeld.core.drift.arrays import FloatArray, finite_list, json_float
 from modeld.core.drift.ranks import RankTransform, column_tables, quantile_levels
+from modeld.core.drift.seasonal import MIN_SEASON_ROWS, season_key
 from modeld.core.errors import ArtifactInvalid
 
 REFERENCE_FORMAT: Final = "modeld.reference/1"
@@ -33,11 +34,16 @@ class Distribution:
 
     ``n`` is the size of the sample it summarises; the tests use it as the reference's sample
     size, so a summary with a small ``n`` is treated more cautiously than a large one.
+    ``code_counts`` (built from a sample, absent from a summary) counts the sample's values by
+    their mid-rank code against the quantiles (see ranks.py): the exact null distribution of
+    the codes, ties included. WiFi features are mostly flags and small codes, where one value
+    holds most of the mass and interpolating between quantiles would misplace it.
     """
 
     quantiles: FloatArray
     n: int
     source: str
+    code_counts: FloatArray | None = None
 
     @classmethod
     def from_sample(cls, values: FloatArray, *, levels: int, source: str) -> Distribution | None:
@@ -47,7 +53,10 @@ class Distribution:
         if finite.size == 0:
             return None
         quantiles = np.quantile(finite, quantile_levels(levels), method="inverted_cdf")
-        return cls(_frozen(quantiles), int(finite.size), source)
+        codes = (np.searchsorted(quantiles, finite, side="left")
+                 + np.searchsorted(quantiles, finite, side="right"))
+        counts = np.bincount(codes, minlength=2 * levels + 1).astype(np.float64)
+        return cls(_frozen(quantiles), int(finite.size), source, _frozen(counts))
 
     @classmethod
     def from_quantiles(cls, quantiles: Sequence[float] | FloatArray, *, n: int, source: str,
@@ -74,6 +83,23 @@ class Distribution:
         return Distribution.from_quantiles(self.quantiles, n=self.n, source=self.source,
                                            levels=levels)
 
+    def binary_events(self) -> float | None:
+        """How many of the sample's values were 1 when every value was 0 or 1, else None.
+
+        From ``code_counts`` when present (exact), else from the quantiles (a summary)."""
+        q = self.quantiles
+        if self.code_counts is None:
+            if not np.all((q == 0.0) | (q == 1.0)):
+                return None
+            return float(np.count_nonzero(q == 1.0)) / q.size * self.n
+        code = {v: int(np.searchsorted(q, v, side="left") + np.searchsorted(q, v, side="right"))
+                for v in (0.0, 1.0)}
+        held = np.flatnonzero(self.code_counts)
+        if not set(held.tolist()) <= set(code.values()):
+            return None
+        return float(self.code_counts[code[1.0]]) if code[1.0] != code[0.0] else (
+            float(self.n) if q[0] == 1.0 else 0.0)
+
     @property
     def scale(self) -> float:
         """The reference's standard deviation; 1.0 for a constant reference (absolute units)."""
@@ -81,12 +107,23 @@ class Distribution:
         return sd if sd > 1e-12 else 1.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"quantiles": finite_list(self.quantiles), "n": self.n, "source": self.source}
+        out: dict[str, Any] = {"quantiles": finite_list(self.quantiles), "n": self.n,
+                               "source": self.source}
+        if self.code_counts is not None:
+            held = np.flatnonzero(self.code_counts)
+            out["code_counts"] = [[int(c), int(self.code_counts[c])] for c in held]
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Distribution:
         q = np.asarray(data["quantiles"], dtype=np.float64)
-        return cls(_frozen(q), int(data["n"]), str(data.get("source", "summary")))
+        counts = None
+        if data.get("code_counts") is not None:
+            counts = np.zeros(2 * q.size + 1)
+            for code, count in data["code_counts"]:
+                counts[int(code)] = float(count)
+            counts = _frozen(counts)
+        return cls(_frozen(q), int(data["n"]), str(data.get("source", "summary")), counts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +192,8 @@ class Reference:
     anomaly_rate: Rate | None = None
     invalid_rate: Rate | None = None
     latency: Distribution | None = None
+    # The reference per season (seasonal.py), for a model that sees the hour: (slot, part).
+    seasons: tuple[tuple[int, Reference], ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.features) != len(self.feature_names):
@@ -177,8 +216,12 @@ class Reference:
         latencies: FloatArray | None = None,
         source: str = "artifact",
         levels: int = 256,
+        seasonal: bool = True,
     ) -> Reference:
-        """From raw reference data; rows with NaN are kept and each column uses its finite values."""
+        """From raw reference data; rows with NaN are kept and each column uses its finite values.
+
+        With ``seasonal`` and an hour among the features, each season with at least
+        ``MIN_SEASON_ROWS`` rows also gets a reference of its own (``seasons``)."""
         names = tuple(feature_names)
         matrix = np.asarray(features, dtype=np.float64)
         if matrix.ndim != 2 or matrix.shape[1] != len(names):
@@ -207,7 +250,20 @@ class Reference:
         if latencies is not None and np.asarray(latencies).size >= 20:
             latency = Distribution.from_sample(np.asarray(latencies, np.float64), levels=levels,
                                                source=source)
-        return cls(names, dists, score_dist, correlation, anomaly, invalid, latency)
+        seasons: list[tuple[int, Reference]] = []
+        key = season_key(names) if seasonal else None
+        if key is not None:
+            slots = key.of_rows(matrix)
+            for slot in range(key.slots):
+                rows = slots == slot
+                if np.count_nonzero(rows) < MIN_SEASON_ROWS:
+                    continue
+                seasons.append((slot, cls.from_arrays(
+                    names, matrix[rows], None if scores is None else np.asarray(scores)[rows],
+                    flags=None if flags is None else np.asarray(flags, dtype=bool)[rows],
+                    source=source, levels=levels, seasonal=False)))
+        return cls(names, dists, score_dist, correlation, anomaly, invalid, latency,
+                   tuple(seasons))
 
     @classmethod
     def from_summary(cls, summary: Mapping[str, Any], feature_names: Sequence[str], *,
@@ -256,9 +312,15 @@ class Reference:
                            self.latency or other.latency)
         # A rank correlation does not depend on which marginal reference ranked the values, so
         # a baseline's correlation completes an artifact's marginals.
+        # A season keeps its own features and scores; the rates and latency it lacks come from
+        # the whole of ``other`` (a baseline is too short to have seasons).
+        seasons = tuple((slot, part.completed_by(
+            Reference(other.feature_names, part.features, part.scores, part.correlation,
+                      other.anomaly_rate, other.invalid_rate, other.latency)))
+            for slot, part in self.seasons)
         return Reference(merged.feature_names, merged.features, merged.scores,
                          self.correlation or other.correlation, merged.anomaly_rate,
-                         merged.invalid_rate, merged.latency)
+                         merged.invalid_rate, merged.latency, seasons)
 
     def to_dict(self) -> dict[str, Any]:
         def opt(part: Any) -> Any:
@@ -273,6 +335,7 @@ class Reference:
             "anomaly_rate": opt(self.anomaly_rate),
             "invalid_rate": opt(self.invalid_rate),
             "latency": opt(self.latency),
+            "seasons": [[slot, part.to_dict()] for slot, part in self.seasons],
         }
 
     @classmethod
@@ -292,6 +355,8 @@ class Reference:
             opt(Rate, data.get("anomaly_rate")),
             opt(Rate, data.get("invalid_rate")),
             opt(Distribution, data.get("latency")),
+            tuple((int(slot), Reference.from_dict(part))
+                  for slot, part in data.get("seasons", [])),
         )
 
 

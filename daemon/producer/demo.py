@@ -401,7 +401,8 @@ class Demo:
         normal = simulate_wifi_logs(6000, start, self.seed + 10, anomaly_burst=False)
         attack = simulate_wifi_logs(1500, start, self.seed + 11, anomaly_burst=True,
                                     burst_fraction=1.0)
-        shifted = simulate_wifi_logs(6000, start, self.seed + 12, anomaly_burst=False, shift=1.0)
+        shifted = simulate_wifi_logs(6000, start, self.seed + 12, anomaly_burst=False,
+                                     scenario="radio_degrading")
         for pool in (normal, attack, shifted):
             rng.shuffle(pool)
         return {"normal": normal, "attack": attack, "shifted": shifted}
