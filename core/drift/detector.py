@@ -79,6 +79,7 @@ class _Episode:
     number: int
     opened_at: float
     opened_record: int
+    members: list[str] = field(default_factory=list)
     signals: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -476,9 +477,9 @@ class DriftDetector:
             self._part_names.append("whole")
             self._parts.append(ref)
             if key is not None:
-                for slot, part in ref.seasons:
-                    self._slot_engine[slot] = len(self._parts)
-                    self._part_names.append(key.name(slot))
+                for slots, part in ref.seasons:
+                    self._slot_engine[list(slots)] = len(self._parts)
+                    self._part_names.append(key.name(slots))
                     self._parts.append(part)
             self._engines = [Engine(part, self.config) for part in self._parts]
         self._cusums = [np.asarray([old.get((self._part_names[e], k), 0.0) for k in engine.keys],
@@ -599,6 +600,8 @@ class DriftDetector:
             if opens or self._episode is None:
                 self._episodes += 1
                 self._episode = _Episode(self._episodes, now, record)
+            if signal not in self._episode.members:
+                self._episode.members.append(signal)
             crossings.append(_Crossing(signal, state.kind, detector, now, record, statistic,
                                        part, since, test, self._episodes, opens))
             state.last_alarm_at = now
@@ -617,8 +620,7 @@ class DriftDetector:
     def _episode_open(self, record: int, now: float) -> bool:
         episode = self._episode
         return episode is not None and any(
-            not self._cooled_down(self._signals[s["signal"]], record, now)
-            for s in episode.signals)
+            not self._cooled_down(self._signals[s], record, now) for s in episode.members)
 
     def _alarms(self, crossings: list[_Crossing]) -> list[DriftAlarm]:
         """One alarm per episode: a crossing while an episode is open joins it (named in the

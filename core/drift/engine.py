@@ -51,9 +51,13 @@ class _Streams:
     # ``columns`` (one past the score) stands for "no column".
     col1: list[int] = field(default_factory=list)
     col2: list[int] = field(default_factory=list)
+    # The statistic B multiplies: the constant 1, or a column's "carries a value" indicator.
+    b_stat: list[int] = field(default_factory=list)
+    one: int = -1
 
     def add(self, key: str, signal: str, stat: int, a: float, b: float, col1: int,
-            col2: int) -> None:
+            col2: int, b_stat: int | None = None) -> None:
+        self.b_stat.append(self.one if b_stat is None else b_stat)
         self.keys.append(key)
         self.signal_of.append(signal)
         self.stat_index.append(stat)
@@ -90,7 +94,6 @@ class Engine:
             [*reference.features, reference.scores], config.reference_levels)
         self.transform = RankTransform(grids)
         tables = column_tables(grids, present, counts)
-        self.table = self.transform.flat_table(tables.normal)
         self.utable = self.transform.flat_table(tables.uniform)
         clock = np.asarray([*clock_columns(names), False], dtype=bool)
         self.binary_events: list[float | None] = [
@@ -99,19 +102,27 @@ class Engine:
         binary = np.asarray([e is not None for e in self.binary_events] + [False], dtype=bool)
         # A constant column has no spread to watch; a 0/1 one is a rate; a clock is the key.
         enabled = present & (tables.normal_sd > 1e-9) & ~binary & ~clock
-        self.rank_columns = enabled
-        # The statistic vector: y, y^2, the pair products, the 0/1 events, the flag and the
-        # missing flag.
+        # A column whose reference mostly holds one value (0 for "no signal in this line")
+        # is two signals: how often it carries another value, and the distribution of those.
+        self.atoms = _dominant_codes(tables.pmf, enabled)
+        normal, carried = _conditional_scores(tables, self.atoms)
+        self.table = self.transform.flat_table(normal)
+        self.ctable = self.transform.flat_table(carried)
+        # The statistic vector: y, y^2, the pair products, the 0/1 events, "carries a value",
+        # the flag, the missing flag and the constant 1.
         self.event_stat = 2 * columns + columns * columns
-        flag_stat = self.event_stat + columns
-        self.n_stats = flag_stat + 2
+        self.carried_stat = self.event_stat + columns
+        flag_stat = self.carried_stat + columns
+        self.n_stats = flag_stat + 3
 
-        streams = _Streams()
-        marginal = _add_marginal_streams(streams, names, enabled, tables, sizes, config)
+        streams = _Streams(one=flag_stat + 2)
+        marginal = _add_marginal_streams(streams, names, enabled, normal, carried, tables.pmf,
+                                         sizes, self.carried_stat, config)
         self.pair_i, self.pair_j, self.pair_r = _watched_pairs(reference.correlation, enabled,
                                                                config.max_correlation_pairs)
         self._add_pair_streams(streams, names, config.correlation_shift_design)
         rates = self._add_event_streams(streams, reference, config)
+        rates += self._add_carried_streams(streams, reference, tables.pmf, sizes, config)
         more, self.invalid_stream = _add_rate_streams(streams, reference, flag_stat, columns,
                                                       config)
         rates += more
@@ -120,6 +131,7 @@ class Engine:
         self.stat_index = np.asarray(streams.stat_index, dtype=np.intp)
         self.col1 = np.asarray(streams.col1, dtype=np.intp)
         self.col2 = np.asarray(streams.col2, dtype=np.intp)
+        self.b_index = np.asarray(streams.b_stat, dtype=np.intp)
 
         self.thresholds = self._calibrate(marginal, rates, config)
         # Every CUSUM is kept in units of its own threshold, so that all cross at 1.0.
@@ -128,13 +140,17 @@ class Engine:
         self.invalid_increment = (float(self.coef_a[self.invalid_stream]
                                         + self.coef_b[self.invalid_stream])
                                   if self.invalid_stream >= 0 else 0.0)
+        self._b_one = np.empty(self.stat_index.size)
         self.signal_streams = _streams_by_signal(self.signal_of)
         # Buffers of the one-record path (views into one stat vector; the result is reused).
         self._stat_one = np.zeros(self.n_stats)
         self._y_one = self._stat_one[:columns]
         self._y2_one = self._stat_one[columns:2 * columns]
         self._outer_one = self._stat_one[2 * columns:self.event_stat].reshape(columns, columns)
-        self._event_one = self._stat_one[self.event_stat:flag_stat]
+        self._event_one = self._stat_one[self.event_stat:self.carried_stat]
+        self._carried_one = self._stat_one[self.carried_stat:flag_stat]
+        self._stat_one[-1] = 1.0
+        self.flag_stat = flag_stat
         self._u_one = np.empty(columns)
         self._inc_one = np.empty(self.stat_index.size)
 
@@ -169,6 +185,26 @@ class Engine:
                 streams.add(f"{name}:{suffix}", name, self.event_stat + c, a, b, c,
                             self.columns)
                 rates.append((events, dist.n, a, b))
+        return rates
+
+    def _add_carried_streams(self, streams: _Streams, reference: Reference, pmf: FloatArray,
+                             sizes: FloatArray, config: DriftConfig) -> list[RateStream]:
+        """Per column with a dominant value: how often a line carries another value, up and
+        down (Bernoulli, like a 0/1 feature)."""
+        rates: list[RateStream] = []
+        names = [*(f"feature:{n}" for n in reference.feature_names), "score"]
+        for c, atom in enumerate(self.atoms.tolist()):
+            if atom < 0:
+                continue
+            n = float(sizes[c])
+            events = round((1.0 - float(pmf[c, atom])) * n)
+            p0 = (events + 0.5) / (n + 1.0)
+            for suffix, p1 in (("carried+", min(p0 * config.rate_ratio_design, (1.0 + p0) / 2)),
+                               ("carried-", p0 / config.rate_ratio_design)):
+                a, b = bernoulli_lr(p0, p1)
+                streams.add(f"{names[c]}:{suffix}", names[c], self.carried_stat + c, a, b, c,
+                            self.columns)
+                rates.append((float(events), int(n), a, b))
         return rates
 
     def _calibrate(self, marginal: _MarginalNulls, rates: list[RateStream],
@@ -210,12 +246,14 @@ class Engine:
         np.multiply(y, y, out=stat[:, cols:2 * cols])
         np.multiply(u[:, :, None], u[:, None, :],
                     out=stat[:, 2 * cols:2 * cols + cols * cols].reshape(n, cols, cols))
-        np.greater(values, 0.5, out=stat[:, self.event_stat:self.event_stat + cols])
-        stat[:, -2] = flags
-        stat[:, -1] = 0.0 if missing is None else missing
+        np.greater(values, 0.5, out=stat[:, self.event_stat:self.carried_stat])
+        stat[:, self.carried_stat:self.flag_stat] = self.ctable.take(codes)
+        stat[:, self.flag_stat] = flags
+        stat[:, self.flag_stat + 1] = 0.0 if missing is None else missing
+        stat[:, -1] = 1.0
         inc = stat.take(self.stat_index, axis=1)
         inc *= self.coef_a
-        inc += self.coef_b
+        inc += stat.take(self.b_index, axis=1) * self.coef_b
         if finite is not None:
             bad = np.ones((n, cols + 1), dtype=bool)
             np.logical_not(finite, out=bad[:, :cols])
@@ -233,11 +271,14 @@ class Engine:
         u = self.utable.take(codes, out=self._u_one)
         np.multiply.outer(u, u, out=self._outer_one)
         np.greater(values, 0.5, out=self._event_one)
+        self.ctable.take(codes, out=self._carried_one)
         stat = self._stat_one
-        stat[-2] = flag
+        stat[self.flag_stat] = flag
         inc = stat.take(self.stat_index, out=self._inc_one)
         np.multiply(inc, self.coef_a, out=inc)
-        np.add(inc, self.coef_b, out=inc)
+        b = stat.take(self.b_index, out=self._b_one)
+        np.multiply(b, self.coef_b, out=b)
+        np.add(inc, b, out=inc)
         return inc
 
 
@@ -260,10 +301,43 @@ def _reference_grids(dists: list[Distribution | None], levels: int
     return grids, present, sizes, counts
 
 
+def _dominant_codes(pmf: FloatArray, enabled: BoolArray) -> IntArray:
+    """Per column, the code holding at least half of its reference (when the rest holds at
+    least 1%), else -1."""
+    top = pmf.argmax(axis=1)
+    share = pmf.max(axis=1)
+    atoms = np.where(enabled & (share >= 0.5) & (share <= 0.99), top, -1)
+    return atoms.astype(np.intp)
+
+
+def _conditional_scores(tables: ColumnTables, atoms: IntArray) -> tuple[FloatArray, FloatArray]:
+    """The normal-score table, with each column that has a dominant code scored on the
+    values it carries beside it (standardised on them, 0 at the dominant code), and the
+    "carries a value" table (0 at the dominant code, else 1)."""
+    normal = tables.normal.copy()
+    carried = np.ones_like(normal)
+    for c, atom in enumerate(atoms.tolist()):
+        if atom < 0:
+            continue
+        pmf = tables.pmf[c].copy()
+        pmf[atom] = 0.0
+        pmf /= pmf.sum()
+        y = tables.normal[c]
+        mean = float(pmf @ y)
+        sd = math.sqrt(max(float(pmf @ (y - mean) ** 2), 0.0))
+        normal[c] = (y - mean) / (sd if sd > 1e-9 else 1.0)
+        normal[c, atom] = 0.0
+        carried[c, atom] = 0.0
+    return normal, carried
+
+
 def _add_marginal_streams(streams: _Streams, names: tuple[str, ...], enabled: BoolArray,
-                          tables: ColumnTables, sizes: FloatArray,
+                          normal: FloatArray, carried: FloatArray, pmf: FloatArray,
+                          sizes: FloatArray, carried_stat: int,
                           config: DriftConfig) -> _MarginalNulls:
-    """Mean up/down on the standardised normal score y, spread up/down on y^2, per column."""
+    """Mean up/down on the standardised normal score y, spread up/down on y^2, per column;
+    for a column with a dominant value, on the values it carries beside it (B is then
+    multiplied by "carries a value", so that a line at the dominant value adds nothing)."""
     columns = len(names) + 1
     column_names = [*(f"feature:{n}" for n in names), "score"]
     delta = config.mean_shift_design
@@ -276,12 +350,15 @@ def _add_marginal_streams(streams: _Streams, names: tuple[str, ...], enabled: Bo
     )
     nulls = _MarginalNulls()
     for col in map(int, np.flatnonzero(enabled)):
-        y = tables.normal[col]
+        y = normal[col]
+        conditional = bool(np.any(carried[col] == 0.0))
+        weight = carried[col] if conditional else np.ones_like(y)
         for suffix, power, a, b in designs:
             streams.add(f"{column_names[col]}:{suffix}", column_names[col],
-                        col + power * columns, a, b, col, columns)
-            nulls.values.append(a * (y if power == 0 else y * y) + b)
-            nulls.pmf.append(tables.pmf[col])
+                        col + power * columns, a, b, col, columns,
+                        carried_stat + col if conditional else None)
+            nulls.values.append(a * (y if power == 0 else y * y) + b * weight)
+            nulls.pmf.append(pmf[col])
             nulls.n.append(float(sizes[col]))
     return nulls
 

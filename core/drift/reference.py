@@ -7,16 +7,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 import numpy as np
 from numpy.typing import NDArray
+from scipy import stats
 
 from modeld.core.drift.arrays import FloatArray, finite_list, json_float
 from modeld.core.drift.ranks import RankTransform, column_tables, quantile_levels
-from modeld.core.drift.seasonal import MIN_SEASON_ROWS, season_key
+from modeld.core.drift.seasonal import SeasonKey, season_key
 from modeld.core.errors import ArtifactInvalid
 
 REFERENCE_FORMAT: Final = "modeld.reference/1"
@@ -192,8 +194,9 @@ class Reference:
     anomaly_rate: Rate | None = None
     invalid_rate: Rate | None = None
     latency: Distribution | None = None
-    # The reference per season (seasonal.py), for a model that sees the hour: (slot, part).
-    seasons: tuple[tuple[int, Reference], ...] = ()
+    # The reference per part of the day (seasonal.py), for a model that sees the hour:
+    # (its slots, its reference).
+    seasons: tuple[tuple[tuple[int, ...], Reference], ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.features) != len(self.feature_names):
@@ -250,20 +253,12 @@ class Reference:
         if latencies is not None and np.asarray(latencies).size >= 20:
             latency = Distribution.from_sample(np.asarray(latencies, np.float64), levels=levels,
                                                source=source)
-        seasons: list[tuple[int, Reference]] = []
+        whole = cls(names, dists, score_dist, correlation, anomaly, invalid, latency)
         key = season_key(names) if seasonal else None
-        if key is not None:
-            slots = key.of_rows(matrix)
-            for slot in range(key.slots):
-                rows = slots == slot
-                if np.count_nonzero(rows) < MIN_SEASON_ROWS:
-                    continue
-                seasons.append((slot, cls.from_arrays(
-                    names, matrix[rows], None if scores is None else np.asarray(scores)[rows],
-                    flags=None if flags is None else np.asarray(flags, dtype=bool)[rows],
-                    source=source, levels=levels, seasonal=False)))
-        return cls(names, dists, score_dist, correlation, anomaly, invalid, latency,
-                   tuple(seasons))
+        if key is None:
+            return whole
+        return dataclasses.replace(whole, seasons=_seasons(whole, key, matrix, scores, flags,
+                                                           source, levels))
 
     @classmethod
     def from_summary(cls, summary: Mapping[str, Any], feature_names: Sequence[str], *,
@@ -335,7 +330,7 @@ class Reference:
             "anomaly_rate": opt(self.anomaly_rate),
             "invalid_rate": opt(self.invalid_rate),
             "latency": opt(self.latency),
-            "seasons": [[slot, part.to_dict()] for slot, part in self.seasons],
+            "seasons": [[list(slots), part.to_dict()] for slots, part in self.seasons],
         }
 
     @classmethod
@@ -355,8 +350,8 @@ class Reference:
             opt(Rate, data.get("anomaly_rate")),
             opt(Rate, data.get("invalid_rate")),
             opt(Distribution, data.get("latency")),
-            tuple((int(slot), Reference.from_dict(part))
-                  for slot, part in data.get("seasons", [])),
+            tuple((tuple(int(s) for s in slots), Reference.from_dict(part))
+                  for slots, part in data.get("seasons", [])),
         )
 
 
@@ -397,6 +392,61 @@ def _reference_from_summary(summary: Mapping[str, Any], names: tuple[str, ...],
             rates[key] = Rate.from_dict({"rate": value, "n": n, "source": "summary"})
     return Reference(names, dists, scores, correlation, rates.get("anomaly_rate"),
                      rates.get("invalid_rate"), latency)
+
+
+def _seasons(whole: Reference, key: SeasonKey, matrix: FloatArray, scores: FloatArray | None,
+             flags: NDArray[np.bool_] | None, source: str,
+             levels: int) -> tuple[tuple[tuple[int, ...], Reference], ...]:
+    """The reference of each part of the day. A signal whose reference shows no daily cycle
+    (a chi-square test of homogeneity across the parts, of its values or of its deciles, at
+    5%) keeps the whole reference in every part: a part holds a fraction of the rows, and the
+    smaller a reference, the later a CUSUM calibrated on it can tell a change."""
+    slots = key.of_rows(matrix)
+    parts = key.parts(slots)
+    if not parts:
+        return ()
+    columns = [matrix[:, c] for c in range(matrix.shape[1])]
+    if scores is not None:
+        columns.append(np.asarray(scores, dtype=np.float64))
+    if flags is not None:
+        columns.append(np.asarray(flags, dtype=np.float64))
+    masks = [np.isin(slots, part) for part in parts]
+    part_of = np.full(slots.size, -1)
+    for p, rows in enumerate(masks):
+        part_of[rows] = p
+    cyclic = [_cyclic(values, part_of, len(parts)) for values in columns]
+    d = matrix.shape[1]
+    out: list[tuple[tuple[int, ...], Reference]] = []
+    for part, rows in zip(parts, masks, strict=True):
+        own = Reference.from_arrays(
+            whole.feature_names, matrix[rows],
+            None if scores is None else np.asarray(scores)[rows],
+            flags=None if flags is None else np.asarray(flags, dtype=bool)[rows],
+            source=source, levels=levels, seasonal=False)
+        features = tuple(mine if cyclic[c] else theirs for c, (mine, theirs) in
+                         enumerate(zip(own.features, whole.features, strict=True)))
+        score = own.scores if scores is not None and cyclic[d] else whole.scores
+        anomaly = own.anomaly_rate if flags is not None and cyclic[-1] else whole.anomaly_rate
+        out.append((part, dataclasses.replace(own, features=features, scores=score,
+                                              anomaly_rate=anomaly)))
+    return tuple(out)
+
+
+def _cyclic(values: FloatArray, part_of: NDArray[np.int_], parts: int) -> bool:
+    """Whether ``values`` differ across the parts of the day (chi-square, 5%): their distinct
+    values when there are few, else their deciles."""
+    keep = np.isfinite(values) & (part_of >= 0)
+    values, part_of = values[keep], part_of[keep]
+    distinct, codes = np.unique(values, return_inverse=True)
+    if distinct.size > 20:
+        edges = np.unique(np.quantile(values, np.linspace(0.1, 0.9, 9)))
+        codes = np.searchsorted(edges, values, side="right")
+    table = np.zeros((parts, int(codes.max()) + 1 if codes.size else 1))
+    np.add.at(table, (part_of, codes), 1.0)
+    table = table[table.sum(axis=1) > 0][:, table.sum(axis=0) > 0]
+    if table.shape[0] < 2 or table.shape[1] < 2:
+        return False
+    return bool(stats.chi2_contingency(table).pvalue < 0.05)
 
 
 def _correlation_from_rows(reference: Reference, matrix: FloatArray, levels: int,

@@ -2,7 +2,8 @@
 
 WiFi traffic has a cycle that is not drift: by day clients connect and roam, at night idle ones
 time out, at weekends there are fewer of them. A model that sees the hour (``hour_of_day``)
-gets a reference per part of the day, and per working day and weekend when it also sees
+gets a reference per part of the day (adjacent hours with enough reference rows: a busy hour
+alone, the quiet night together), and per working day and weekend when it also sees
 ``day_of_week`` or ``is_weekend``; each record is judged against the part it belongs to (like
 hour to like hour). The clock features themselves are the key, not data: in records streamed
 in time order their distribution is the clock's, so they get no CUSUM and no windowed test of
@@ -25,20 +26,18 @@ CLOCK_FEATURES: Final = frozenset({
     "time_of_day_cos", "day_fraction"})
 """Catalog features computed from the timestamp alone (see docs/features.md)."""
 
-PARTS_OF_DAY: Final = ((0, 6), (6, 12), (12, 18), (18, 24))
-"""The parts of the day (UTC hours, end excluded) that get a reference of their own."""
-
 MIN_SEASON_ROWS: Final = 300
-"""A part of the reference with fewer rows is not used: its records are judged against the
-whole reference (a small reference would make its thresholds, and its alarms, unreliable)."""
+"""The fewest reference rows a part of the day is built from: adjacent hours are merged until
+they hold as many (busy hours stand alone, the night is one part). A kind of day with fewer
+rows in all has no parts: its records are judged against the whole reference."""
 
 
 @dataclass(frozen=True, slots=True)
 class SeasonKey:
     """Where a record's season is read: the hour column and, if any, the weekday column.
 
-    A season is a slot ``part + 4 * weekend`` in ``0..7``; -1 for a record whose hour is not a
-    number in [0, 24).
+    A record's slot is its hour, plus 24 at weekends when the model sees the weekday; -1 for
+    a record whose hour is not a number in [0, 24).
     """
 
     hour_column: int
@@ -47,25 +46,24 @@ class SeasonKey:
 
     @property
     def slots(self) -> int:
-        return len(PARTS_OF_DAY) * (2 if self.day_column is not None else 1)
+        return 24 * (2 if self.day_column is not None else 1)
 
-    def name(self, slot: int) -> str:
-        start, end = PARTS_OF_DAY[slot % len(PARTS_OF_DAY)]
-        hours = f"{start:02d}-{end:02d} h UTC"
+    def name(self, slots: Sequence[int]) -> str:
+        """``working days 08-09 h UTC`` for the slots of one part (adjacent hours)."""
+        first, last = min(slots) % 24, max(slots) % 24
+        hours = f"{first:02d}-{last + 1:02d} h UTC"
         if self.day_column is None:
             return hours
-        return ("weekend " if slot >= len(PARTS_OF_DAY) else "working days ") + hours
+        return ("weekends " if min(slots) >= 24 else "working days ") + hours
 
     def of_rows(self, values: FloatArray) -> IntArray:
         """The slot of every row of ``values`` (n, columns)."""
         hour = values[:, self.hour_column]
-        part = np.searchsorted(np.asarray([end for _, end in PARTS_OF_DAY[:-1]], dtype=float),
-                               hour, side="right")
-        slot = part.astype(np.intp)
+        good = (hour >= 0.0) & (hour < 24.0)
+        slot = np.where(good, np.floor(np.where(good, hour, 0.0)), -1).astype(np.intp)
         if self.day_column is not None:
-            slot = slot + len(PARTS_OF_DAY) * (values[:, self.day_column] >= self.weekend_from)
-        bad = ~((hour >= 0.0) & (hour < 24.0))
-        slot[bad] = -1
+            slot = np.where(good, slot + 24 * (values[:, self.day_column] >= self.weekend_from),
+                            -1)
         return slot
 
     def of_one(self, values: FloatArray) -> int:
@@ -73,10 +71,33 @@ class SeasonKey:
         hour = float(values[self.hour_column])
         if not 0.0 <= hour < 24.0:
             return -1
-        slot = min(int(hour // 6.0), len(PARTS_OF_DAY) - 1)
+        slot = int(hour)
         if self.day_column is not None and float(values[self.day_column]) >= self.weekend_from:
-            slot += len(PARTS_OF_DAY)
+            slot += 24
         return slot
+
+    def parts(self, slots: IntArray) -> list[tuple[int, ...]]:
+        """Adjacent hours grouped into parts of at least ``MIN_SEASON_ROWS`` of the rows whose
+        slots are given, per kind of day; a short last group joins the one before."""
+        counts = np.bincount(slots[slots >= 0], minlength=self.slots)
+        parts: list[tuple[int, ...]] = []
+        for day in range(self.slots // 24):
+            if counts[24 * day:24 * day + 24].sum() < MIN_SEASON_ROWS:
+                continue
+            groups: list[list[int]] = [[]]
+            held = 0
+            for slot in range(24 * day, 24 * day + 24):
+                groups[-1].append(slot)
+                held += int(counts[slot])
+                if held >= MIN_SEASON_ROWS:
+                    groups.append([])
+                    held = 0
+            if not groups[-1]:
+                groups.pop()
+            elif len(groups) > 1:
+                groups[-2].extend(groups.pop())
+            parts.extend(tuple(g) for g in groups)
+        return parts
 
 
 def season_key(feature_names: Sequence[str]) -> SeasonKey | None:
@@ -98,5 +119,4 @@ def clock_columns(feature_names: Sequence[str]) -> list[bool]:
     return [name in CLOCK_FEATURES for name in feature_names]
 
 
-__all__ = ["CLOCK_FEATURES", "MIN_SEASON_ROWS", "PARTS_OF_DAY", "SeasonKey", "clock_columns",
-           "season_key"]
+__all__ = ["CLOCK_FEATURES", "MIN_SEASON_ROWS", "SeasonKey", "clock_columns", "season_key"]

@@ -109,12 +109,12 @@ _DISCONNECTS: Final = frozenset({"sta_disconnected", "inactive", "inactive_deaut
                                  "beacon_loss"})
 # Lines no model saw in training but which are not attacks: a driver or firmware misbehaving.
 _ODD_LINES: Final = (
-    ("kernel", "ath10k_pci 0000:01:00.0: firmware crashed! exception=0x{n:x}"),
-    ("hostapd", "nl80211: Failed to set TX queue parameters for queue {q}."),
-    ("kernel", "ieee80211 phy0: rt2x00queue_write_tx_frame: Error - Dropping frame due to "
-     "full tx queue {q}"),
-    ("hostapd", "{iface}: Could not connect to kernel driver"),
-    ("netifd", "Interface 'wan' has link connectivity loss"),
+    ("kernel", "ath10k_pci 0000:01:00.0: firmware crashed! exception=0x{n:x}, error: failed to "
+     "recover the device, reason {r} status {q}"),
+    ("hostapd", "nl80211: send_and_recv->nl80211_mgmt_tx failed: ret=-16 (Device or resource "
+     "busy); frame rejected, status_code={q} reason={r}"),
+    ("hostapd", "{iface}: Failed to set TX queue parameters for queue {q}: error -22, "
+     "beacon request rejected (reason {r})"),
 )
 
 
@@ -138,10 +138,11 @@ def _normal_event(rng: random.Random, site: _Site, scenario: str | None, when: d
     ``daytime`` (0 at night, 1 at the busiest hour) sets the event mix; ``scenario`` changes
     the traffic the way a real change would (see ``simulate_wifi_logs``).
     """
-    if scenario == "anomaly_rate" and rng.random() < 0.025:
+    if scenario == "anomaly_rate" and rng.random() < 0.015:
         process, text = rng.choice(_ODD_LINES)
-        return (rng.choice(site.aps), process, text.format(n=rng.getrandbits(16), q=rng.randrange(4),
-                                                           iface=rng.choice(("wlan0", "wlan1"))))
+        return (rng.choice(site.aps), process, text.format(
+            n=rng.getrandbits(16), q=rng.choice((12, 37, 53)), r=rng.choice((34, 39, 99)),
+            iface=rng.choice(("wlan0", "wlan1"))))
     if scenario == "dfs_radar" and rng.random() < 0.03:
         ap = rng.choice(site.aps)
         return (ap, "hostapd", rng.choice((
@@ -348,8 +349,8 @@ def simulate_wifi_logs(
     ``scenario`` changes the ordinary traffic from the first record on, as a real change
     would: ``radio_degrading`` (signals 10 dB weaker, twice the disconnections),
     ``firmware_update`` (an upgrade renames the interfaces and extends some messages),
-    ``auth_failures`` (1% -> 4% of lines), ``anomaly_rate`` (2.5% of lines from a driver
-    misbehaving, which no model saw: the anomaly rate doubles or more); and, kept out of the
+    ``auth_failures`` (1% -> 4% of lines), ``anomaly_rate`` (1.5% of lines from a driver
+    misbehaving, which no model saw: the anomaly rate doubles); and, kept out of the
     benchmark's tuning, ``eap_server_outage``, ``roaming_storm`` and ``dfs_radar``.
     ``site_seed`` (default ``seed``) draws the campus: other weeks of one campus share it and
     differ in ``seed``. The same arguments always give the same records.
