@@ -187,7 +187,7 @@ def test_reference_holds_features_and_served_scores_of_held_out_normal_records(
 ) -> None:
     folder = written(forest, tmp_path)
     with np.load(folder / "reference.npz", allow_pickle=False) as data:
-        assert set(data.files) == {"features", "scores"}
+        assert set(data.files) == {"features", "scores", "flags"}
         features, scores = data["features"], data["scores"]
     assert features.shape[1] == len(DEFAULT_FEATURES)
     assert scores.shape == (features.shape[0],)

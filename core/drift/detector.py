@@ -55,8 +55,8 @@ class _SignalState:
 @dataclass(frozen=True, slots=True)
 class _Crossing:
     """A signal that left its reference while armed: the raw facts of an alarm to be worded
-    (once the window holds the records it is about). ``since`` is where the change began,
-    as far as the CUSUM tells (the record after its statistic was last 0)."""
+    (once the window holds the records it is about). ``stream`` is the CUSUM stream that
+    crossed (-1 for a windowed test)."""
 
     signal: str
     kind: str
@@ -65,7 +65,7 @@ class _Crossing:
     record: int
     statistic: float
     part: int  # the engine (part of the reference) that judged it
-    since: int
+    stream: int
     test: str
     episode: int
     opens: bool  # the first crossing of its episode
@@ -115,8 +115,12 @@ class DriftDetector:
         self._part_names: list[str] = []
         self._parts: list[Reference] = []
         self._slot_engine: IntArray = np.zeros(1, dtype=np.intp)
-        self._cusums: list[FloatArray] = []
-        self._zero_at: list[NDArray[np.int64]] = []
+        # One CUSUM per stream key, whichever part judges a record: a change that spans
+        # hours accumulates across them (each part adds increments in its own threshold's
+        # units, so all cross at 1). ``_global[e]`` places part e's streams in it.
+        self._keys: list[str] = []
+        self._cusum = np.zeros(0)
+        self._global: list[IntArray] = []
         self._episode: _Episode | None = None
         self._episodes = 0
         self._signals: dict[str, _SignalState] = {}
@@ -207,11 +211,17 @@ class DriftDetector:
 
         With seasons, the window's records of the latest record's part of the day are tested
         against that part's reference (like hour to like hour)."""
-        part, rows = self._current_part(self._window.held_rows())
-        window = self._window.held_rows()[rows]
-        flags = self._window_flags.held_rows()[rows]
+        held = self._window.held_rows()
+        held_flags = self._window_flags.held_rows()
+        part, rows = self._current_part(held)
         ref = self._parts[part] if self._engines else self._reference
         engine = self._engines[part] if self._engines else None
+
+        def window_of(mine: object, whole: object) -> tuple[FloatArray, NDArray[np.bool_]]:
+            # a signal without a daily cycle is judged on the whole window, like hour to like
+            # hour otherwise
+            return (held, held_flags) if mine is whole else (held[rows], held_flags[rows])
+
         cfg = self.config
         no_reference = self._no_reference_detail()
         results: list[TestOutcome] = []
@@ -219,20 +229,23 @@ class DriftDetector:
             name = self.feature_names[c]
             signal = f"feature:{name}"
             events = None if engine is None else engine.binary_events[c]
+            column = window_of(dist, self._reference.features[c])[0][:, c]
             if self._clock[c]:
-                results.append(seasonal_key_result(name, signal, dist, window.shape[0],
+                results.append(seasonal_key_result(name, signal, dist, column.size,
                                                    self._season_detail()))
             elif events is not None and dist is not None:
-                column = window[:, c]
                 column = column[np.isfinite(column)]
                 results.append(rate_test(name, Rate(events, dist.n, dist.source),
                                          int(np.count_nonzero(column > 0.5)), column.size, cfg,
                                          no_reference, kind="feature", signal=signal))
             else:
-                results.append(distribution_test(name, "feature", signal, dist, window[:, c],
-                                                 cfg, no_reference))
+                results.append(distribution_test(name, "feature", signal, dist, column, cfg,
+                                                 no_reference))
         results.append(distribution_test("score", "score", "score", ref.scores,
-                                         window[:, -1], cfg, no_reference))
+                                         window_of(ref.scores, self._reference.scores)[0][:, -1],
+                                         cfg, no_reference))
+        flags = window_of(ref.anomaly_rate, self._reference.anomaly_rate)[1]
+        window = held[rows]
         results.append(rate_test("anomaly_rate", ref.anomaly_rate,
                                  int(np.count_nonzero(flags)), flags.size, cfg, no_reference))
         miss = self._window_missing.held_rows()
@@ -250,9 +263,8 @@ class DriftDetector:
             r["p_adjusted"] = float(p_adj)
         signals: list[SignalResult] = []
         crossings: list[_Crossing] = []
-        since = self._position - self._window.held_rows().shape[0]
         for r in results:
-            signals.append(self._judge(r, now, part, since, crossings))
+            signals.append(self._judge(r, now, part, crossings))
         self._pending.extend(self._alarms(crossings))
         signals.append(latency_test(ref.latency or self._reference.latency,
                                     self._window_latency.held_rows(), cfg, no_reference))
@@ -297,17 +309,9 @@ class DriftDetector:
         """JSON-ready state: reference, baseline in progress, CUSUM statistics, alarm states.
 
         The evaluation windows are not kept: after a restart the windowed tests report
-        ``insufficient_data`` until ``min_window_records`` new records arrived. A season's
-        CUSUMs are keyed like its thresholds.
+        ``insufficient_data`` until ``min_window_records`` new records arrived.
         """
-        cusum: dict[str, float] = {}
-        zero_at: dict[str, int] = {}
-        for e, engine in enumerate(self._engines):
-            prefix = "" if e == 0 else f"{self._part_names[e]}|"
-            cusum.update((prefix + k, float(v)) for k, v in zip(engine.keys, self._cusums[e],
-                                                                strict=True))
-            zero_at.update((prefix + k, int(v)) for k, v in zip(engine.keys, self._zero_at[e],
-                                                                strict=True))
+        cusum = {k: float(v) for k, v in zip(self._keys, self._cusum, strict=True)}
         return {
             "format": STATE_FORMAT,
             "feature_names": list(self.feature_names),
@@ -318,7 +322,6 @@ class DriftDetector:
             "invalid_seen": self.invalid_seen,
             "missing_counts": [int(v) for v in self._missing_counts],
             "cusum": cusum,
-            "cusum_zero_at": zero_at,
             "signals": {
                 name: {"last_crossing_record": s.last_crossing_record,
                        "last_crossing_at": s.last_crossing_at,
@@ -348,14 +351,7 @@ class DriftDetector:
         detector.invalid_seen = int(state["invalid_seen"])
         detector._missing_counts = np.asarray(state["missing_counts"], dtype=np.int64)
         saved = state.get("cusum", {})
-        zero_at = state.get("cusum_zero_at", {})
-        for e, engine in enumerate(detector._engines):
-            prefix = "" if e == 0 else f"{detector._part_names[e]}|"
-            detector._cusums[e] = np.asarray([float(saved.get(prefix + k, 0.0))
-                                              for k in engine.keys])
-            detector._zero_at[e] = np.asarray(
-                [int(zero_at.get(prefix + k, detector._position - 1)) for k in engine.keys],
-                dtype=np.int64)
+        detector._cusum = np.asarray([float(saved.get(k, 0.0)) for k in detector._keys])
         for name, saved_signal in state.get("signals", {}).items():
             if name in detector._signals:
                 s = detector._signals[name]
@@ -385,17 +381,15 @@ class DriftDetector:
             part = 0 if self._key is None else int(self._slot_engine[self._key.of_one(values)])
             engine = self._engines[part]
             if engine.keys:
-                cusum = self._cusums[part]
-                cusum += engine.increments_one(values, flag)
+                cusum = self._cusum
+                where = self._global[part]
+                cusum[where] += engine.increments_one(values, flag)
                 np.maximum(cusum, 0.0, out=cusum)
-                zero = self._zero_at[part]
-                zero[cusum == 0.0] = self._position
                 if cusum.max() > 1.0:
-                    for k in np.flatnonzero(cusum > 1.0):
-                        self._crossing(part, int(k), self._position, now, float(cusum[k]),
-                                       int(zero[k]) + 1, crossings)
-                        cusum[k] = 0.0
-                        zero[k] = self._position
+                    for k in np.flatnonzero(cusum[where] > 1.0):
+                        self._crossing(part, int(k), self._position, now,
+                                       float(cusum[where[k]]), crossings)
+                        cusum[where[k]] = 0.0
         self._window.append(values)
         self._window_flags.append(flag)
         self._window_missing.append(False)
@@ -463,10 +457,7 @@ class DriftDetector:
                 f"of the day ({', '.join(self._part_names[1:])})")
 
     def _rebuild(self) -> None:
-        old: dict[tuple[str, str], float] = {}
-        for e, engine in enumerate(self._engines):
-            old.update(((self._part_names[e], k), float(v))
-                       for k, v in zip(engine.keys, self._cusums[e], strict=True))
+        old = dict(zip(self._keys, self._cusum.tolist(), strict=True))
         ref = self._reference
         has_any = any(d is not None for d in ref.features) or ref.scores is not None or (
             ref.anomaly_rate is not None or ref.invalid_rate is not None)
@@ -482,10 +473,14 @@ class DriftDetector:
                     self._part_names.append(key.name(slots))
                     self._parts.append(part)
             self._engines = [Engine(part, self.config) for part in self._parts]
-        self._cusums = [np.asarray([old.get((self._part_names[e], k), 0.0) for k in engine.keys],
-                                   dtype=np.float64) for e, engine in enumerate(self._engines)]
-        self._zero_at = [np.full(len(engine.keys), self._position - 1, dtype=np.int64)
-                         for engine in self._engines]
+        index: dict[str, int] = {}
+        for engine in self._engines:
+            for k in engine.keys:
+                index.setdefault(k, len(index))
+        self._keys = list(index)
+        self._global = [np.asarray([index[k] for k in engine.keys], dtype=np.intp)
+                        for engine in self._engines]
+        self._cusum = np.asarray([old.get(k, 0.0) for k in self._keys], dtype=np.float64)
         self._fill = (self._engines[0].transform.fill if self._engines
                       else np.zeros(len(self.feature_names) + 1))
 
@@ -496,15 +491,14 @@ class DriftDetector:
         engine = self._engines[0] if self._engines else None
         if engine is not None and engine.invalid_stream >= 0:
             k = engine.invalid_stream
+            g = int(self._global[0][k])
             # Consecutive positive increments: the CUSUM is their running sum, so count the
             # crossings in closed form.
-            total = self._cusums[0][k] + count * engine.invalid_increment
+            total = self._cusum[g] + count * engine.invalid_increment
             if total > 1.0:
-                self._crossing(0, k, self._position, now, float(total),
-                               int(self._zero_at[0][k]) + 1, crossings)
+                self._crossing(0, k, self._position, now, float(total), crossings)
                 total = 0.0
-                self._zero_at[0][k] = self._position
-            self._cusums[0][k] = total
+            self._cusum[g] = total
         self._position += count
 
     def _advance(self, part: int, inc: FloatArray, positions: NDArray[np.int64], now: float,
@@ -512,50 +506,38 @@ class DriftDetector:
         """Lindley's recursion S = max(0, S + x), row by row (a row is a vector op over all
         streams; numpy's accumulate along the batch is slower here), then replays the few
         streams whose peak crossed 1 to place each crossing on its record."""
-        cusum = self._cusums[part]
-        zero = self._zero_at[part]
+        where = self._global[part]
+        cusum = self._cusum[where]
         start = cusum.copy()
-        start_zero = zero.copy()
         peak = np.zeros_like(cusum)
-        for row, position in zip(inc, positions.tolist(), strict=True):
+        for row in inc:
             cusum += row
             np.maximum(cusum, 0.0, out=cusum)
             np.maximum(peak, cusum, out=peak)
-            zero[cusum == 0.0] = position
         if peak.max() > 1.0:
             for k in np.flatnonzero(peak > 1.0):
-                cusum[k], zero[k] = self._replay(part, int(k), inc[:, k], positions,
-                                                 float(start[k]), int(start_zero[k]), now,
-                                                 crossings)
+                cusum[k] = self._replay(part, int(k), inc[:, k], positions, float(start[k]),
+                                        now, crossings)
+        self._cusum[where] = cusum
 
     def _replay(self, part: int, k: int, inc: FloatArray, positions: NDArray[np.int64],
-                level: float, last_zero: int, now: float,
-                crossings: list[_Crossing]) -> tuple[float, int]:
-        """Walk one stream through a batch, restarting at 0 after each crossing; returns its
-        level and the record at which it was last 0."""
+                level: float, now: float, crossings: list[_Crossing]) -> float:
+        """Walk one stream through a batch, restarting at 0 after each crossing."""
         begin = 0
         n = inc.shape[0]
         while begin < n:
             total = np.cumsum(inc[begin:])
             path = total - np.minimum(np.minimum.accumulate(total), -level)
-            zeros = np.flatnonzero(path <= 0.0)
             over = np.flatnonzero(path > 1.0)
             if over.size == 0:
-                if zeros.size:
-                    last_zero = int(positions[begin + zeros[-1]])
-                return float(path[-1]), last_zero
+                return float(path[-1])
             t = int(over[0])
-            before = zeros[zeros < t]
-            if before.size:
-                last_zero = int(positions[begin + before[-1]])
-            self._crossing(part, k, int(positions[begin + t]), now, float(path[t]),
-                           last_zero + 1, crossings)
-            last_zero = int(positions[begin + t])
+            self._crossing(part, k, int(positions[begin + t]), now, float(path[t]), crossings)
             level = 0.0
             begin += t + 1
-        return 0.0, last_zero
+        return 0.0
 
-    def _crossing(self, part: int, k: int, record: int, now: float, level: float, since: int,
+    def _crossing(self, part: int, k: int, record: int, now: float, level: float,
                   crossings: list[_Crossing]) -> None:
         engine = self._engines[part]
         signal = engine.signal_of[k]
@@ -563,7 +545,7 @@ class DriftDetector:
                                         or self._feature_drifting(int(engine.col2[k]), now,
                                                                   record)):
             return  # a drifting marginal moves every pair it is in; it alarmed already
-        self._signal_crossed(signal, record, now, "cusum", level, part, since,
+        self._signal_crossed(signal, record, now, "cusum", level, part, k,
                              self._cusum_test(engine, k), crossings)
 
     def _cusum_test(self, engine: Engine, k: int) -> str:
@@ -591,7 +573,7 @@ class DriftDetector:
                                                                                  now)
 
     def _signal_crossed(self, signal: str, record: int, now: float, detector: str,
-                        statistic: float, part: int, since: int, test: str,
+                        statistic: float, part: int, stream: int, test: str,
                         crossings: list[_Crossing]) -> None:
         """Note a crossing; an armed signal (settled since its last crossing) raises one."""
         state = self._signals[signal]
@@ -603,7 +585,7 @@ class DriftDetector:
             if signal not in self._episode.members:
                 self._episode.members.append(signal)
             crossings.append(_Crossing(signal, state.kind, detector, now, record, statistic,
-                                       part, since, test, self._episodes, opens))
+                                       part, stream, test, self._episodes, opens))
             state.last_alarm_at = now
             state.alarms += 1
         state.last_crossing_record = record
@@ -651,21 +633,29 @@ class DriftDetector:
     def _describe(self, c: _Crossing) -> str:
         """What changed, in the signal's units, over which records, against which reference,
         by which test (wording.py)."""
-        held = self._window.held_rows()
-        base = self._position - held.shape[0]
-        first = min(max(c.since - base, 0), held.shape[0])
-        last = min(max(c.record - base + 1, first), held.shape[0])
-        rows = np.arange(first, last)
-        if len(self._engines) > 1 and rows.size:
-            rows = rows[self._parts_of(held[rows]) == c.part]
-        values = held[rows]
         ref = self._parts[c.part] if self._engines else self._reference
         engine = self._engines[c.part] if self._engines else None
         names = self.feature_names
+        col = (names.index(c.signal.removeprefix("feature:"))
+               if c.signal.startswith("feature:") else len(names))
+        # judged against the whole reference (no daily cycle in this signal): every record
+        # counts, whichever part of the day it came in
+        shared = c.signal in ("invalid_rate", "correlation") or (
+            col < len(names) and ref.features[col] is self._reference.features[col]) or (
+            c.signal == "score" and ref.scores is self._reference.scores) or (
+            c.signal == "anomaly_rate" and ref.anomaly_rate is self._reference.anomaly_rate)
+        held = self._window.held_rows()
+        base = self._position - held.shape[0]
+        last = min(max(c.record - base + 1, 0), held.shape[0])
+        rows = np.arange(0, last)
+        if len(self._engines) > 1 and rows.size and not shared:
+            rows = rows[self._parts_of(held[rows]) == c.part]
+        rows = rows[self._excursion(c, held[rows]):]
+        since = base + int(rows[0]) if rows.size else c.record
+        values = held[rows]
         what = c.signal
         size = 0
-        if c.signal.startswith("feature:") and engine is not None:
-            col = names.index(c.signal.removeprefix("feature:"))
+        if col < len(names) and engine is not None:
             dist = ref.features[col]
             events = engine.binary_events[col]
             if dist is not None:
@@ -687,7 +677,7 @@ class DriftDetector:
             size = self._reference.invalid_rate.n
             missing = self._window_missing.held_rows()
             events, n = wording.flags_of(missing[-min(missing.size,
-                                                       self._position - c.since):])
+                                                       self._position - since):])
             what = wording.rate_change("invalid input rate", self._reference.invalid_rate,
                                        events, n)
         elif c.signal == "correlation" and ref.correlation is not None:
@@ -695,13 +685,35 @@ class DriftDetector:
         times = self._window_time.held_rows()[rows]
         part = self._part_names[c.part] if self._engines else "whole"
         where = "whole reference" if part == "whole" else f"reference for {part}"
-        return (f"{what}; {wording.span(c.since, c.record, rows.size, times)}; against the "
+        if shared and part != "whole":
+            where = "whole reference (no daily cycle in this signal)"
+        return (f"{what}; {wording.span(since, c.record, rows.size, times)}; against the "
                 f"{where} ({ref.source}, {size:,} records); {c.test}")
+
+    def _excursion(self, c: _Crossing, values: FloatArray) -> int:
+        """Where the change began, as far as the crossing stream tells: replayed over the
+        held ``values`` of its part (the window), the row after its statistic was last 0."""
+        if c.stream < 0 or not self._engines or values.shape[0] == 0:
+            return 0
+        engine = self._engines[c.part]
+        if engine.signal_of[c.stream] in ("anomaly_rate", "invalid_rate"):
+            return 0  # the flags are not in ``values``: the whole held part
+        finite = np.isfinite(values)
+        filled = np.where(finite, values, self._fill)
+        flags = np.zeros(values.shape[0], dtype=bool)
+        inc = engine.increments(filled, flags, None, finite)[:, c.stream]
+        level = 0.0
+        start = 0
+        for i, x in enumerate(inc.tolist()):
+            level = max(0.0, level + x)
+            if level == 0.0:
+                start = i + 1
+        return int(min(start, values.shape[0] - 1))
 
     # ---- verdicts
 
     def _cusum_level(self, signal: str) -> float | None:
-        levels = [float(np.max(self._cusums[e][engine.signal_streams[signal]]))
+        levels = [float(np.max(self._cusum[self._global[e][engine.signal_streams[signal]]]))
                   for e, engine in enumerate(self._engines) if signal in engine.signal_streams]
         return max(levels) if levels else None
 
@@ -710,7 +722,7 @@ class DriftDetector:
             return f"collecting baseline ({self._baseline.filled}/{self._baseline.size})"
         return "no reference"
 
-    def _judge(self, r: TestOutcome, now: float, part: int, since: int,
+    def _judge(self, r: TestOutcome, now: float, part: int,
                crossings: list[_Crossing]) -> SignalResult:
         signal = r.pop("signal")
         state = self._signals[signal]
@@ -727,7 +739,7 @@ class DriftDetector:
                         f"(Holm across signals), effect {r['effect_size']:.3g} >= "
                         f"{cfg.drift_threshold}")
                 self._signal_crossed(signal, self._position, now, "window", r["effect_size"],
-                                     part, since, test, crossings)
+                                     part, -1, test, crossings)
             else:
                 status = "warning" if significant else "ok"
         if status != "drift" and state.last_crossing_record is not None and not (

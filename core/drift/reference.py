@@ -22,6 +22,7 @@ from modeld.core.drift.seasonal import SeasonKey, season_key
 from modeld.core.errors import ArtifactInvalid
 
 REFERENCE_FORMAT: Final = "modeld.reference/1"
+RATE_PRIOR_RECORDS: Final = 1000
 
 
 def _frozen(array: NDArray[Any]) -> NDArray[Any]:
@@ -423,13 +424,44 @@ def _seasons(whole: Reference, key: SeasonKey, matrix: FloatArray, scores: Float
             None if scores is None else np.asarray(scores)[rows],
             flags=None if flags is None else np.asarray(flags, dtype=bool)[rows],
             source=source, levels=levels, seasonal=False)
-        features = tuple(mine if cyclic[c] else theirs for c, (mine, theirs) in
-                         enumerate(zip(own.features, whole.features, strict=True)))
+        features = tuple(
+            _part_distribution(matrix[:, c], rows, mine, theirs, levels) if cyclic[c] else theirs
+            for c, (mine, theirs) in enumerate(zip(own.features, whole.features, strict=True)))
         score = own.scores if scores is not None and cyclic[d] else whole.scores
-        anomaly = own.anomaly_rate if flags is not None and cyclic[-1] else whole.anomaly_rate
+        anomaly = whole.anomaly_rate
+        if own.anomaly_rate is not None and anomaly is not None and cyclic[-1]:
+            # A part's flags are few (2% of a few hundred rows): its rate is shrunk towards
+            # the whole's by RATE_PRIOR_RECORDS pseudo-records, so that a rate it never saw
+            # flagged is not read as "never" (and its CUSUM's threshold stays finite).
+            anomaly = Rate(own.anomaly_rate.events + RATE_PRIOR_RECORDS * anomaly.rate,
+                           own.anomaly_rate.n + RATE_PRIOR_RECORDS, own.anomaly_rate.source)
         out.append((part, dataclasses.replace(own, features=features, scores=score,
                                               anomaly_rate=anomaly)))
     return tuple(out)
+
+
+def _part_distribution(values: FloatArray, rows: NDArray[np.bool_], own: Distribution | None,
+                       whole: Distribution | None, levels: int) -> Distribution | None:
+    """A cyclic column's distribution in one part. When one value holds most of the column
+    (0: "this line carries no signal") and only how often it occurs follows the day, not the
+    other values (the signals reported), the part gets its own share of that value and the
+    whole reference's other values: their distribution is then known from every row."""
+    if own is None or whole is None:
+        return own
+    finite = values[np.isfinite(values)]
+    common, counts = np.unique(finite, return_counts=True)
+    mode = common[int(np.argmax(counts))]
+    if counts.max() < 0.5 * finite.size or counts.max() == finite.size:
+        return own
+    others = finite[finite != mode]
+    inside = values[rows & np.isfinite(values)]
+    carried = inside[inside != mode]
+    part_of = np.concatenate([np.zeros(others.size, dtype=int), np.ones(carried.size, dtype=int)])
+    if carried.size == 0 or _cyclic(np.concatenate([others, carried]), part_of, 2):
+        return own
+    mode_copies = round((inside.size - carried.size) * others.size / carried.size)
+    sample = np.concatenate([np.full(mode_copies, mode), others])
+    return Distribution.from_sample(sample, levels=levels, source=own.source)
 
 
 def _cyclic(values: FloatArray, part_of: NDArray[np.int_], parts: int) -> bool:

@@ -72,7 +72,7 @@ def distribution_change(name: str, dist: Distribution, values: FloatArray) -> st
 def span(since: int, record: int, n: int, times: FloatArray) -> str:
     finite = times[np.isfinite(times)]
     when = f", {moment(float(finite[0]))} to {moment(float(finite[-1]))}" if finite.size else ""
-    return f"records {since:,}-{record:,} ({n:,} records of this reference{when})"
+    return f"records {since:,}-{record:,} ({n:,} judged{when})"
 
 
 def flags_of(values: BoolArray) -> tuple[int, int]:

@@ -158,7 +158,8 @@ def _normal_event(rng: random.Random, site: _Site, scenario: str | None, when: d
     ap, bssid, ip = site.aps[ap_index], site.bssids[ap_index], site.ap_ips[ap_index]
     iface = rng.choice(("wlan0", "wlan1"))
     if scenario == "firmware_update":
-        # the new firmware (an OpenWrt upgrade) names its interfaces phy0-ap0, phy1-ap0
+        # the new firmware (an OpenWrt upgrade) names its interfaces phy0-ap0, phy1-ap0 (and
+        # the clients' phy0-sta0)
         iface = {"wlan0": "phy0-ap0", "wlan1": "phy1-ap0"}[iface]
     on_2g = rng.random() < 0.25
     channel, freq = rng.choice(_CHANNELS_2G if on_2g else _CHANNELS_5G)
@@ -172,6 +173,7 @@ def _normal_event(rng: random.Random, site: _Site, scenario: str | None, when: d
                for k, day, night in _KINDS]
     kind = rng.choices(kinds, weights=weights)[0]
     hostapd, supplicant = (ap, "hostapd"), (f"kiosk-{sta[-2:]}", "wpa_supplicant")
+    station = "phy0-sta0" if scenario == "firmware_update" else "wlan0"
     if kind == "auth":
         return (*hostapd, f"{iface}: STA {sta} IEEE 802.11: authenticated")
     if kind == "assoc":
@@ -206,32 +208,32 @@ def _normal_event(rng: random.Random, site: _Site, scenario: str | None, when: d
     if kind == "acs":
         return (*hostapd, f"{iface}: ACS-COMPLETED freq={freq} channel={channel}")
     if kind == "supp_auth":
-        return (*supplicant, f"wlan0: SME: Trying to authenticate with {bssid} "
+        return (*supplicant, f"{station}: SME: Trying to authenticate with {bssid} "
                 f"(SSID='corp' freq={freq} MHz)")
     if kind == "supp_assoc":
-        return (*supplicant, f"wlan0: Trying to associate with {bssid} "
+        return (*supplicant, f"{station}: Trying to associate with {bssid} "
                 f"(SSID='corp' freq={freq} MHz)")
     if kind == "supp_associated":
-        return (*supplicant, f"wlan0: Associated with {bssid}")
+        return (*supplicant, f"{station}: Associated with {bssid}")
     if kind == "supp_keys":
-        return (*supplicant, f"wlan0: WPA: Key negotiation completed with {bssid} "
+        return (*supplicant, f"{station}: WPA: Key negotiation completed with {bssid} "
                 "[PTK=CCMP GTK=CCMP]")
     if kind == "supp_connected":
-        return (*supplicant, f"wlan0: CTRL-EVENT-CONNECTED - Connection to {bssid} completed "
+        return (*supplicant, f"{station}: CTRL-EVENT-CONNECTED - Connection to {bssid} completed "
                 f"[id=0 id_str=]")
     if kind == "signal":
         noise = rng.randint(-97, -88)
-        return (*supplicant, f"wlan0: CTRL-EVENT-SIGNAL-CHANGE above={int(signal > -70)} "
+        return (*supplicant, f"{station}: CTRL-EVENT-SIGNAL-CHANGE above={int(signal > -70)} "
                 f"signal={signal} noise={noise} txrate={rng.choice((6500, 65000, 144400, 866700))}")
     if kind == "supp_disconnected":
-        return (*supplicant, f"wlan0: CTRL-EVENT-DISCONNECTED bssid={bssid} reason=3 "
+        return (*supplicant, f"{station}: CTRL-EVENT-DISCONNECTED bssid={bssid} reason=3 "
                 "locally_generated=1")
     if kind == "supp_idle":
-        return (*supplicant, f"wlan0: CTRL-EVENT-DISCONNECTED bssid={bssid} reason=4")
+        return (*supplicant, f"{station}: CTRL-EVENT-DISCONNECTED bssid={bssid} reason=4")
     if kind == "beacon_loss":
-        return (*supplicant, "wlan0: CTRL-EVENT-BEACON-LOSS")
+        return (*supplicant, f"{station}: CTRL-EVENT-BEACON-LOSS")
     if kind == "assoc_reject":
-        return (*supplicant, f"wlan0: CTRL-EVENT-ASSOC-REJECT bssid={bssid} "
+        return (*supplicant, f"{station}: CTRL-EVENT-ASSOC-REJECT bssid={bssid} "
                 f"status_code={rng.choice((17, 17, 17, 1, 30))}")
     if kind == "aruba_assoc":
         return ("wlc-1", "stm", f"<501095> <NOTI> |stm| Assoc request @ {when:%H:%M:%S}."
