@@ -121,6 +121,7 @@ class DriftDetector:
         self._keys: list[str] = []
         self._cusum = np.zeros(0)
         self._global: list[IntArray] = []
+        self._identity: list[bool] = []  # part e's streams are all of them, in order
         self._episode: _Episode | None = None
         self._episodes = 0
         self._signals: dict[str, _SignalState] = {}
@@ -383,7 +384,10 @@ class DriftDetector:
             if engine.keys:
                 cusum = self._cusum
                 where = self._global[part]
-                cusum[where] += engine.increments_one(values, flag)
+                if self._identity[part]:
+                    cusum += engine.increments_one(values, flag)
+                else:
+                    cusum[where] += engine.increments_one(values, flag)
                 np.maximum(cusum, 0.0, out=cusum)
                 if cusum.max() > 1.0:
                     for k in np.flatnonzero(cusum[where] > 1.0):
@@ -480,6 +484,8 @@ class DriftDetector:
         self._keys = list(index)
         self._global = [np.asarray([index[k] for k in engine.keys], dtype=np.intp)
                         for engine in self._engines]
+        self._identity = [where.size == len(index) and bool(np.all(where == np.arange(where.size)))
+                          for where in self._global]
         self._cusum = np.asarray([old.get(k, 0.0) for k in self._keys], dtype=np.float64)
         self._fill = (self._engines[0].transform.fill if self._engines
                       else np.zeros(len(self.feature_names) + 1))

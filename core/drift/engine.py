@@ -2,9 +2,10 @@
 
 Every scored record becomes one statistic vector: per column (the features, then the anomaly
 score) the standardised normal score ``y`` and ``y^2``, per pair of columns the product of
-their standardised uniform scores, per column the value as a 0/1 event (``x > 0.5``), then the
-anomaly flag and the missing flag. Each CUSUM stream reads one entry of that vector and adds
-the log-likelihood ratio ``A * stat + B`` of its alternative; the streams are, in this order,
+their standardised uniform scores, per column whether it carries another value than its
+dominant one, then the anomaly flag, the missing flag and the constant 1. Each CUSUM stream reads one entry of that vector and adds
+the log-likelihood ratio ``A * stat + B * weight`` of its alternative (the weight is 1, or
+"carries a value"); the streams are, in this order,
 the marginal ones (mean and spread, up and down, per column with more than two values), the
 correlation pairs (up and down) and the rate ones (per 0/1 feature its rate up and down, the
 anomaly rate up and down, invalid rate up). A 0/1 feature is a rate, watched as one (a
@@ -106,12 +107,12 @@ class Engine:
         # is two signals: how often it carries another value, and the distribution of those.
         self.atoms = _dominant_codes(tables.pmf, enabled)
         normal, carried = _conditional_scores(tables, self.atoms)
+        self._normal, self._grids = normal, grids
         self.table = self.transform.flat_table(normal)
         self.ctable = self.transform.flat_table(carried)
-        # The statistic vector: y, y^2, the pair products, the 0/1 events, "carries a value",
-        # the flag, the missing flag and the constant 1.
-        self.event_stat = 2 * columns + columns * columns
-        self.carried_stat = self.event_stat + columns
+        # The statistic vector: y, y^2, the pair products, "carries a value", the flag, the
+        # missing flag and the constant 1.
+        self.carried_stat = 2 * columns + columns * columns
         flag_stat = self.carried_stat + columns
         self.n_stats = flag_stat + 3
 
@@ -122,7 +123,9 @@ class Engine:
                                                                config.max_correlation_pairs)
         self._add_pair_streams(streams, names, config.correlation_shift_design)
         rates = self._add_event_streams(streams, reference, config)
-        rates += self._add_carried_streams(streams, reference, tables.pmf, sizes, config)
+        shares = np.asarray([float(d.share_rows or d.n) if d is not None else 1.0
+                             for d in [*reference.features, reference.scores]])
+        rates += self._add_carried_streams(streams, reference, tables.pmf, shares, config)
         more, self.invalid_stream = _add_rate_streams(streams, reference, flag_stat, columns,
                                                       config)
         rates += more
@@ -146,8 +149,7 @@ class Engine:
         self._stat_one = np.zeros(self.n_stats)
         self._y_one = self._stat_one[:columns]
         self._y2_one = self._stat_one[columns:2 * columns]
-        self._outer_one = self._stat_one[2 * columns:self.event_stat].reshape(columns, columns)
-        self._event_one = self._stat_one[self.event_stat:self.carried_stat]
+        self._outer_one = self._stat_one[2 * columns:self.carried_stat].reshape(columns, columns)
         self._carried_one = self._stat_one[self.carried_stat:flag_stat]
         self._stat_one[-1] = 1.0
         self.flag_stat = flag_stat
@@ -180,17 +182,26 @@ class Engine:
             designs = [("rate+", min(p0 * config.rate_ratio_design, (1.0 + p0) / 2.0))]
             if events >= 1:
                 designs.append(("rate-", p0 / config.rate_ratio_design))
+            # The stream reads the column's normal score y, which is affine in a 0/1 value x:
+            # A x + B = A (y - y0) / (y1 - y0) + B.
+            y0, y1 = (float(self._normal[c, code]) for code in self._codes_of(c, (0.0, 1.0)))
             for suffix, p1 in designs:
                 a, b = bernoulli_lr(p0, p1)
-                streams.add(f"{name}:{suffix}", name, self.event_stat + c, a, b, c,
+                scale = a / (y1 - y0)
+                streams.add(f"{name}:{suffix}", name, c, scale, b - scale * y0, c,
                             self.columns)
                 rates.append((events, dist.n, a, b))
         return rates
 
+    def _codes_of(self, column: int, values: tuple[float, ...]) -> list[int]:
+        grid = self._grids[column]
+        return [int(np.searchsorted(grid, v, side="left") + np.searchsorted(grid, v, side="right"))
+                for v in values]
+
     def _add_carried_streams(self, streams: _Streams, reference: Reference, pmf: FloatArray,
                              sizes: FloatArray, config: DriftConfig) -> list[RateStream]:
         """Per column with a dominant value: how often a line carries another value, up and
-        down (Bernoulli, like a 0/1 feature)."""
+        down (Bernoulli, like a 0/1 feature), against the share in ``sizes`` rows."""
         rates: list[RateStream] = []
         names = [*(f"feature:{n}" for n in reference.feature_names), "score"]
         for c, atom in enumerate(self.atoms.tolist()):
@@ -246,7 +257,6 @@ class Engine:
         np.multiply(y, y, out=stat[:, cols:2 * cols])
         np.multiply(u[:, :, None], u[:, None, :],
                     out=stat[:, 2 * cols:2 * cols + cols * cols].reshape(n, cols, cols))
-        np.greater(values, 0.5, out=stat[:, self.event_stat:self.carried_stat])
         stat[:, self.carried_stat:self.flag_stat] = self.ctable.take(codes)
         stat[:, self.flag_stat] = flags
         stat[:, self.flag_stat + 1] = 0.0 if missing is None else missing
@@ -270,7 +280,6 @@ class Engine:
         np.multiply(y, y, out=self._y2_one)
         u = self.utable.take(codes, out=self._u_one)
         np.multiply.outer(u, u, out=self._outer_one)
-        np.greater(values, 0.5, out=self._event_one)
         self.ctable.take(codes, out=self._carried_one)
         stat = self._stat_one
         stat[self.flag_stat] = flag
@@ -302,11 +311,11 @@ def _reference_grids(dists: list[Distribution | None], levels: int
 
 
 def _dominant_codes(pmf: FloatArray, enabled: BoolArray) -> IntArray:
-    """Per column, the code holding at least half of its reference (when the rest holds at
-    least 1%), else -1."""
+    """Per column, the code holding at least half of its reference (when other values occur
+    at all), else -1."""
     top = pmf.argmax(axis=1)
     share = pmf.max(axis=1)
-    atoms = np.where(enabled & (share >= 0.5) & (share <= 0.99), top, -1)
+    atoms = np.where(enabled & (share >= 0.5) & (share < 1.0), top, -1)
     return atoms.astype(np.intp)
 
 

@@ -47,6 +47,9 @@ class Distribution:
     n: int
     source: str
     code_counts: FloatArray | None = None
+    # The rows behind the share of the dominant value when it is not ``n``: a part of the day
+    # that takes the whole reference's other values (``_part_distribution``).
+    share_rows: int | None = None
 
     @classmethod
     def from_sample(cls, values: FloatArray, *, levels: int, source: str) -> Distribution | None:
@@ -115,6 +118,8 @@ class Distribution:
         if self.code_counts is not None:
             held = np.flatnonzero(self.code_counts)
             out["code_counts"] = [[int(c), int(self.code_counts[c])] for c in held]
+        if self.share_rows is not None:
+            out["share_rows"] = self.share_rows
         return out
 
     @classmethod
@@ -126,7 +131,9 @@ class Distribution:
             for code, count in data["code_counts"]:
                 counts[int(code)] = float(count)
             counts = _frozen(counts)
-        return cls(_frozen(q), int(data["n"]), str(data.get("source", "summary")), counts)
+        share_rows = data.get("share_rows")
+        return cls(_frozen(q), int(data["n"]), str(data.get("source", "summary")), counts,
+                   None if share_rows is None else int(share_rows))
 
 
 @dataclass(frozen=True, slots=True)
@@ -455,13 +462,16 @@ def _part_distribution(values: FloatArray, rows: NDArray[np.bool_], own: Distrib
         return own
     others = finite[finite != mode]
     inside = values[rows & np.isfinite(values)]
-    carried = inside[inside != mode]
-    part_of = np.concatenate([np.zeros(others.size, dtype=int), np.ones(carried.size, dtype=int)])
-    if carried.size == 0 or _cyclic(np.concatenate([others, carried]), part_of, 2):
+    outside = values[~rows & np.isfinite(values)]
+    carried, elsewhere = inside[inside != mode], outside[outside != mode]
+    part_of = np.concatenate([np.zeros(elsewhere.size, dtype=int),
+                              np.ones(carried.size, dtype=int)])
+    if carried.size == 0 or _cyclic(np.concatenate([elsewhere, carried]), part_of, 2):
         return own
     mode_copies = round((inside.size - carried.size) * others.size / carried.size)
     sample = np.concatenate([np.full(mode_copies, mode), others])
-    return Distribution.from_sample(sample, levels=levels, source=own.source)
+    built = Distribution.from_sample(sample, levels=levels, source=own.source)
+    return None if built is None else dataclasses.replace(built, share_rows=int(inside.size))
 
 
 def _cyclic(values: FloatArray, part_of: NDArray[np.int_], parts: int) -> bool:
