@@ -242,14 +242,14 @@ def _history_routes(router: APIRouter, runtime: Runtime) -> None:
             for t in registry.transfers(max(1, min(limit, 10_000)))
         ]
 
-    @router.get("/api/v1/drift", summary="The current drift report of the deployed version")
+    @router.get("/api/v1/drift", summary="The deployed version's last scheduled drift "
+                "evaluation (reading it evaluates and writes nothing)")
     async def drift() -> dict[str, Any]:
         state = runtime.slot.state
         deployed = state.deployed
         if deployed is None:
             return {"deployed_version": None, "reports": {}}
-        report = await run_in_threadpool(runtime.monitors.report, deployed.version,
-                                         deployed.feature_names)
+        report = await run_in_threadpool(runtime.monitors.report, deployed.version)
         return {"deployed_version": deployed.version, "reports": {deployed.version: report}}
 
     @router.get("/api/v1/drift/history",
