@@ -24,13 +24,13 @@ from sklearn.svm import OneClassSVM
 from modeld.client import ModeldError as ClientError
 from modeld.client import ModelTransferService
 from modeld.core.errors import ConfigError, ModelLoadFailed
-from modeld.core.manager import ModelManager
 from modeld.core.indicators import (
     drift_indicators,
     halves_change,
     plan_drift_check,
     relative_change,
 )
+from modeld.core.manager import ModelManager
 from modeld.core.registry import Registry, backup_registry
 from modeld.core.serving import ServingSlot
 from modeld.daemon.cli import main as cli_main

@@ -385,8 +385,10 @@ class Monitors:
                 "status": "not_evaluated", "evaluated_at": None, "reference_source": source,
                 "records_seen": seen, "signals": [], "alarms": [],
                 "last_alarm_at": None, "indicators": dict(NO_INDICATORS),
-                "detail": "no scheduled drift evaluation yet (every "
-                          f"{self.settings.drift_interval:g} s)"}
+                "detail": (f"no scheduled drift evaluation yet (every "
+                           f"{self.settings.drift_interval:g} s)"
+                           if self.settings.drift_detection else
+                           "drift detection is off (monitoring.drift_detection)")}
         return {**evaluation, "drift_detection": self.settings.drift_detection}
 
     def plan_drift(self, version: str) -> dict[str, Any]:
