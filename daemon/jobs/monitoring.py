@@ -24,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -360,10 +360,11 @@ class Monitors:
             self.registry.save_state("drift", version, state, now)
         self.anomalies.flush()
 
-    def prune(self, retention_days: float) -> int:
-        """Delete drift evaluations and alarms older than ``retention_days`` (the scheduled
-        retention job, ``storage.retention_days``); returns how many went."""
-        cutoff = iso(utc_now() - timedelta(days=retention_days))
+    def prune(self, older_than: datetime) -> int:
+        """Delete drift evaluations, alarms and the other recorded events from before
+        ``older_than`` (the scheduled retention job, ``storage.retention_days``); returns how
+        many went."""
+        cutoff = iso(older_than)
         removed = self.registry.prune_events(cutoff)
         if removed:
             log.info("events_pruned", count=removed, older_than=cutoff, reason="retention")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import numpy as np
@@ -142,7 +143,7 @@ class Runtime:
         alarms (``storage.retention_days``)."""
         storage = self.settings.storage
         self.manager.retention(storage.keep_versions, storage.retention_days)
-        self.monitors.prune(storage.retention_days)
+        self.monitors.prune(self.manager.clock() - timedelta(days=storage.retention_days))
 
     def score(self, batch: Batch, version: str | None = None) -> Scores:
         """Score one batch, all from one version: the deployed one (or its fallback when it
