@@ -70,6 +70,8 @@ __all__ = [
     "load_artifact",
     "load_servable",
     "skops_types",
+    "standard_parameters",
+    "standard_transform",
     "warm",
     "warmup_rows",
 ]
@@ -474,17 +476,27 @@ class ServableSpec(Protocol):
     def warmup(self) -> tuple[Any, ...]: ...
 
 
+def standard_transform(mean: np.ndarray, scale: np.ndarray) -> Transform:
+    """StandardScaler.transform as plain numpy: ``(x - mean) / scale``, as scikit-learn does."""
+    return lambda x: (x - mean) / scale
+
+
+def standard_parameters(scaler: Any, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """A StandardScaler's mean and scale as float64 arrays (zeros and ones where it does not
+    centre or scale)."""
+    mean = getattr(scaler, "mean_", None) if getattr(scaler, "with_mean", False) else None
+    scale = getattr(scaler, "scale_", None) if getattr(scaler, "with_std", False) else None
+    return (np.zeros(width) if mean is None else np.asarray(mean, dtype=np.float64),
+            np.ones(width) if scale is None else np.asarray(scale, dtype=np.float64))
+
+
 def _scaler_transform(scaler: Any, width: int) -> Transform:
     """A fast path for StandardScaler (plain numpy), the scaler's own transform otherwise."""
     n_in = getattr(scaler, "n_features_in_", width)
     if n_in != width:
         raise ValueError(f"the scaler expects {n_in} features, the model {width}")
-    mean = getattr(scaler, "mean_", None) if getattr(scaler, "with_mean", False) else None
-    scale = getattr(scaler, "scale_", None) if getattr(scaler, "with_std", False) else None
     if type(scaler).__name__ == "StandardScaler":
-        mean_a = np.zeros(width) if mean is None else np.asarray(mean, dtype=np.float64)
-        scale_a = np.ones(width) if scale is None else np.asarray(scale, dtype=np.float64)
-        return lambda x: (x - mean_a) / scale_a
+        return standard_transform(*standard_parameters(scaler, width))
     transform = scaler.transform
 
     def generic(x: np.ndarray) -> np.ndarray:

@@ -113,6 +113,12 @@ CREATE TABLE IF NOT EXISTS anomalies (
 );
 CREATE INDEX IF NOT EXISTS anomalies_at ON anomalies (at);
 CREATE INDEX IF NOT EXISTS anomalies_version ON anomalies (version, id);
+CREATE TABLE IF NOT EXISTS bundles (
+    version TEXT PRIMARY KEY,
+    digest TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    created TEXT NOT NULL
+);
 """
 
 # Registries made before the actor 'mcp' existed have the older CHECK on deployments; SQLite
@@ -194,6 +200,17 @@ class FolderRow:
     version: str | None
     reason: str
     at: str
+
+
+@dataclass(frozen=True, slots=True)
+class BundleRow:
+    """The servable bundle of a version (``core/bundle.py``): ``bundles/<digest>/`` in the
+    store, ``size`` bytes, written at ``created``."""
+
+    version: str
+    digest: str
+    size: int
+    created: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -487,6 +504,20 @@ class Registry:
              **json.loads(r["detail"])}
             for r in rows
         ]
+
+    # servable bundles (plain SQL: one row per version, replaced by delete and insert) -----
+
+    def put_bundle(self, row: BundleRow) -> None:
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM bundles WHERE version = ?", (row.version,))
+            conn.execute("INSERT INTO bundles (version, digest, size, created) VALUES (?, ?, ?, ?)",
+                         (row.version, row.digest, row.size, row.created))
+
+    def bundle(self, version: str) -> BundleRow | None:
+        rows = self._query("SELECT version, digest, size, created FROM bundles WHERE version = ?",
+                           (version,))
+        return None if not rows else BundleRow(rows[0]["version"], rows[0]["digest"],
+                                               int(rows[0]["size"]), rows[0]["created"])
 
     # recent anomalies --------------------------------------------------------------------
 
