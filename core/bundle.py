@@ -524,8 +524,9 @@ def servable_from_bundle(bundle: Bundle, spec: ServableSpec) -> ServableModel:
     gap = np.abs(scores - expected)
     if not np.all(gap <= WARMUP_TOLERANCE):
         worst = int(np.nanargmax(np.where(np.isfinite(gap), gap, np.inf)))
-        raise BundleInvalid(version, where, f"warmup row {worst} scores {scores[worst]!r} "
-                            f"here and {expected[worst]!r} in scikit-learn (more than "
+        raise BundleInvalid(version, where, f"warmup row {worst} scores "
+                            f"{float(scores[worst])!r} here and {float(expected[worst])!r} in "
+                            "scikit-learn (more than "
                             f"{WARMUP_TOLERANCE:g} apart)")
     extractor = FeatureExtractor(names)
     return ServableModel(
