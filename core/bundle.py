@@ -57,6 +57,7 @@ from modeld.core.loader import (
     ServableModel,
     ServableSpec,
     Transform,
+    forest_rule,
     reference_rows,
     standard_parameters,
     standard_transform,
@@ -177,9 +178,8 @@ def _forest_arrays(model: Any) -> tuple[_Params, dict[str, np.ndarray]]:
 def _forest_scorer(_params: _Params, arrays: _Arrays
                    ) -> tuple[Scorer, Flagger, Callable[[], Explainer | None]]:
     forest = CompiledIsolationForest.from_arrays(arrays)
-    threshold = -float(forest.offset_)
-    return ((lambda x: -forest.score_samples(x)), (lambda _x, s: s > threshold),
-            lambda: ForestExplainer(forest))
+    scorer, flagger = forest_rule(forest)
+    return scorer, flagger, lambda: ForestExplainer(forest)
 
 
 def _jsonable(value: Any) -> Any:

@@ -50,7 +50,7 @@ from modeld.core.errors import (
 )
 from modeld.core.explain import Explanation, LazyExplainer, ReferenceWords, explainer_for
 from modeld.core.features import Batch, FeatureExtractor
-from modeld.core.forest import compile_isolation_forest
+from modeld.core.forest import CompiledIsolationForest, compile_isolation_forest
 
 __all__ = [
     "DEFAULT_LOADER",
@@ -67,6 +67,7 @@ __all__ = [
     "Warmed",
     "build_servable",
     "estimator_files",
+    "forest_rule",
     "load_artifact",
     "load_servable",
     "skops_types",
@@ -505,12 +506,17 @@ def _scaler_transform(scaler: Any, width: int) -> Transform:
     return generic
 
 
+def forest_rule(forest: CompiledIsolationForest) -> tuple[Scorer, Flagger]:
+    """A compiled forest's scorer (higher-is-more-anomalous) and its decision rule, whether it
+    was compiled here or rebuilt from a bundle (``core/bundle.py``)."""
+    threshold = -float(forest.offset_)
+    return (lambda x: -forest.score_samples(x)), (lambda _x, s: s > threshold)
+
+
 def _scorer_for(estimator: Any) -> tuple[Scorer, Flagger]:
     """Score higher-is-more-anomalous; flag by the model's own decision rule."""
     if type(estimator).__name__ == "IsolationForest":
-        forest = compile_isolation_forest(estimator)
-        threshold = -float(forest.offset_)
-        return (lambda x: -forest.score_samples(x)), (lambda _x, s: s > threshold)
+        return forest_rule(compile_isolation_forest(estimator))
     score_samples = estimator.score_samples
     if hasattr(estimator, "offset_"):
         # OneClassSVM's offset_ is a one-element array, the others' a float

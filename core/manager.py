@@ -316,11 +316,28 @@ class ModelManager:
                     self.store.remove(child.name)
                     log.warning("orphan_version_removed", version=child.name,
                                 reason="in the store but not committed to the registry")
+            self._remove_unused_bundles()
             self._bundle_missing()
             self._restore()
             for row in reversed(self.registry.list_versions()):
                 if row.status == "available" and not row.considered:
                     self._consider(row, None)
+
+    def _remove_unused_bundles(self) -> None:
+        """Drop bundles no available version uses (a crash between writing one and committing
+        its version, or a version removed since)."""
+        available = self._available()
+        used = set()
+        for row in self.registry.bundles():
+            if row.version in available:
+                used.add(row.digest)
+            else:
+                self.registry.drop_bundle(row.version)
+        for child in self.store.bundles.iterdir():
+            if child.name not in used:
+                self.store.remove_bundle(child.name)
+                log.warning("orphan_bundle_removed", digest=child.name,
+                            reason="no available version uses it")
 
     def _bundle_missing(self) -> None:
         """Bundle, once, every available version stored before bundles existed."""
@@ -648,9 +665,10 @@ class ModelManager:
                 staged.path, policy.validation, self.clock(), policy.loader, quality_gate,
                 bundle, out, policy.allow_unbundled,
             )
-            if validation.bundle is not None and validation.bundle.kind is None:
-                log.warning("unbundled_estimator_served", version=folder.name,
-                            model_type=validation.bundle.facts.model_type,
+            accepted = validation.bundle
+            if accepted is not None and accepted.kind is None and validation.metadata:
+                log.warning("unbundled_estimator_served", version=validation.metadata.version,
+                            model_type=accepted.facts.model_type,
                             reason="security.allow_unbundled_estimators: unpickled here")
             with self.lock:
                 return self._commit(folder, staged, validation, actor, started)
@@ -1058,6 +1076,11 @@ class ModelManager:
                 self.registry.set_status(row.version, "removed",
                                          f"retention: older than {retention_days:g} days")
                 self.store.remove(row.version)
+                bundle = self.registry.bundle(row.version)
+                self.registry.drop_bundle(row.version)
+                if bundle is not None and all(b.digest != bundle.digest
+                                              for b in self.registry.bundles()):
+                    self.store.remove_bundle(bundle.digest)
                 removed.append(row.version)
                 log.info("version_removed", version=row.version, reason="retention",
                          created_at=row.created_at)

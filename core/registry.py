@@ -519,6 +519,15 @@ class Registry:
         return None if not rows else BundleRow(rows[0]["version"], rows[0]["digest"],
                                                int(rows[0]["size"]), rows[0]["created"])
 
+    def bundles(self) -> list[BundleRow]:
+        return [BundleRow(r["version"], r["digest"], int(r["size"]), r["created"])
+                for r in self._query("SELECT version, digest, size, created FROM bundles "
+                                     "ORDER BY version")]
+
+    def drop_bundle(self, version: str) -> None:
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM bundles WHERE version = ?", (version,))
+
     # recent anomalies --------------------------------------------------------------------
 
     def add_anomalies(self, rows: list[AnomalyRow]) -> None:

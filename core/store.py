@@ -119,6 +119,11 @@ class ModelStore:
         fsync_dir(self.bundles)
         return target
 
+    def remove_bundle(self, digest: str) -> None:
+        """Delete ``bundles/<digest>``, as :meth:`remove` does a version; a servable still
+        mapping its arrays keeps them until it is dropped."""
+        _remove_into(self.bundle_path(digest), self.trash / f"{digest}.bundle")
+
     def clean_leftovers(self) -> list[str]:
         """Remove staging, trash and partial files left by an interrupted import, removal or
         (de)compression."""
@@ -208,13 +213,7 @@ class ModelStore:
 
     def remove(self, version: str) -> None:
         """Take a version out of the store (renamed to trash first, so it vanishes at once)."""
-        path = self.path_of(version)
-        if not path.exists():
-            return
-        doomed = self.trash / f"{version}-{uuid.uuid4().hex[:8]}"
-        os.rename(path, doomed)
-        fsync_dir(self.versions)
-        shutil.rmtree(doomed, ignore_errors=True)
+        _remove_into(self.path_of(version), self.trash / f"{version}-{uuid.uuid4().hex[:8]}")
 
     def verify(self, version: str, checksums: Mapping[str, Mapping[str, object]]) -> str | None:
         """None when the stored files match the digests recorded at import, else the problem.
@@ -293,6 +292,15 @@ class ModelStore:
             fsync_dir(path)
             packed.unlink()
         return None
+
+
+def _remove_into(path: Path, doomed: Path) -> None:
+    """Rename ``path`` into the trash (so it vanishes at once, durably), then delete it."""
+    if not path.exists():
+        return
+    os.rename(path, doomed)
+    fsync_dir(path.parent)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def _packed(file: Path) -> Path:

@@ -184,7 +184,7 @@ def test_a_bundle_whose_files_changed_is_refused_by_its_digest(tmp_path: Path) -
     digest = read_bundle(path, "v").digest
     rows = np.load(path / "warmup_rows.npy")
     np.save(path / "warmup_rows.npy", rows + 1.0)
-    with pytest.raises(BundleInvalid, match="hash to .* the registry recorded"):
+    with pytest.raises(BundleInvalid, match=r"hash to .* the registry recorded"):
         read_bundle(path, "v", digest)
 
 
@@ -193,14 +193,14 @@ def test_a_bundle_that_scores_unlike_sklearn_is_refused_by_the_warmup(tmp_path: 
     scores = np.load(path / "warmup_scores.npy")
     scores[3] += 1e-6
     np.save(path / "warmup_scores.npy", scores)
-    with pytest.raises(BundleInvalid, match="warmup row 3 scores .*more than 1e-09 apart"):
+    with pytest.raises(BundleInvalid, match=r"warmup row 3 scores .*more than 1e-09 apart"):
         servable_from_bundle(read_bundle(path, "v"), Spec("v", FEATURES))
 
 
 def test_a_bundle_never_unpickles_an_object_array(tmp_path: Path) -> None:
     path = written(tmp_path)
     np.save(path / "warmup_rows.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    with pytest.raises(BundleInvalid, match="warmup_rows.npy cannot be read"):
+    with pytest.raises(BundleInvalid, match=r"warmup_rows.npy cannot be read"):
         read_bundle(path, "v")
 
 
@@ -208,10 +208,10 @@ def test_an_unknown_format_and_a_missing_array_are_named(tmp_path: Path) -> None
     path = written(tmp_path)
     manifest = json.loads((path / "bundle.json").read_text())
     (path / "model.roots.npy").unlink()
-    with pytest.raises(BundleInvalid, match="array 'model.roots' is missing"):
+    with pytest.raises(BundleInvalid, match=r"array 'model.roots' is missing"):
         read_bundle(path, "v")
     (path / "bundle.json").write_text(json.dumps({**manifest, "format": 99}))
-    with pytest.raises(BundleInvalid, match="format 99, not 1"):
+    with pytest.raises(BundleInvalid, match=r"format 99, not 1"):
         read_bundle(path, "v")
 
 
@@ -226,7 +226,7 @@ def test_an_estimator_without_a_bundle_form_needs_the_setting(tmp_path: Path) ->
     path = written(tmp_path, model=lof)
     bundle = read_bundle(path, "v")
     assert bundle.kind is None and bundle.facts.model_type == "LocalOutlierFactor"
-    with pytest.raises(EstimatorUnbundled, match="security.allow_unbundled_estimators"):
+    with pytest.raises(EstimatorUnbundled, match=r"security.allow_unbundled_estimators"):
         servable_from_bundle(bundle, Spec("v", FEATURES))
 
     folder = tmp_path / "artifact"
@@ -276,8 +276,12 @@ def test_imports_record_a_bundle_and_stored_versions_are_bundled_once(tmp_path: 
     assert again.registry.bundle("v1") is not None
     assert np.allclose(again.slot.score(records(5)).scores, expected)
     again.registry.close()
+    orphan = again.store.bundles / ("0" * 64)  # as a crash before the registry commit leaves
+    orphan.mkdir()
     third = make_manager(tmp_path)  # converted once: nothing more to do
     assert len(third.registry.events("bundle_converted")) == 1
+    assert not orphan.exists()
+    assert [p.name for p in third.store.bundles.iterdir()] == [third.registry.bundles()[0].digest]
     third.registry.close()
 
 

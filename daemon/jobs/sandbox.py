@@ -16,7 +16,9 @@ The child is forked from a zygote (``python -m modeld.daemon.jobs.sandbox --zygo
 interpreter, started with ``subprocess``, that has imported numpy and scikit-learn and forks
 one fresh child per artifact, so a canary costs a load, not an interpreter's start. The
 multithreaded daemon itself never forks. The child answers with a small JSON file, never a
-pickle, so nothing it says is ever unpickled by the daemon.
+pickle, and writes the artifact's servable bundle (``core/bundle.py``: ``.npy`` arrays and
+JSON), so nothing it says is ever unpickled by the daemon, and the daemon serves from the
+bundle without unpickling the artifact at all.
 
 This contains faults (hangs, segfaults, memory exhaustion, NaN scores); it is not a security
 boundary: the child runs as the daemon's user with its filesystem and network access. What
