@@ -646,21 +646,22 @@ class ModelManager:
             return ImportOutcome(str(folder.path), "incomplete", reason="changed while copying")
         digests = {name: d.sha256 for name, d in staged.files.items()}
         policy = self.policy  # read once: a reload mid-import does not mix two policies
+        out = self.store.new_bundle_path()  # committed with the version, else removed
         try:
-            # Everything here reads the staged copy, which the producer cannot touch: what is
-            # checked is what is loaded. Nothing is unpickled before the signature passes.
-            check_manifest(staged.files, read_manifest(staged.path),
-                           policy.trust.require_manifest, str(folder.path))
-            if policy.trust.verify_key is not None:
-                verify_signature(staged.path, policy.trust.verify_key, digests)
-            out = self.store.new_bundle_path()
-            bundle = None
-            if self.first_load is not None:
-                self.first_load(staged.path, digests, out)
-                bundle = read_bundle(out, folder.name)
-        except (ArtifactUntrusted, ArtifactInvalid, ModelLoadFailed) as exc:
-            return self._reject(folder, exc.reason, meta=peek_metadata(staged.path))
-        try:
+            try:
+                # Everything here reads the staged copy, which the producer cannot touch: what
+                # is checked is what is loaded. Nothing is unpickled before the signature
+                # passes, and nothing at all in this process when a first load bundles it.
+                check_manifest(staged.files, read_manifest(staged.path),
+                               policy.trust.require_manifest, str(folder.path))
+                if policy.trust.verify_key is not None:
+                    verify_signature(staged.path, policy.trust.verify_key, digests)
+                bundle = None
+                if self.first_load is not None:
+                    self.first_load(staged.path, digests, out)
+                    bundle = read_bundle(out, folder.name)
+            except (ArtifactUntrusted, ArtifactInvalid, ModelLoadFailed) as exc:
+                return self._reject(folder, exc.reason, meta=peek_metadata(staged.path))
             validation = validate_folder(
                 staged.path, policy.validation, self.clock(), policy.loader, quality_gate,
                 bundle, out, policy.allow_unbundled,
