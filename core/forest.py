@@ -15,8 +15,8 @@ This module is pure: no threads, no I/O, no logging.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
 import numpy as np
@@ -113,6 +113,31 @@ class CompiledIsolationForest:
         object.__setattr__(self, "_root_threshold", _frozen(self.threshold[self.roots]))
         object.__setattr__(self, "_root_left_child", _frozen(self.left_child[self.roots]))
         object.__setattr__(self, "_root_nan_goes_right", _frozen(self.nan_goes_right[self.roots]))
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Every constructor field as an array (scalars as 0-d arrays), for a servable bundle.
+
+        ``core/bundle.py`` writes whatever this returns, one ``.npy`` per key, and gives it
+        back to :meth:`from_arrays`: the bundle does not know the layout, so a change to the
+        node arrays needs no change there.
+        """
+        return {f.name: np.asarray(getattr(self, f.name)) for f in fields(self) if f.init}
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> CompiledIsolationForest:
+        """Rebuild a forest from :meth:`to_arrays`' output (memory-mapped arrays are kept as
+        they are, read-only). Raises ValueError naming a missing or unexpected array."""
+        names = {f.name: f for f in fields(cls) if f.init}
+        if set(arrays) != set(names):
+            raise ValueError(f"forest arrays {sorted(arrays)} are not {sorted(names)}")
+        values: dict[str, Any] = {}
+        for name, array in arrays.items():
+            kind = names[name].type
+            if array.ndim == 0 and kind in ("int", "float"):
+                values[name] = int(array) if kind == "int" else float(array)
+            else:
+                values[name] = _frozen(array) if array.flags.writeable else array
+        return cls(**values)
 
     @property
     def n_trees(self) -> int:

@@ -63,7 +63,7 @@ class Clock:
 
 
 def make_manager(tmp_path: Path, clock: Clock | None = None, auto_deploy: bool = True,
-                 settle: float = 1.0) -> ModelManager:
+                 settle: float = 1.0, allow_unbundled: bool = False) -> ModelManager:
     models = tmp_path / "models"
     models.mkdir(exist_ok=True)
     manager = ModelManager(
@@ -71,7 +71,8 @@ def make_manager(tmp_path: Path, clock: Clock | None = None, auto_deploy: bool =
         store=ModelStore(tmp_path / "store"),
         slot=ServingSlot(),
         models_dir=models,
-        policy=ManagerPolicy(ValidationPolicy(), DeploymentPolicy(auto_deploy), settle),
+        policy=ManagerPolicy(ValidationPolicy(), DeploymentPolicy(auto_deploy), settle,
+                             allow_unbundled=allow_unbundled),
         clock=clock or Clock(),
     )
     manager.start()
@@ -415,7 +416,8 @@ class RaisingForest:
 
 
 def test_scoring_failure_is_answered_by_the_fallback_and_recorded(tmp_path: Path) -> None:
-    manager = make_manager(tmp_path)
+    # the raising wrapper has no bundle form: it is served unpickled, as the setting allows
+    manager = make_manager(tmp_path, allow_unbundled=True)
     manager.slot._on_fallback = manager.scoring_failed
     drop(manager, "v1", artifact_files("v1", created_at=created(2)))
     manager.poll_once()
@@ -540,7 +542,7 @@ def test_disk_full_while_staging_fails_cleanly_and_is_retried(tmp_path: Path) ->
 
 
 def test_health_check_replaces_a_model_that_stops_scoring(tmp_path: Path) -> None:
-    manager = make_manager(tmp_path)
+    manager = make_manager(tmp_path, allow_unbundled=True)
     drop(manager, "v1", artifact_files("v1", created_at=created(2)))
     manager.poll_once()
     drop(manager, "v2", artifact_files("v2", model=RaisingForest(train_forest(seed=3)),

@@ -231,6 +231,9 @@ class MonitoringSettings(_Section):
     # this many days old
     keep_anomalies: int = Field(1000, ge=1)
     anomaly_retention_days: float = Field(7, gt=0)
+    # scored records waiting for the monitoring thread, at most; beyond it a batch is not
+    # monitored (counted in modeld_monitoring_dropped) rather than the request waiting
+    queue_records: int = Field(100_000, ge=1)
     alerting: AlertingSettings = AlertingSettings()
 
     @model_validator(mode="after")
@@ -330,6 +333,9 @@ class SecuritySettings(_Section):
     allow_pickle: bool = True
     trusted_types: tuple[str, ...] = DEFAULT_TRUSTED_TYPES
     isolate_first_load: bool = True
+    # a model type without a servable bundle form (core/bundle.py) may be unpickled in the
+    # daemon to serve it; logged unbundled_estimator_served
+    allow_unbundled_estimators: bool = False
     canary_time_limit: float = Field(60, gt=0)
     canary_memory_limit: int = 4 * 1024**3
 

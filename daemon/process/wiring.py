@@ -25,6 +25,7 @@ from modeld.core.manager import (
 from modeld.core.registry import Registry
 from modeld.core.serving import ServingSlot
 from modeld.core.store import ModelStore
+from modeld.core.validate import bundle_folder
 from modeld.daemon.jobs.alerting import Alerter
 from modeld.daemon.jobs.monitoring import Monitors
 from modeld.daemon.jobs.sandbox import Zygote, canary_load
@@ -47,6 +48,7 @@ def manager_policy(settings: Settings) -> ManagerPolicy:
         trust=TrustPolicy(settings.security.require_manifest, settings.security.verify_key),
         validate_imports=settings.integration.validate_imports,
         compress_stored=settings.storage.compression,
+        allow_unbundled=settings.security.allow_unbundled_estimators,
     )
 
 
@@ -78,7 +80,7 @@ def _assemble(settings: Settings, clock: Clock, crash: CrashPoint | None,
         state / "registry.sqlite3")
     closers.append(("registry", registry.close))
     metrics = DaemonMetrics(s.monitoring.resource_monitoring)
-    alerter = Alerter(s.monitoring.alerting)
+    alerter = alerter_of(s, metrics)
     alerter.start()
 
     def fallback_used(deployed: str, fallback: str | None, reason: str) -> None:
@@ -94,6 +96,8 @@ def _assemble(settings: Settings, clock: Clock, crash: CrashPoint | None,
         zygote.warm()
     closers.append(("canary zygote", zygote.close))
     monitors = Monitors(s.monitoring, registry, store.versions, metrics, alerter)
+    monitors.start()
+    closers.append(("monitoring", monitors.close))
     runtime = Runtime(settings=s, manager=manager, metrics=metrics, alerter=alerter,
                       monitors=monitors, token=s.api_token(), closers=closers)
     closers.append(("alerter", lambda: runtime.alerter.stop(1.0)))  # a reload may replace it
@@ -105,7 +109,14 @@ def _assemble(settings: Settings, clock: Clock, crash: CrashPoint | None,
                         else _both(runtime.on_manager_event, crash.on_event))
     manager.start()
     runtime.publish_deployed()
+    runtime.prepare_monitors()
     return runtime
+
+
+def alerter_of(settings: Settings, metrics: DaemonMetrics) -> Alerter:
+    """The alerter of ``settings``; what its rate limit holds back is counted in /metrics."""
+    return Alerter(settings.monitoring.alerting,
+                   held_back=lambda channel: metrics.alerts_held_back.labels(channel).inc())
 
 
 def apply_settings(runtime: Runtime, new: Settings, token: str | None) -> None:
@@ -126,7 +137,7 @@ def apply_settings(runtime: Runtime, new: Settings, token: str | None) -> None:
     runtime.monitors.config = DriftConfig.from_mapping(new.monitoring.model_dump())
     if new.monitoring.alerting != runtime.alerter.settings:
         runtime.alerter.stop(1.0)
-        runtime.alerter = Alerter(new.monitoring.alerting)
+        runtime.alerter = alerter_of(new, runtime.metrics)
         runtime.alerter.start()
         runtime.monitors.alerter = runtime.alerter
 
@@ -134,16 +145,18 @@ def apply_settings(runtime: Runtime, new: Settings, token: str | None) -> None:
 def _canary(runtime: Runtime, zygote: Zygote) -> FirstLoad:
     """The first load of every artifact, in a limited child process (``security``)."""
 
-    def first_load(folder: Path, digests: Mapping[str, str]) -> None:
+    def first_load(folder: Path, digests: Mapping[str, str], out: Path) -> None:
         settings = runtime.settings  # the current one: a reload may change it
         security = settings.security
-        if not security.isolate_first_load:
+        if not security.isolate_first_load:  # the daemon unpickles it itself, as configured
+            bundle_folder(folder, out, security.load_policy().loader(),
+                          settings.model.warmup_rows)
             return
         canary_load(folder, time_limit=security.canary_time_limit,
                     memory_limit_bytes=security.canary_memory_limit,
                     loader_spec=security.load_policy(),
                     sample_rows=settings.model.warmup_rows,
-                    expected_digests=digests, zygote=zygote)
+                    expected_digests=digests, zygote=zygote, bundle_to=out)
 
     return first_load
 
