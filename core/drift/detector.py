@@ -20,7 +20,6 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
-from modeld.core.drift import wording
 from modeld.core.drift.arrays import BoolArray, FloatArray, IntArray
 from modeld.core.drift.config import DriftConfig
 from modeld.core.drift.engine import Engine
@@ -36,6 +35,7 @@ from modeld.core.drift.windowed import (
     rate_test,
     seasonal_key_result,
 )
+from modeld.core.drift.wording import distribution_change, flags_of, rate_change, span
 from modeld.core.ring import Ring
 
 STATE_FORMAT: Final = "modeld.drift/1"
@@ -668,23 +668,23 @@ class DriftDetector:
                 size = dist.n
                 column = values[:, col]
                 column = column[np.isfinite(column)]
-                what = (wording.rate_change(c.signal, events / max(dist.n, 1),
+                what = (rate_change(c.signal, events / max(dist.n, 1),
                                             int(np.count_nonzero(column > 0.5)), column.size)
                         if events is not None else
-                        wording.distribution_change(c.signal, dist, column))
+                        distribution_change(c.signal, dist, column))
         elif c.signal == "score" and ref.scores is not None:
             size = ref.scores.n
-            what = wording.distribution_change("score", ref.scores, values[:, -1])
+            what = distribution_change("score", ref.scores, values[:, -1])
         elif c.signal == "anomaly_rate" and ref.anomaly_rate is not None:
             size = ref.anomaly_rate.n
-            events, n = wording.flags_of(self._window_flags.held_rows()[rows])
-            what = wording.rate_change("anomaly rate", ref.anomaly_rate, events, n)
+            events, n = flags_of(self._window_flags.held_rows()[rows])
+            what = rate_change("anomaly rate", ref.anomaly_rate, events, n)
         elif c.signal == "invalid_rate" and self._reference.invalid_rate is not None:
             size = self._reference.invalid_rate.n
             missing = self._window_missing.held_rows()
-            events, n = wording.flags_of(missing[-min(missing.size,
+            events, n = flags_of(missing[-min(missing.size,
                                                        self._position - since):])
-            what = wording.rate_change("invalid input rate", self._reference.invalid_rate,
+            what = rate_change("invalid input rate", self._reference.invalid_rate,
                                        events, n)
         elif c.signal == "correlation" and ref.correlation is not None:
             size = ref.correlation.n
@@ -693,7 +693,7 @@ class DriftDetector:
         where = "whole reference" if part == "whole" else f"reference for {part}"
         if shared and part != "whole":
             where = "whole reference (no daily cycle in this signal)"
-        return (f"{what}; {wording.span(since, c.record, rows.size, times)}; against the "
+        return (f"{what}; {span(since, c.record, rows.size, times)}; against the "
                 f"{where} ({ref.source}, {size:,} records); {c.test}")
 
     def _excursion(self, c: _Crossing, values: FloatArray) -> int:
