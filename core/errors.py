@@ -149,3 +149,15 @@ class RegistryDamaged(ModeldError):
         self.problem = problem
         self.remedy = remedy
         super().__init__(f"the registry {path} is damaged: {problem}; {remedy}")
+
+
+class SchemaTooNew(ModeldError):
+    """The registry database was migrated by a newer modeld: this code would misread it."""
+
+    def __init__(self, where: str, found: int, known: int) -> None:
+        self.where = where
+        self.found = found
+        self.known = known
+        super().__init__(
+            f"the registry {where} has schema version {found}, newer than this modeld knows "
+            f"({known}); upgrade modeld on this host (a fleet's daemons run one release)")

@@ -8,22 +8,23 @@ snapshot (:func:`next_deployment`, :func:`rollback_target`); the manager carries
 
 Called from the daemon's poll worker, its HTTP handlers and its scheduler jobs. It never
 raises for a bad artifact (that is an outcome); it raises ModeldError subclasses for refused
-operator requests and lets sqlite3/OSError through for failures of the daemon's own disk.
+operator requests and lets database errors (DATABASE_ERRORS) and OSError through for
+failures of the daemon's own disk and registry.
 """
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 import structlog
 
+from modeld.core.dialect import DATABASE_ERRORS
 from modeld.core.errors import (
     ArtifactError,
     ArtifactIncomplete,
@@ -271,6 +272,9 @@ class ModelManager:
     clock: Clock = utc_now
     listener: Listener = lambda _event: None
     lock: threading.RLock = field(default_factory=threading.RLock)
+    # False on a fleet's daemon that is not the importer: it imports nothing and decides no
+    # automatic deployment, it follows (:meth:`follow`) what the importer and operators record
+    leads: bool = True
     tracker: SettleTracker = field(init=False)
 
     def __post_init__(self) -> None:
@@ -300,9 +304,53 @@ class ModelManager:
                     log.warning("orphan_version_removed", version=child.name,
                                 reason="in the store but not committed to the registry")
             self._restore()
-            for row in reversed(self.registry.list_versions()):
-                if row.status == "available" and not row.considered:
-                    self._consider(row, None)
+            if self.leads:
+                self._consider_pending()
+
+    def _consider_pending(self) -> None:
+        """Decide on every imported version no decision was made for (an importer that
+        stopped between the import and the decision)."""
+        for row in reversed(self.registry.list_versions()):
+            if row.status == "available" and not row.considered:
+                self._consider(row, None)
+
+    def lead(self) -> None:
+        """This daemon became its fleet's importer: finish what the last one left undecided."""
+        with self.lock:
+            self.leads = True
+            self._consider_pending()
+
+    def follow(self) -> str | None:
+        """Serve the version the registry says is deployed, when the slot serves another
+        (a deployment recorded by another daemon of the fleet); returns the version served.
+
+        A version that cannot be loaded here is logged and the old one keeps serving: one
+        daemon's trouble does not rewrite the fleet's history. Raises one of DATABASE_ERRORS
+        when the registry cannot be read.
+        """
+        with self.lock:
+            current = self.slot.state.deployed
+            old = None if current is None else current.version
+            history = self.registry.deployments(limit=1)
+            if not history or history[0].to_version == old:
+                return old
+            latest = history[0]
+            deployed = latest.to_version
+            started = time.perf_counter()
+            if deployed is None:
+                self.slot.set(None, None)
+                log.warning("follow_undeployed", old=old, reason=latest.reason)
+                return None
+            try:
+                new = self._load(deployed)
+            except (ModelLoadFailed, UnknownVersion) as exc:
+                log.error("follow_failed", version=deployed, old=old, reason=str(exc))
+                return old
+            self.slot.swap(new)
+            self._emit(ModelSwapped(old, deployed, cast(Actor, latest.actor),
+                                    f"following the registry: {latest.reason}",
+                                    round((time.perf_counter() - started) * 1000, 2)))
+            return deployed
 
     def missing_files(self) -> list[str]:
         """Available versions whose store folder is gone (the daemon's scheduled state check;
@@ -311,11 +359,18 @@ class ModelManager:
                 if r.status == "available" and not self.store.path_of(r.version).is_dir()]
 
     def _refetch_missing(self) -> None:
-        """Copy a version whose stored files are gone back from its training folder, when
-        that folder still holds the same content (the same digest as at import)."""
+        """Copy a version whose stored files are gone back: from a fleet's registry, which
+        ships them, else from its training folder when that still holds the same content
+        (the same digest as at import)."""
         for version in self.missing_files():
             row = self.registry.get_version(version)
             assert row is not None
+            if self.registry.shared:
+                problem = self._fetch(version)
+                if problem is not None:
+                    log.error("version_files_missing", version=version,
+                              path=str(self.store.path_of(version)), reason=problem)
+                continue
             try:
                 staged = self.store.stage(Path(row.source_path))
             except (ArtifactError, OSError) as exc:
@@ -419,7 +474,7 @@ class ModelManager:
             try:
                 outcome = self._import_folder(folder, quality_gate=self.policy.validate_imports,
                                               actor="auto")
-            except (OSError, sqlite3.Error):
+            except (OSError, *DATABASE_ERRORS):  # type: ignore[misc]
                 raise  # the daemon's own disk or database: the whole scan is retried
             except Exception as exc:  # one odd folder must not stop the others
                 log.exception("import_crashed", path=str(folder.path), reason=repr(exc))
@@ -587,25 +642,32 @@ class ModelManager:
         started: float,
     ) -> ImportOutcome:
         meta = validation.metadata
-        if meta is not None:
-            existing = self.registry.get_version(meta.version)
-            if existing is not None and existing.status != "rejected":
-                return self._existing(folder, existing, staged)
-        if not validation.report.accepted:
-            return self._reject(folder, validation.report.reason, validation)
-        assert meta is not None and validation.servable is not None
-        stored = self.store.commit(staged, meta.version)
-        now = iso(self.clock())
-        row = VersionRow(
-            version=meta.version, status="available", model_type=meta.model_type,
-            quality_score=validation.report.quality_score, report=validation.report.to_dict(),
-            metadata=with_import_info(meta.raw, now, str(folder.path), actor),
-            created_at=iso(meta.created_at), imported_at=now,
-            source_path=str(folder.path), store_path=str(stored), checksums=staged.checksums(),
-            content_digest=staged.content_digest, reason="", considered=False, deployed_at=None,
-        )
+        # One transaction from the check to the record: on a fleet's registry the version's
+        # lock makes a second importer wait, then find the version and not import it again.
         with self.registry.transaction():
+            if meta is not None:
+                self.registry.lock_version(meta.version)
+                existing = self.registry.get_version(meta.version)
+                if existing is not None and existing.status != "rejected":
+                    return self._existing(folder, existing, staged)
+            if not validation.report.accepted:
+                return self._reject(folder, validation.report.reason, validation)
+            assert meta is not None and validation.servable is not None
+            stored = self.store.commit(staged, meta.version)
+            now = iso(self.clock())
+            row = VersionRow(
+                version=meta.version, status="available", model_type=meta.model_type,
+                quality_score=validation.report.quality_score,
+                report=validation.report.to_dict(),
+                metadata=with_import_info(meta.raw, now, str(folder.path), actor),
+                created_at=iso(meta.created_at), imported_at=now,
+                source_path=str(folder.path), store_path=str(stored),
+                checksums=staged.checksums(), content_digest=staged.content_digest, reason="",
+                considered=False, deployed_at=None,
+            )
             self.registry.put_version(row)
+            if self.registry.shared:  # what the other daemons of the fleet load it from
+                self.registry.put_files(meta.version, self.store.files_of(meta.version))
             self.registry.add_transfer(meta.version, str(folder.path), str(stored), now,
                                        "completed")
             self.registry.record_folder(FolderRow(folder.name, folder.fingerprint, "imported",
@@ -710,7 +772,8 @@ class ModelManager:
         row = self.registry.get_version(version)
         if row is None:
             raise UnknownVersion(version)
-        problem = self._unpacked(row) or self.store.verify(version, row.checksums)
+        problem = (self._fetch(version) or self._unpacked(row)
+                   or self.store.verify(version, row.checksums))
         if problem is not None:
             raise ModelLoadFailed(version, problem)
         folder = self.store.path_of(version)
@@ -720,6 +783,29 @@ class ModelManager:
             raise ModelLoadFailed(version, exc.reason) from exc
         policy = self.policy
         return load_servable(folder, meta, policy.validation.warmup_row_count, policy.loader)
+
+    def _fetch(self, version: str) -> str | None:
+        """Put a version shipped through the registry (a fleet's) into this daemon's store
+        when it is not there yet, each file checked against its digest; None, or the
+        problem. A version the registry holds no files for is left to the store."""
+        if self.store.path_of(version).is_dir():
+            return None
+        manifest = self.registry.file_manifest(version)
+        if not manifest:
+            return None
+        files = {}
+        for name, digest in manifest.items():
+            data = self.registry.blob(digest)
+            if data is None:
+                return f"the registry holds no bytes for {name} ({digest[:12]})"
+            files[name] = (digest, data)
+        try:
+            path = self.store.materialize(version, files)
+        except ArtifactIncomplete as exc:
+            return exc.reason
+        log.info("version_fetched", version=version, path=str(path), files=len(files),
+                 reason="shipped through the registry")
+        return None
 
     def _unpacked(self, row: VersionRow) -> str | None:
         """Decompress a compressed stored version (checked against its checksums) so that it

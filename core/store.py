@@ -185,6 +185,40 @@ class ModelStore:
     def discard(self, staged: StagedArtifact) -> None:
         shutil.rmtree(staged.path, ignore_errors=True)
 
+    def files_of(self, version: str) -> dict[str, tuple[str, bytes]]:
+        """Every file of ``version``'s store folder, whatever it holds, as relative path ->
+        (sha256, bytes): what a fleet's registry ships to the other daemons."""
+        root = self.path_of(version)
+        out = {}
+        for file in sorted(p for p in root.rglob("*") if p.is_file()):
+            data = file.read_bytes()
+            out[file.relative_to(root).as_posix()] = (hashlib.sha256(data).hexdigest(), data)
+        return out
+
+    def materialize(self, version: str, files: Mapping[str, tuple[str, bytes]]) -> Path:
+        """Write shipped files (relative path -> (sha256, bytes)) as ``versions/<version>``,
+        through fsynced staging like an import. Raises ArtifactIncomplete when a file's bytes
+        do not match its digest (nothing is put in the store then)."""
+        staging = self.staging / uuid.uuid4().hex
+        staging.mkdir(parents=True)
+        try:
+            for name, (digest, data) in files.items():
+                if hashlib.sha256(data).hexdigest() != digest:
+                    raise ArtifactIncomplete(version, f"{name}: the shipped bytes do not match "
+                                             f"their digest {digest[:12]}")
+                target = staging / name
+                if not target.resolve().is_relative_to(staging.resolve()):
+                    raise ArtifactIncomplete(version, f"{name}: outside the version's folder")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with target.open("wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            fsync_dir(staging)
+            return self.commit(StagedArtifact(staging, staging, {}), version)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
     def remove(self, version: str) -> None:
         """Take a version out of the store (renamed to trash first, so it vanishes at once)."""
         path = self.path_of(version)
