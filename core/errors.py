@@ -161,3 +161,14 @@ class SchemaTooNew(ModeldError):
         super().__init__(
             f"the registry {where} has schema version {found}, newer than this modeld knows "
             f"({known}); upgrade modeld on this host (a fleet's daemons run one release)")
+
+
+class NotTheImporter(ModeldError):
+    """A fleet's daemon that is not the importer was asked to import."""
+
+    def __init__(self, importer: str | None) -> None:
+        self.importer = importer
+        super().__init__(
+            "this daemon follows its fleet's registry and does not import; import through "
+            + (f"the importer ({importer})" if importer else "the importer (none is elected "
+               "right now: is any daemon connected to the registry?)"))

@@ -31,6 +31,7 @@ from modeld.core.errors import (
     ArtifactInvalid,
     ArtifactUntrusted,
     ModelLoadFailed,
+    NotTheImporter,
     PathOutsideModels,
     UnknownVersion,
     VersionConflict,
@@ -450,7 +451,10 @@ class ModelManager:
     # finding and importing ---------------------------------------------------------------
 
     def poll_once(self) -> PollResult:
-        """Scan the models folder once and import every folder that is ready."""
+        """Scan the models folder once and import every folder that is ready (on a fleet,
+        only the importer does)."""
+        if not self.leads:
+            return PollResult()
         try:
             folders = scan_models_folder(self.models_dir)
         except (FileNotFoundError, NotADirectoryError):
@@ -524,6 +528,9 @@ class ModelManager:
 
         ``quality_gate`` None follows ``validate_imports``.
         """
+        if not self.leads:
+            importers = [d for d in self.registry.daemons() if d.role == "importer"]
+            raise NotTheImporter(importers[0].url if importers else None)
         folder = self._bounded(inspect_folder(self.resolve_import_path(path)))
         gate = self.policy.validate_imports if quality_gate is None else quality_gate
         outcome = self._import_folder(folder, quality_gate=gate, actor="operator")
@@ -1036,7 +1043,10 @@ class ModelManager:
 
     def retention(self, keep_versions: int, retention_days: float) -> list[str]:
         """Remove stored versions older than ``retention_days`` beyond the newest
-        ``keep_versions``; never the deployed or fallback version."""
+        ``keep_versions``; never the deployed or fallback version. On a fleet only the
+        importer decides (the others keep their copies until they restart)."""
+        if not self.leads:
+            return []
         with self.lock:
             state = self.slot.state
             protected = {m.version for m in (state.deployed, state.fallback, state.candidate)

@@ -148,7 +148,6 @@ CREATE TABLE IF NOT EXISTS daemons (
     version TEXT,
     since TEXT,
     last_reconcile TEXT,
-    registry TEXT NOT NULL,
     started_at TEXT NOT NULL,
     heartbeat_at TEXT NOT NULL
 );
@@ -284,7 +283,6 @@ class DaemonRow:
     version: str | None  # what it serves
     since: str | None  # serving that version since
     last_reconcile: str | None
-    registry: str  # "reachable" | "unreachable since <time>"
     started_at: str
     heartbeat_at: str
 
@@ -658,10 +656,9 @@ class Registry:
         with self.transaction() as conn:
             conn.execute(
                 _upsert("daemons", ("id", "host", "pid", "url", "role", "version", "since",
-                                    "last_reconcile", "registry", "started_at",
-                                    "heartbeat_at"), 1),
+                                    "last_reconcile", "started_at", "heartbeat_at"), 1),
                 (row.id, row.host, row.pid, row.url, row.role, row.version, row.since,
-                 row.last_reconcile, row.registry, row.started_at, row.heartbeat_at))
+                 row.last_reconcile, row.started_at, row.heartbeat_at))
 
     def daemons(self) -> list[DaemonRow]:
         """Every daemon that ever heartbeat here, newest heartbeat first."""
