@@ -304,7 +304,11 @@ class Registry:
         self._lock = threading.RLock()
         self._depth = 0
         self._conn = Connection(self.dialect.connect(), self.dialect)
-        self._migrate()
+        try:
+            self._migrate()
+        except BaseException:
+            self._conn.close()
+            raise
 
     @property
     def shared(self) -> bool:

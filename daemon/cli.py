@@ -160,6 +160,25 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+FLEET_COLUMNS = ("id", "role", "version", "since", "last_reconcile", "heartbeat_age_seconds",
+                 "alive", "url")
+
+
+def cmd_fleet(args: argparse.Namespace) -> int:
+    data = Client(_settings(args)).call("GET", "/api/v1/fleet")
+
+    def render(d: dict[str, Any]) -> str:
+        lines = [_table(d["members"], FLEET_COLUMNS)]
+        if d["alarm"]:
+            lines.append(f"ALARM: {d['alarm']}")
+        elif d["split_since"]:
+            lines.append(f"swapping: more than one version served since {d['split_since']}")
+        return "\n".join(lines)
+
+    _print(args, data, render)
+    return 0
+
+
 MODEL_COLUMNS = ("version", "status", "quality_score", "model_type", "created_at", "imported_at")
 
 
@@ -434,6 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
                    ).set_defaults(func=cmd_run)
     sub.add_parser("status", parents=[common], help="what serves now").set_defaults(
         func=cmd_status)
+    sub.add_parser("fleet", parents=[common], help="every daemon on this registry: who "
+                   "serves what").set_defaults(func=cmd_fleet)
 
     config = sub.add_parser("config", parents=[common], help="check a configuration file")
     csub = config.add_subparsers(dest="config_command", required=True)

@@ -17,7 +17,17 @@ from pathlib import Path
 
 import psycopg
 
-BIN = Path(os.environ.get("MODELD_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+def _server_bin() -> Path:
+    """Debian's newest installed server (15 on bookworm), or MODELD_TEST_PG_BIN."""
+    if "MODELD_TEST_PG_BIN" in os.environ:
+        return Path(os.environ["MODELD_TEST_PG_BIN"])
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+                   key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit()
+                   else 0)
+    return found[-1].parent if found else Path("/usr/lib/postgresql/15/bin")
+
+
+BIN = _server_bin()
 PORT = 5432  # only names the socket file, in a folder of our own
 
 
@@ -44,10 +54,10 @@ class PostgresCluster:
             shutil.chown(self.socket, "postgres")
         self._run(str(BIN / "initdb"), "-D", str(self.data), "-U", "postgres",
                   "--auth=trust", "--no-sync", "-E", "UTF8")
-        (self.data / "postgresql.conf").open("a").write(
-            f"listen_addresses = ''\nunix_socket_directories = '{self.socket}'\n"
-            f"port = {PORT}\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
-            "max_connections = 200\n")
+        with (self.data / "postgresql.conf").open("a") as conf:
+            conf.write(f"listen_addresses = ''\nunix_socket_directories = '{self.socket}'\n"
+                       f"port = {PORT}\nfsync = off\nsynchronous_commit = off\n"
+                       "full_page_writes = off\nmax_connections = 200\n")
 
     def _run(self, *argv: str) -> None:
         prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
