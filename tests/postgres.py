@@ -17,6 +17,7 @@ from pathlib import Path
 
 import psycopg
 
+
 def _server_bin() -> Path:
     """Debian's newest installed server (15 on bookworm), or MODELD_TEST_PG_BIN."""
     if "MODELD_TEST_PG_BIN" in os.environ:

@@ -30,15 +30,13 @@ from tests.helpers import artifact_files
 from tests.test_core import NOW, Clock, created, drop, make_manager
 
 
-def version_row(version: str, status: str = "available", **kw: object) -> VersionRow:
-    fields: dict[str, object] = dict(
+def version_row(version: str, status: str = "available", reason: str = "") -> VersionRow:
+    return VersionRow(
         version=version, status=status, model_type="IsolationForest", quality_score=0.91,
         report={"accepted": True}, metadata={"a": 1}, created_at=NOW.isoformat(),
         imported_at=NOW.isoformat(), source_path="/m/" + version, store_path=None,
         checksums={"model.joblib": {"sha256": "ab", "size": 1}}, content_digest="cd",
-        reason="", considered=False, deployed_at=None)
-    fields.update(kw)
-    return VersionRow(**fields)  # type: ignore[arg-type]
+        reason=reason, considered=False, deployed_at=None)
 
 
 def test_versions_folders_state_and_events_mean_the_same_on_both(registry_url: str) -> None:

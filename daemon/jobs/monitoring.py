@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import structlog
 
+from modeld.core.dialect import DATABASE_ERRORS
 from modeld.core.drift import DriftAlarm, DriftConfig, DriftDetector, DriftReport, Reference
 from modeld.core.errors import ArtifactInvalid
 from modeld.core.explain import ReferenceWords
@@ -28,6 +29,8 @@ from modeld.daemon.jobs.alerting import Alert, Alerter
 from modeld.daemon.jobs.anomalies import RecentAnomalies
 from modeld.daemon.process.metrics import DaemonMetrics
 from modeld.daemon.process.settings import MonitoringSettings
+
+T = TypeVar("T")
 
 log = structlog.get_logger("modeld.monitoring")
 
@@ -83,7 +86,7 @@ class Monitors:
     def window(self, version: str, width: int) -> ScoringWindow:
         window = self.windows.get(version)
         if window is None:
-            state = self.registry.load_state("window", version)
+            state = self._saved("window", version)
             window = (ScoringWindow.from_state(state) if state else
                       ScoringWindow(version, n_features=width, started_at=time.time()))
             self.windows[version] = window
@@ -92,11 +95,11 @@ class Monitors:
     def detector(self, version: str, feature_names: Sequence[str]) -> DriftDetector:
         detector = self.detectors.get(version)
         if detector is None:
-            state = self.registry.load_state("drift", version)
+            state = self._saved("drift", version)
             if state is not None:
                 detector = DriftDetector.from_state(state, self.config)
             else:
-                row = self.registry.get_version(version)
+                row = self._guarded(lambda: self.registry.get_version(version), version)
                 reference = None if row is None else artifact_reference(
                     self.store_dir / version, dict(row.metadata), feature_names,
                     self.config.reference_levels)
@@ -144,12 +147,27 @@ class Monitors:
         for alarm in alarms:
             self._alarm(version, alarm)
 
+    def _saved(self, kind: str, version: str) -> dict[str, Any] | None:
+        return self._guarded(lambda: self.registry.load_state(kind, version), version)
+
+    def _guarded(self, read: Callable[[], T], version: str) -> T | None:
+        """A registry call on the scoring path: when the database is away (a fleet's
+        registry restarting), the request is answered all the same and the monitor starts
+        from what it has."""
+        try:
+            return read()
+        except DATABASE_ERRORS as exc:
+            log.warning("monitor_registry_unreachable", version=version,
+                        reason=str(exc).strip() or type(exc).__name__)
+            return None
+
     def _alarm(self, version: str, alarm: DriftAlarm) -> None:
         log.warning("drift_alarm", version=version, signal=alarm.signal, kind=alarm.kind,
                     detector=alarm.detector, statistic=alarm.statistic, record=alarm.record,
                     reason=alarm.detail)
         self.metrics.drift_alarms.labels(alarm.signal).inc()
-        self.registry.add_event("drift_alarm", version, iso(utc_now()), alarm.to_dict())
+        self._guarded(lambda: self.registry.add_event(
+            "drift_alarm", version, iso(utc_now()), alarm.to_dict()), version)
         self.alerter.send(Alert(
             kind="drift_alarm", title=f"drift in {alarm.signal} of {version}",
             detail=alarm.detail, version=version,
@@ -255,7 +273,7 @@ class Monitors:
         with self.lock:
             window = self.windows.get(version)
         if window is None:
-            state = self.registry.load_state("window", version)
+            state = self._saved("window", version)
             window = ScoringWindow.from_state(state) if state else None
         if window is None or not feature_names:
             empty = np.empty(0)
