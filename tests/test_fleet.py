@@ -112,6 +112,8 @@ def test_one_importer_imports_once_and_every_daemon_follows(fleet: Fleet) -> Non
     assert sorted(view["versions"]["v2"]) == sorted(p.status()["fleet"]["id"] for p in (a, b))
     assert view["alarm"] is None and {m["role"] for m in view["members"]} == {"importer",
                                                                              "follower"}
+    panel = lead.get("/api/v1/dashboard/sections").json()["sections"]["fleet"]
+    assert all(m["id"] in panel for m in view["members"]) and "(this one)" in panel
     shown = subprocess.run([sys.executable, "-m", "modeld.daemon.cli", "fleet", "--config",
                             str(a.config_path)], capture_output=True, text=True, check=True)
     assert shown.stdout.count("v2") >= 2 and "importer" in shown.stdout
