@@ -398,6 +398,9 @@ class ModelManager:
         try:
             servable = self._load(deployed)
         except ModelLoadFailed as exc:
+            if not self.leads:  # a follower's trouble does not rewrite the fleet's history
+                log.error("follow_failed", version=deployed, reason=exc.reason)
+                return
             self._emit(DeployedVersionUnusable(deployed, exc.reason))
             self.registry.set_status(deployed, "rejected", f"unusable at startup: {exc.reason}")
             self._fall_back(deployed, f"deployed version unusable at startup: {exc.reason}")

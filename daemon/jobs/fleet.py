@@ -188,7 +188,8 @@ class FleetMember:
         return got
 
     def _reconcile(self) -> None:
-        self.manager.follow()
+        if self.shared:  # one daemon on SQLite: every change went through its own slot
+            self.manager.follow()
         self.last_reconcile = iso(utc_now())
         if self._note_served():
             self._heartbeat()

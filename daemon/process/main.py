@@ -26,7 +26,8 @@ import structlog
 import uvicorn
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from modeld.core.errors import ConfigError, RegistryDamaged, StateDirectoryLocked
+from modeld.core.dialect import DATABASE_ERRORS
+from modeld.core.errors import ConfigError, RegistryDamaged, SchemaTooNew, StateDirectoryLocked
 from modeld.core.manager import iso, utc_now
 from modeld.core.registry import (
     backup_registry,
@@ -108,9 +109,13 @@ class Daemon:
         except StateDirectoryLocked as exc:
             log.error("startup_failed", reason=str(exc))
             return 1
-        except RegistryDamaged as exc:  # starting again would fail the same way
+        except (RegistryDamaged, SchemaTooNew) as exc:  # starting again would fail the same way
             log.error("startup_failed", reason=str(exc))
             return 3
+        except DATABASE_ERRORS as exc:  # a fleet's database away at startup: systemd retries
+            log.error("startup_failed", reason="the registry database cannot be reached: "
+                      f"{str(exc).strip() or type(exc).__name__}")
+            return 1
         except OSError as exc:
             log.error("startup_failed", reason=str(exc))
             return 1
