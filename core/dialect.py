@@ -137,8 +137,10 @@ class PostgresDialect(Dialect):
         if psycopg is None:  # pragma: no cover
             raise RuntimeError("psycopg is not installed: pip install 'psycopg[binary]'")
         assert self.location.url is not None
+        # keepalives: a cut network is noticed in about 10 s, not at the next write
         return psycopg.connect(self.location.url, autocommit=True, row_factory=dict_row,
-                               connect_timeout=5)
+                               connect_timeout=5, keepalives=1, keepalives_idle=5,
+                               keepalives_interval=2, keepalives_count=2)
 
     def sql(self, text: str) -> str:
         return text.replace("%", "%%").replace("?", "%s")

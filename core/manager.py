@@ -273,8 +273,9 @@ class ModelManager:
     clock: Clock = utc_now
     listener: Listener = lambda _event: None
     lock: threading.RLock = field(default_factory=threading.RLock)
-    # False on a fleet's daemon that is not the importer: it imports nothing and decides no
-    # automatic deployment, it follows (:meth:`follow`) what the importer and operators record
+    # False on a fleet's daemon that is not the importer: it imports nothing, decides no
+    # automatic deployment and trials no candidate; it follows (:meth:`follow`) what the
+    # importer and operators record
     leads: bool = True
     tracker: SettleTracker = field(init=False)
 
@@ -316,10 +317,20 @@ class ModelManager:
                 self._consider(row, None)
 
     def lead(self) -> None:
-        """This daemon became its fleet's importer: finish what the last one left undecided."""
+        """This daemon became its fleet's importer: finish what the last one left undecided
+        and put the fleet's candidate on trial here."""
         with self.lock:
             self.leads = True
+            if self.slot.state.candidate is None:
+                self._restore_candidate()
             self._consider_pending()
+
+    def resign(self) -> None:
+        """This daemon stopped being its fleet's importer (its registry session was lost):
+        it imports and decides nothing more, and its candidate's trial stops here."""
+        with self.lock:
+            self.leads = False
+            self.slot.set_candidate(None)
 
     def follow(self) -> str | None:
         """Serve the version the registry says is deployed, when the slot serves another
@@ -415,7 +426,8 @@ class ModelManager:
         self.slot.set(servable, fallback)
         log.info("model_restored", version=deployed,
                  fallback=None if fallback is None else fallback.version)
-        self._restore_candidate()
+        if self.leads:  # a fleet's candidate is on trial at its importer only
+            self._restore_candidate()
 
     def _restore_candidate(self) -> None:
         row = self.registry.candidate()

@@ -292,9 +292,11 @@ class Registry:
     behind one lock.
 
     ``location`` is the SQLite file's Path or a ``storage.registry_url``. Raises one of
-    modeld.core.dialect.DATABASE_ERRORS when the database itself fails (disk full, corrupt, unreachable); callers
-    log it and keep the in-memory state unchanged. A lost PostgreSQL connection is opened
-    again by the next call. Raises SchemaTooNew when the database was migrated by newer code.
+    modeld.core.dialect.DATABASE_ERRORS when the database itself fails (disk full, corrupt,
+    unreachable); callers log it and keep the in-memory state unchanged. A lost PostgreSQL
+    connection is opened again by the next call. Raises SchemaTooNew when the database was
+    migrated by newer code. SQL added here is written once, in SQLite's spelling with ``?``
+    placeholders; an upsert is :func:`_upsert` (``INSERT OR REPLACE`` is SQLite's alone).
     """
 
     def __init__(self, location: Path | str) -> None:

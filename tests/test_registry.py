@@ -26,7 +26,7 @@ from modeld.core.registry import (
     VersionRow,
 )
 from modeld.core.store import ModelStore
-from tests.helpers import artifact_files
+from tests.helpers import DaemonProcess, artifact_files
 from tests.test_core import NOW, Clock, created, drop, make_manager
 
 
@@ -221,3 +221,19 @@ def test_a_registry_url_names_one_of_the_two_databases(tmp_path: Path) -> None:
     assert registry.path == tmp_path / "r.sqlite3" and not registry.shared
     assert isinstance(registry._conn, Connection)
     registry.close()
+
+
+@pytest.mark.e2e
+def test_a_daemon_refuses_a_registry_of_a_newer_schema_in_one_line(tmp_path: Path) -> None:
+    daemon = DaemonProcess(tmp_path)
+    registry = Registry(tmp_path / "state" / "registry.sqlite3")
+    with registry.transaction() as conn:
+        conn.execute("INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
+                     (SCHEMA_VERSION + 1, "later"))
+    registry.close()
+    daemon.start(wait_ready=False)
+    assert daemon.proc is not None
+    assert daemon.proc.wait(120) == 3  # starting again would fail the same way
+    [failed] = daemon.events("startup_failed")
+    assert f"schema version {SCHEMA_VERSION + 1}, newer than this modeld knows" in failed["reason"]
+    daemon.stop()

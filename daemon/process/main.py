@@ -187,7 +187,7 @@ class Daemon:
         if leads:
             runtime.manager.lead()
         else:
-            runtime.manager.leads = False
+            runtime.manager.resign()
         self.worker.enabled = leads and self.settings.integration.auto_import
         self.worker.request()
 
