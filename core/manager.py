@@ -689,7 +689,7 @@ class ModelManager:
             )
             self.registry.put_version(row)
             if self.registry.shared:  # what the other daemons of the fleet load it from
-                self.registry.put_files(meta.version, self.store.files_of(meta.version))
+                self.registry.put_files(meta.version, self.store.files_of(stored))
             self.registry.add_transfer(meta.version, str(folder.path), str(stored), now,
                                        "completed")
             self.registry.record_folder(FolderRow(folder.name, folder.fingerprint, "imported",
@@ -807,13 +807,14 @@ class ModelManager:
         return load_servable(folder, meta, policy.validation.warmup_row_count, policy.loader)
 
     def _fetch(self, version: str) -> str | None:
-        """Put a version shipped through the registry (a fleet's) into this daemon's store
-        when it is not there yet, each file checked against its digest; None, or the
-        problem. A version the registry holds no files for is left to the store."""
-        if self.store.path_of(version).is_dir():
+        """Put what a fleet's registry ships for ``version`` (its store folder, and any other
+        store folder it needs) into this daemon's store when it is not there yet, each file
+        checked against its digest; None, or the problem. A version the registry holds no
+        files for is left to the store."""
+        if not self.registry.shared:
             return None
         manifest = self.registry.file_manifest(version)
-        if not manifest:
+        if not self.store.missing_folders(manifest):
             return None
         files = {}
         for name, digest in manifest.items():
@@ -822,11 +823,11 @@ class ModelManager:
                 return f"the registry holds no bytes for {name} ({digest[:12]})"
             files[name] = (digest, data)
         try:
-            path = self.store.materialize(version, files)
+            written = self.store.materialize(files)
         except ArtifactIncomplete as exc:
             return exc.reason
-        log.info("version_fetched", version=version, path=str(path), files=len(files),
-                 reason="shipped through the registry")
+        log.info("version_fetched", version=version, path=[str(p) for p in written],
+                 files=len(files), reason="shipped through the registry")
         return None
 
     def _unpacked(self, row: VersionRow) -> str | None:

@@ -634,8 +634,9 @@ class Registry:
     # stored files, content addressed (shipped to the fleet) ---------------------------------
 
     def put_files(self, version: str, files: Mapping[str, tuple[str, bytes]]) -> None:
-        """Record ``version``'s stored files: relative path -> (sha256, bytes). A blob already
-        held (the same bytes in another version) is not written again."""
+        """Record ``version``'s stored files: store-relative path (``versions/<v>/...``) ->
+        (sha256, bytes). A blob already held (the same bytes in another version) is not
+        written again."""
         with self.transaction() as conn:
             conn.executemany(
                 "INSERT INTO blobs (sha256, size, bytes) VALUES (?, ?, ?) "
@@ -647,7 +648,8 @@ class Registry:
                 [(version, path, digest) for path, (digest, _) in sorted(files.items())])
 
     def file_manifest(self, version: str) -> dict[str, str]:
-        """``version``'s stored files as relative path -> sha256 ({} when none were shipped)."""
+        """``version``'s stored files as store-relative path -> sha256 ({} when none were
+        shipped)."""
         rows = self._query("SELECT path, sha256 FROM version_files WHERE version = ? "
                            "ORDER BY path", (version,))
         return {r["path"]: r["sha256"] for r in rows}

@@ -147,7 +147,7 @@ def test_the_importer_killed_mid_import_is_replaced_and_the_import_completes_onc
     assert fleet.sql("SELECT COUNT(*) FROM transfers WHERE status = 'completed'") == [(1,)]
     # its files, whole: model.joblib and metadata.json
     assert fleet.sql("SELECT path FROM version_files WHERE version = 'v1' ORDER BY path") == [
-        ("metadata.json",), ("model.joblib",)]
+        ("versions/v1/metadata.json",), ("versions/v1/model.joblib",)]
     # the daemon that died comes back as a follower of what b imported
     a.env.pop("MODELD_TEST_CRASH_AT")
     a.start()

@@ -96,10 +96,12 @@ def test_files_are_content_addressed_and_shared_between_versions(registry_url: s
     same = b"\x00\x01 model bytes"
     digest = hashlib.sha256(same).hexdigest()
     meta = hashlib.sha256(b"{}").hexdigest()
-    registry.put_files("v1", {"model.joblib": (digest, same), "metadata.json": (meta, b"{}")})
-    registry.put_files("v2", {"sub/model.joblib": (digest, same)})
-    assert registry.file_manifest("v1") == {"metadata.json": meta, "model.joblib": digest}
-    assert registry.file_manifest("v2") == {"sub/model.joblib": digest}
+    registry.put_files("v1", {"versions/v1/model.joblib": (digest, same),
+                              "versions/v1/metadata.json": (meta, b"{}")})
+    registry.put_files("v2", {"versions/v2/sub/model.joblib": (digest, same)})
+    assert registry.file_manifest("v1") == {"versions/v1/metadata.json": meta,
+                                            "versions/v1/model.joblib": digest}
+    assert registry.file_manifest("v2") == {"versions/v2/sub/model.joblib": digest}
     assert registry.file_manifest("v3") == {}
     assert registry.blob(digest) == same and registry.blob("0" * 64) is None
     [count] = registry._query("SELECT COUNT(*) AS n FROM blobs")
@@ -174,13 +176,14 @@ def test_a_follower_fetches_a_version_from_the_registry_and_checks_it(tmp_path: 
     drop(importer, "v2", artifact_files("v2", seed=2, created_at=created(0.5)))
     importer.poll_once()
     # a blob damaged in the database is caught by its digest, and the old version serves on
-    digest = importer.registry.file_manifest("v2")["model.joblib"]
+    digest = importer.registry.file_manifest("v2")["versions/v2/model.joblib"]
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute("UPDATE blobs SET bytes = %s WHERE sha256 = %s", (b"junk", digest))
     assert follower.follow() == "v1"
     assert not follower.store.path_of("v2").exists()
     with psycopg.connect(pg_url, autocommit=True) as conn:
-        data = importer.store.files_of("v2")["model.joblib"][1]
+        data = importer.store.files_of(importer.store.path_of("v2"))[
+            "versions/v2/model.joblib"][1]
         conn.execute("UPDATE blobs SET bytes = %s WHERE sha256 = %s", (data, digest))
     assert follower.follow() == "v2"
     importer.registry.close()
