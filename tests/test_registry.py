@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from pathlib import Path
 
 import psycopg
@@ -16,7 +17,7 @@ import pytest
 from modeld.core.dialect import DATABASE_ERRORS, Connection
 from modeld.core.errors import SchemaTooNew
 from modeld.core.fleet import fleet_view
-from modeld.core.manager import ModelManager
+from modeld.core.manager import ModelManager, iso, utc_now
 from modeld.core.registry import (
     SCHEMA_VERSION,
     AnomalyRow,
@@ -26,7 +27,10 @@ from modeld.core.registry import (
     VersionRow,
 )
 from modeld.core.store import ModelStore
-from tests.helpers import DaemonProcess, artifact_files
+from modeld.daemon.jobs.alerting import Alerter, AlertingSettings
+from modeld.daemon.jobs.fleet import FleetMember
+from modeld.daemon.process.settings import FleetSettings
+from tests.helpers import DaemonProcess, Receiver, artifact_files
 from tests.test_core import NOW, Clock, created, drop, make_manager
 
 
@@ -240,3 +244,26 @@ def test_a_daemon_refuses_a_registry_of_a_newer_schema_in_one_line(tmp_path: Pat
     [failed] = daemon.events("startup_failed")
     assert f"schema version {SCHEMA_VERSION + 1}, newer than this modeld knows" in failed["reason"]
     daemon.stop()
+
+
+def test_two_versions_served_longer_than_a_swap_is_alerted_once(tmp_path: Path,
+                                                                receiver: Receiver) -> None:
+    manager = make_manager(tmp_path)
+    drop(manager, "v1", artifact_files("v1", created_at=created(1)))
+    manager.poll_once()
+    alerter = Alerter(AlertingSettings(enabled=True, webhook_url=receiver.url,
+                                       dedupe_seconds=0))
+    alerter.start()
+    member = FleetMember(manager, FleetSettings(split_alarm_seconds=0.01), "a", "http://a",
+                         on_lead=lambda _leads: None, alerter=lambda: alerter)
+    # another daemon, alive, still on v0
+    manager.registry.heartbeat(DaemonRow("b", "h", 2, "http://b", "follower", "v0",
+                                         created(1), None, created(1), iso(utc_now())))
+    member._heartbeat()  # the split begins now
+    time.sleep(0.05)  # it lasts longer than split_alarm_seconds
+    member._heartbeat()
+    member._heartbeat()  # still split: no second alert
+    alerter.stop(5)
+    [alert] = [b for b in receiver.bodies if b["kind"] == "fleet_split"]
+    assert "v0 by b; v1 by a" in alert["detail"]
+    manager.registry.close()
