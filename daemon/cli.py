@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 
 from modeld.client import ModeldError, answer_of
+from modeld.core.dialect import parse_location
 from modeld.core.errors import ConfigError, RegistryDamaged, StateDirectoryLocked
 from modeld.core.registry import REGISTRY_FILE, restore_registry
 from modeld.daemon.process.settings import Settings, config_warnings, load_settings
@@ -123,7 +124,9 @@ SECRET_KEYS = frozenset({"token", "smtp_password", "webhook_url"})
 def _masked(data: Any) -> Any:
     """The effective configuration with its secrets replaced (it is printed)."""
     if isinstance(data, dict):
-        return {k: ("***" if k in SECRET_KEYS and v is not None else _masked(v))
+        return {k: ("***" if k in SECRET_KEYS and v is not None
+                    else parse_location(v).describe() if k == "registry_url" and v
+                    else _masked(v))
                 for k, v in data.items()}
     if isinstance(data, list):
         return [_masked(v) for v in data]
