@@ -595,7 +595,7 @@ class Registry:
         return [self._event(r) for r in rows]
 
     @staticmethod
-    def _event(row: sqlite3.Row) -> dict[str, Any]:
+    def _event(row: Any) -> dict[str, Any]:
         return {"id": row["id"], "kind": row["kind"], "version": row["version"],
                 "at": row["at"], **json.loads(row["detail"])}
 
