@@ -170,3 +170,26 @@ class RegistryDamaged(ModeldError):
         self.problem = problem
         self.remedy = remedy
         super().__init__(f"the registry {path} is damaged: {problem}; {remedy}")
+
+
+class SchemaTooNew(ModeldError):
+    """The registry database was migrated by a newer modeld: this code would misread it."""
+
+    def __init__(self, where: str, found: int, known: int) -> None:
+        self.where = where
+        self.found = found
+        self.known = known
+        super().__init__(
+            f"the registry {where} has schema version {found}, newer than this modeld knows "
+            f"({known}); upgrade modeld on this host (a fleet's daemons run one release)")
+
+
+class NotTheImporter(ModeldError):
+    """A fleet's daemon that is not the importer was asked to import."""
+
+    def __init__(self, importer: str | None) -> None:
+        self.importer = importer
+        super().__init__(
+            "this daemon follows its fleet's registry and does not import; import through "
+            + (f"the importer ({importer})" if importer else "the importer (none is elected "
+               "right now: is any daemon connected to the registry?)"))

@@ -14,24 +14,25 @@ deployed version and candidate whichever import finishes first.
 Called from the daemon's poll worker, its import threads, its HTTP handlers and its
 scheduler jobs. It never
 raises for a bad artifact (that is an outcome); it raises ModeldError subclasses for refused
-operator requests and lets sqlite3/OSError through for failures of the daemon's own disk.
+operator requests and lets database errors (DATABASE_ERRORS) and OSError through for
+failures of the daemon's own disk and registry.
 """
 
 from __future__ import annotations
 
 import shutil
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 import structlog
 
 from modeld.core.bundle import Bundle, read_bundle, servable_from_bundle
+from modeld.core.dialect import DATABASE_ERRORS
 from modeld.core.errors import (
     ArtifactError,
     ArtifactIncomplete,
@@ -39,6 +40,7 @@ from modeld.core.errors import (
     ArtifactUntrusted,
     EstimatorUnbundled,
     ModelLoadFailed,
+    NotTheImporter,
     PathOutsideModels,
     UnknownVersion,
     VersionConflict,
@@ -310,6 +312,10 @@ class ModelManager:
     clock: Clock = utc_now
     listener: Listener = lambda _event: None
     lock: threading.RLock = field(default_factory=threading.RLock)
+    # False on a fleet's daemon that is not the importer: it imports nothing, decides no
+    # automatic deployment and trials no candidate; it follows (:meth:`follow`) what the
+    # importer and operators record
+    leads: bool = True
     tracker: SettleTracker = field(init=False)
 
     def __post_init__(self) -> None:
@@ -341,9 +347,63 @@ class ModelManager:
             self._remove_unused_bundles()
             self._bundle_missing()
             self._restore()
-            for row in reversed(self.registry.list_versions()):
-                if row.status == "available" and not row.considered:
-                    self._consider(row, None)
+            if self.leads:
+                self._consider_pending()
+
+    def _consider_pending(self) -> None:
+        """Decide on every imported version no decision was made for (an importer that
+        stopped between the import and the decision)."""
+        for row in reversed(self.registry.list_versions()):
+            if row.status == "available" and not row.considered:
+                self._consider(row, None)
+
+    def lead(self) -> None:
+        """This daemon became its fleet's importer: finish what the last one left undecided
+        and put the fleet's candidate on trial here."""
+        with self.lock:
+            self.leads = True
+            if self.slot.state.candidate is None:
+                self._restore_candidate()
+            self._consider_pending()
+
+    def resign(self) -> None:
+        """This daemon stopped being its fleet's importer (its registry session was lost):
+        it imports and decides nothing more, and its candidate's trial stops here."""
+        with self.lock:
+            self.leads = False
+            self.slot.set_candidate(None)
+
+    def follow(self) -> str | None:
+        """Serve the version the registry says is deployed, when the slot serves another
+        (a deployment recorded by another daemon of the fleet); returns the version served.
+
+        A version that cannot be loaded here is logged and the old one keeps serving: one
+        daemon's trouble does not rewrite the fleet's history. Raises one of DATABASE_ERRORS
+        when the registry cannot be read.
+        """
+        with self.lock:
+            current = self.slot.state.deployed
+            old = None if current is None else current.version
+            history = self.registry.deployments(limit=1)
+            if not history or history[0].to_version == old:
+                return old
+            latest = history[0]
+            deployed = latest.to_version
+            started = time.perf_counter()
+            if deployed is None:
+                self.slot.set(None, None)
+                log.warning("follow_undeployed", old=old, reason=latest.reason)
+                return None
+            try:
+                new = self._load(deployed)
+            except (ModelLoadFailed, UnknownVersion) as exc:
+                log.error("follow_failed", version=deployed, old=old, reason=str(exc))
+                return old
+            self.slot.swap(new)
+            self._emit(ModelSwapped(old, deployed, cast(Actor, latest.actor),
+                                    f"following the registry: {latest.reason}",
+                                    round((time.perf_counter() - started) * 1000, 2)))
+            return deployed
 
     def _remove_unused_bundles(self) -> None:
         """Drop bundles no available version uses (a crash between writing one and committing
@@ -396,6 +456,8 @@ class ModelManager:
         now = iso(self.clock())
         with self.registry.transaction():
             self.registry.put_bundle(BundleRow(version, written.digest, written.size, now))
+            if self.registry.shared:
+                self.registry.put_files(version, self.store.files_of(folder, path))
             self.registry.add_event("bundle_converted", version, now,
                                     {"digest": written.digest, "size": written.size})
         log.info("bundle_converted", version=version, digest=written.digest, size=written.size)
@@ -417,11 +479,18 @@ class ModelManager:
                 if r.status == "available" and not self.store.path_of(r.version).is_dir()]
 
     def _refetch_missing(self) -> None:
-        """Copy a version whose stored files are gone back from its training folder, when
-        that folder still holds the same content (the same digest as at import)."""
+        """Copy a version whose stored files are gone back: from a fleet's registry, which
+        ships them, else from its training folder when that still holds the same content
+        (the same digest as at import)."""
         for version in self.missing_files():
             row = self.registry.get_version(version)
             assert row is not None
+            if self.registry.shared:
+                problem = self._fetch(version)
+                if problem is not None:
+                    log.error("version_files_missing", version=version,
+                              path=str(self.store.path_of(version)), reason=problem)
+                continue
             try:
                 staged = self.store.stage(Path(row.source_path))
             except (ArtifactError, OSError) as exc:
@@ -448,6 +517,9 @@ class ModelManager:
         try:
             servable = self._load(deployed)
         except ModelLoadFailed as exc:
+            if not self.leads:  # a follower's trouble does not rewrite the fleet's history
+                log.error("follow_failed", version=deployed, reason=exc.reason)
+                return
             self._emit(DeployedVersionUnusable(deployed, exc.reason))
             self.registry.set_status(deployed, "rejected", f"unusable at startup: {exc.reason}")
             self._fall_back(deployed, f"deployed version unusable at startup: {exc.reason}")
@@ -462,7 +534,8 @@ class ModelManager:
         self.slot.set(servable, fallback)
         log.info("model_restored", version=deployed,
                  fallback=None if fallback is None else fallback.version)
-        self._restore_candidate()
+        if self.leads:  # a fleet's candidate is on trial at its importer only
+            self._restore_candidate()
 
     def _restore_candidate(self) -> None:
         row = self.registry.candidate()
@@ -502,7 +575,7 @@ class ModelManager:
 
     def poll_once(self) -> PollResult:
         """Scan the models folder once and import every folder that is ready, one after the
-        other. The daemon's PollWorker runs the same two steps with the imports on its own
+        other (on a fleet, only the importer does). The daemon's PollWorker runs the same two steps with the imports on its own
         threads (:meth:`discover`, :meth:`import_ready`), so a slow one holds no other back."""
         scan = self.discover()
         outcomes, pending, next_check = [], list(scan.pending), scan.next_check
@@ -518,7 +591,10 @@ class ModelManager:
     def discover(self) -> Scan:
         """Which folders are ready to import now, in scan order, and which are still waited
         for: listings and stats only, nothing hashed or copied (the scan's cost does not grow
-        with the artifacts' size). Called from one thread at a time (the settle tracker)."""
+        with the artifacts' size). Called from one thread at a time (the settle tracker).
+        Nothing is ready on a fleet's daemon that is not its importer."""
+        if not self.leads:
+            return Scan()
         try:
             folders = scan_models_folder(self.models_dir)
         except (FileNotFoundError, NotADirectoryError):
@@ -545,12 +621,12 @@ class ModelManager:
     def import_ready(self, folder: ArtifactFolder) -> ImportOutcome:
         """Stage, check, validate and commit one folder that :meth:`discover` found ready.
         Any thread; imports of different folders may run at once (commits and deployment
-        decisions are serialised by the lock). Raises OSError or sqlite3.Error for the
+        decisions are serialised by the lock). Raises OSError or one of DATABASE_ERRORS for the
         daemon's own disk or database (retried); anything else is the folder's rejection."""
         try:
             return self._import_folder(folder, quality_gate=self.policy.validate_imports,
                                        actor="auto")
-        except (OSError, sqlite3.Error):
+        except (OSError, *DATABASE_ERRORS):  # type: ignore[misc]
             raise
         except Exception as exc:  # one odd folder must not stop the others
             log.exception("import_crashed", path=str(folder.path), reason=repr(exc))
@@ -598,6 +674,9 @@ class ModelManager:
 
         ``quality_gate`` None follows ``validate_imports``.
         """
+        if not self.leads:
+            importers = [d for d in self.registry.daemons() if d.role == "importer"]
+            raise NotTheImporter(importers[0].url if importers else None)
         folder = self._bounded(inspect_folder(self.resolve_import_path(path)))
         gate = self.policy.validate_imports if quality_gate is None else quality_gate
         outcome = self._import_folder(folder, quality_gate=gate, actor="operator")
@@ -730,29 +809,36 @@ class ModelManager:
         started: float,
     ) -> ImportOutcome:
         meta = validation.metadata
-        if meta is not None:
-            existing = self.registry.get_version(meta.version)
-            if existing is not None and existing.status != "rejected":
-                return self._existing(folder, existing, staged)
-        if not validation.report.accepted:
-            return self._reject(folder, validation.report.reason, validation)
-        assert meta is not None and validation.servable is not None
-        bundle = validation.bundle
-        assert bundle is not None
-        self.store.commit_bundle(bundle.path, bundle.digest)
-        stored = self.store.commit(staged, meta.version)
-        now = iso(self.clock())
-        row = VersionRow(
-            version=meta.version, status="available", model_type=meta.model_type,
-            quality_score=validation.report.quality_score, report=validation.report.to_dict(),
-            metadata=with_import_info(meta.raw, now, str(folder.path), actor),
-            created_at=iso(meta.created_at), imported_at=now,
-            source_path=str(folder.path), store_path=str(stored), checksums=staged.checksums(),
-            content_digest=staged.content_digest, reason="", considered=False, deployed_at=None,
-        )
+        # One transaction from the check to the record: on a fleet's registry the version's
+        # lock makes a second importer wait, then find the version and not import it again.
         with self.registry.transaction():
+            if meta is not None:
+                self.registry.lock_version(meta.version)
+                existing = self.registry.get_version(meta.version)
+                if existing is not None and existing.status != "rejected":
+                    return self._existing(folder, existing, staged)
+            if not validation.report.accepted:
+                return self._reject(folder, validation.report.reason, validation)
+            assert meta is not None and validation.servable is not None
+            bundle = validation.bundle
+            assert bundle is not None
+            bundled = self.store.commit_bundle(bundle.path, bundle.digest)
+            stored = self.store.commit(staged, meta.version)
+            now = iso(self.clock())
+            row = VersionRow(
+                version=meta.version, status="available", model_type=meta.model_type,
+                quality_score=validation.report.quality_score,
+                report=validation.report.to_dict(),
+                metadata=with_import_info(meta.raw, now, str(folder.path), actor),
+                created_at=iso(meta.created_at), imported_at=now,
+                source_path=str(folder.path), store_path=str(stored),
+                checksums=staged.checksums(), content_digest=staged.content_digest, reason="",
+                considered=False, deployed_at=None,
+            )
             self.registry.put_version(row)
             self.registry.put_bundle(BundleRow(meta.version, bundle.digest, bundle.size, now))
+            if self.registry.shared:  # what the other daemons of the fleet load it from
+                self.registry.put_files(meta.version, self.store.files_of(stored, bundled))
             self.registry.add_transfer(meta.version, str(folder.path), str(stored), now,
                                        "completed")
             self.registry.record_folder(FolderRow(folder.name, folder.fingerprint, "imported",
@@ -857,7 +943,8 @@ class ModelManager:
         row = self.registry.get_version(version)
         if row is None:
             raise UnknownVersion(version)
-        problem = self._unpacked(row) or self.store.verify(version, row.checksums)
+        problem = (self._fetch(version) or self._unpacked(row)
+                   or self.store.verify(version, row.checksums))
         if problem is not None:
             raise ModelLoadFailed(version, problem)
         folder = self.store.path_of(version)
@@ -877,6 +964,30 @@ class ModelManager:
                         reason="security.allow_unbundled_estimators: unpickled here")
             return load_servable(folder, meta, policy.validation.warmup_row_count,
                                  policy.loader)
+
+    def _fetch(self, version: str) -> str | None:
+        """Put what a fleet's registry ships for ``version`` (its store folder, and any other
+        store folder it needs) into this daemon's store when it is not there yet, each file
+        checked against its digest; None, or the problem. A version the registry holds no
+        files for is left to the store."""
+        if not self.registry.shared:
+            return None
+        manifest = self.registry.file_manifest(version)
+        if not self.store.missing_folders(manifest):
+            return None
+        files = {}
+        for name, digest in manifest.items():
+            data = self.registry.blob(digest)
+            if data is None:
+                return f"the registry holds no bytes for {name} ({digest[:12]})"
+            files[name] = (digest, data)
+        try:
+            written = self.store.materialize(files)
+        except ArtifactIncomplete as exc:
+            return exc.reason
+        log.info("version_fetched", version=version, path=[str(p) for p in written],
+                 files=len(files), reason="shipped through the registry")
+        return None
 
     def _unpacked(self, row: VersionRow) -> str | None:
         """Decompress a compressed stored version (checked against its checksums) so that it
@@ -1108,7 +1219,10 @@ class ModelManager:
 
     def retention(self, keep_versions: int, retention_days: float) -> list[str]:
         """Remove stored versions older than ``retention_days`` beyond the newest
-        ``keep_versions``; never the deployed or fallback version."""
+        ``keep_versions``; never the deployed or fallback version. On a fleet only the
+        importer decides (the others keep their copies until they restart)."""
+        if not self.leads:
+            return []
         with self.lock:
             state = self.slot.state
             protected = {m.version for m in (state.deployed, state.fallback, state.candidate)

@@ -1,4 +1,5 @@
-"""Registry: the daemon's durable memory, one SQLite file (WAL, synchronous=FULL).
+"""Registry: the daemon's durable memory: one SQLite file (WAL, synchronous=FULL) by default,
+or one PostgreSQL database shared by a fleet of daemons (``storage.registry_url``).
 
 It remembers every version (status, quality score, report, metadata, checksums), the seed's
 transfer history, an append-only deployment history, what was decided about each folder of the
@@ -6,6 +7,13 @@ training service (so a stable folder is judged once), and the monitors' persiste
 Each method is one transaction; a crash at any moment leaves the last committed state.
 The deployed version is never stored as a flag: it is the ``to_version`` of the newest
 deployment row.
+
+One implementation serves both databases; :mod:`modeld.core.dialect` holds what differs.
+SCHEMA (SQLite's spelling) is applied at every start and only ever adds what is missing
+(``IF NOT EXISTS``); a change to an existing table is a numbered step in MIGRATIONS, recorded
+in ``schema_version``. A database whose schema is newer than this code is refused.
+With PostgreSQL a version's stored files also live in the database (``blobs``, content
+addressed by sha256, and ``version_files``, its manifest), so a fleet needs nothing else.
 """
 
 from __future__ import annotations
@@ -16,13 +24,20 @@ import os
 import shutil
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from modeld.core.errors import RegistryDamaged
+from modeld.core.dialect import (
+    Connection,
+    RegistryLocation,
+    dialect_for,
+    parse_location,
+)
+from modeld.core.errors import RegistryDamaged, SchemaTooNew
 from modeld.core.store import fsync_dir
 
 SCHEMA = """
@@ -60,10 +75,6 @@ CREATE TABLE IF NOT EXISTS deployments (
     actor TEXT NOT NULL CHECK (actor IN ('auto', 'operator', 'rollback', 'fallback', 'startup',
                                          'mcp'))
 );
-CREATE TRIGGER IF NOT EXISTS deployments_append_only_u BEFORE UPDATE ON deployments
-BEGIN SELECT RAISE(ABORT, 'the deployment history is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS deployments_append_only_d BEFORE DELETE ON deployments
-BEGIN SELECT RAISE(ABORT, 'the deployment history is append-only'); END;
 CREATE TABLE IF NOT EXISTS folders (
     name TEXT PRIMARY KEY,
     fingerprint TEXT NOT NULL,
@@ -121,7 +132,41 @@ CREATE TABLE IF NOT EXISTS bundles (
     size INTEGER NOT NULL,
     created TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS schema_version (
+    version INTEGER NOT NULL,
+    applied_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS blobs (
+    sha256 TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    bytes BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS version_files (
+    version TEXT NOT NULL,
+    path TEXT NOT NULL,
+    sha256 TEXT NOT NULL REFERENCES blobs (sha256),
+    PRIMARY KEY (version, path)
+);
+CREATE TABLE IF NOT EXISTS daemons (
+    id TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    url TEXT NOT NULL,
+    role TEXT NOT NULL,
+    version TEXT,
+    since TEXT,
+    last_reconcile TEXT,
+    started_at TEXT NOT NULL,
+    heartbeat_at TEXT NOT NULL
+);
 """
+
+# Numbered changes to tables SCHEMA already made, in order: (number, what, SQL statements).
+# Step n runs once, in the transaction that records schema_version n.
+MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
+    (1, "the schema as of the fleet: versions, deployments, blobs, version files, daemons", ()),
+)
+SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 # Registries made before the actor 'mcp' existed have the older CHECK on deployments; SQLite
 # cannot alter a CHECK, so the table is rebuilt once, rows and ids unchanged, in one transaction.
@@ -134,7 +179,6 @@ ALTER TABLE deployments RENAME TO deployments_before_mcp;
 INSERT INTO deployments (id, from_version, to_version, at, reason, actor)
     SELECT id, from_version, to_version, at, reason, actor FROM deployments_before_mcp;
 DROP TABLE deployments_before_mcp;
-{triggers}
 """
 
 REGISTRY_FILE = "registry.sqlite3"  # in storage.directory
@@ -246,62 +290,127 @@ class TransferRow:
     detail: str
 
 
-class Registry:
-    """The SQLite registry. Safe to call from any thread: one connection behind one lock.
+@dataclass(frozen=True, slots=True)
+class DaemonRow:
+    """One daemon of the fleet as its last heartbeat described it."""
 
-    Raises sqlite3.Error when the database itself fails (disk full, corrupt); callers log it and
-    keep the in-memory state unchanged.
+    id: str
+    host: str
+    pid: int
+    url: str
+    role: str  # "importer" | "follower"
+    version: str | None  # what it serves
+    since: str | None  # serving that version since
+    last_reconcile: str | None
+    started_at: str
+    heartbeat_at: str
+
+
+class Registry:
+    """The registry on SQLite or PostgreSQL. Safe to call from any thread: one connection
+    behind one lock.
+
+    ``location`` is the SQLite file's Path or a ``storage.registry_url``. Raises one of
+    modeld.core.dialect.DATABASE_ERRORS when the database itself fails (disk full, corrupt,
+    unreachable); callers log it and keep the in-memory state unchanged. A lost PostgreSQL
+    connection is opened again by the next call. Raises SchemaTooNew when the database was
+    migrated by newer code. SQL added here is written once, in SQLite's spelling with ``?``
+    placeholders; an upsert is :func:`_upsert` (``INSERT OR REPLACE`` is SQLite's alone).
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, location: Path | str) -> None:
+        self.location: RegistryLocation = parse_location(location)
+        self.path: Path | None = self.location.path
+        self.dialect = dialect_for(self.location)
         self._lock = threading.RLock()
-        self._conn = sqlite3.connect(
-            path, check_same_thread=False, isolation_level=None, timeout=30
-        )
-        self._conn.row_factory = sqlite3.Row
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.execute("PRAGMA foreign_keys=ON")
-        self._conn.executescript(SCHEMA)
-        self._allow_mcp_actor()
+        self._depth = 0
+        self._conn = Connection(self.dialect.connect(), self.dialect)
+        try:
+            self._migrate()
+        except BaseException:
+            self._conn.close()
+            raise
 
-    def _allow_mcp_actor(self) -> None:
-        row = self._conn.execute(
-            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'deployments'"
-        ).fetchone()
-        if row is None or _ACTORS_BEFORE_MCP not in row["sql"]:
+    @property
+    def shared(self) -> bool:
+        """True on PostgreSQL: other daemons follow this registry, and it ships the files."""
+        return self.location.shared
+
+    def _migrate(self) -> None:
+        with self.transaction() as conn:
+            lock = self.dialect.lock_schema()
+            if lock is not None:
+                conn.execute(lock)
+            known = self.dialect.table_sql(conn, "schema_version")
+            found = 0
+            if known is not None:
+                row = conn.execute("SELECT MAX(version) AS v FROM schema_version").fetchone()
+                found = int(row["v"] or 0)
+            if found > SCHEMA_VERSION:
+                raise SchemaTooNew(self.location.describe(), found, SCHEMA_VERSION)
+            conn.script(self.dialect.ddl(SCHEMA))
+            self._allow_mcp_actor(conn)
+            conn.script(self.dialect.append_only("deployments"))
+            conn.script(self.dialect.notify_deployments())
+            for number, _what, statements in MIGRATIONS:
+                if number > found:
+                    conn.script(statements)
+                    conn.execute("INSERT INTO schema_version (version, applied_at) "
+                                 "VALUES (?, ?)", (number, datetime.now(UTC).isoformat()))
+
+    def _allow_mcp_actor(self, conn: Connection) -> None:
+        """SQLite registries made before the actor 'mcp' have the older CHECK (SQLite cannot
+        alter one): the table is rebuilt, rows and ids unchanged, inside the migration."""
+        table = self.dialect.table_sql(conn, "deployments")
+        if table is None or _ACTORS_BEFORE_MCP not in table:
             return
         create = SCHEMA[SCHEMA.index("CREATE TABLE IF NOT EXISTS deployments"):]
         create = create[: create.index(");") + 2]
-        triggers = SCHEMA[SCHEMA.index("CREATE TRIGGER IF NOT EXISTS deployments_append_only_u"):
-                          SCHEMA.index("CREATE TABLE IF NOT EXISTS folders")]
-        self._conn.executescript("BEGIN IMMEDIATE;" + _DEPLOYMENTS_REBUILD.format(
-            create=create, triggers=triggers) + "COMMIT;")
+        conn.script(self.dialect.ddl(_DEPLOYMENTS_REBUILD.format(create=create)))
 
     def close(self) -> None:
         with self._lock:
             self._conn.close()
 
+    def _connection(self) -> Connection:
+        """The connection, opened again when PostgreSQL dropped it (a restart, a network cut);
+        raises the driver's error while the database cannot be reached."""
+        if self._depth == 0 and self.dialect.is_connection_lost(self._conn.raw):
+            self._conn = Connection(self.dialect.connect(), self.dialect)
+        return self._conn
+
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> Iterator[Connection]:
         """One atomic unit of writes; nested calls join the outer transaction."""
         with self._lock:
-            if self._conn.in_transaction:
-                yield self._conn
+            conn = self._connection()
+            if self._depth:
+                yield conn
                 return
-            self._conn.execute("BEGIN IMMEDIATE")
+            conn.execute(self.dialect.begin)
+            self._depth = 1
             try:
-                yield self._conn
+                yield conn
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                self._depth = 0
+                if not self.dialect.is_connection_lost(conn.raw):
+                    conn.execute("ROLLBACK")
                 raise
-            self._conn.execute("COMMIT")
+            self._depth = 0
+            conn.execute("COMMIT")
 
-    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         with self._lock:
-            return list(self._conn.execute(sql, params))
+            return list(self._connection().execute(sql, params))
+
+    def lock_version(self, version: str) -> None:
+        """Inside a transaction: wait until no other daemon is committing ``version``, so the
+        caller's check-then-insert imports each artifact once fleet-wide (SQLite's BEGIN
+        IMMEDIATE already serialises every writer)."""
+        lock = self.dialect.lock_key(f"modeld version {version}")
+        if lock is not None:
+            with self.transaction() as conn:
+                conn.execute(*lock)
 
     # versions ---------------------------------------------------------------------------
 
@@ -312,7 +421,7 @@ class Registry:
     """
 
     @staticmethod
-    def _version(row: sqlite3.Row) -> VersionRow:
+    def _version(row: Any) -> VersionRow:
         return VersionRow(
             version=row["version"],
             status=row["status"],
@@ -343,10 +452,10 @@ class Registry:
         """Insert a version, or replace a rejected one of the same name."""
         with self.transaction() as conn:
             conn.execute(
-                """INSERT OR REPLACE INTO versions (version, status, model_type, quality_score,
-                       report, metadata, created_at, imported_at, source_path, store_path,
-                       checksums, content_digest, reason, considered)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                _upsert("versions", ("version", "status", "model_type", "quality_score",
+                                     "report", "metadata", "created_at", "imported_at",
+                                     "source_path", "store_path", "checksums",
+                                     "content_digest", "reason", "considered"), 1),
                 (
                     row.version, row.status, row.model_type, row.quality_score,
                     json.dumps(row.report), json.dumps(row.metadata), row.created_at,
@@ -397,7 +506,7 @@ class Registry:
     # candidates -------------------------------------------------------------------------
 
     @staticmethod
-    def _candidate(row: sqlite3.Row) -> CandidateRow:
+    def _candidate(row: Any) -> CandidateRow:
         data = dict(row)
         data["report"] = None if row["report"] is None else json.loads(row["report"])
         return CandidateRow(**data)
@@ -449,8 +558,8 @@ class Registry:
     def record_folder(self, row: FolderRow) -> None:
         with self.transaction() as conn:
             conn.execute(
-                "INSERT OR REPLACE INTO folders (name, fingerprint, outcome, version, reason, at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                _upsert("folders", ("name", "fingerprint", "outcome", "version", "reason",
+                                    "at"), 1),
                 (row.name, row.fingerprint, row.outcome, row.version, row.reason, row.at),
             )
 
@@ -479,8 +588,7 @@ class Registry:
     def save_state(self, kind: str, version: str, state: Mapping[str, Any], at: str) -> None:
         with self.transaction() as conn:
             conn.execute(
-                "INSERT OR REPLACE INTO monitor_state (kind, version, state, updated_at) "
-                "VALUES (?, ?, ?, ?)",
+                _upsert("monitor_state", ("kind", "version", "state", "updated_at"), 2),
                 (kind, version, json.dumps(state), at),
             )
 
@@ -504,7 +612,7 @@ class Registry:
         return [self._event(r) for r in rows]
 
     @staticmethod
-    def _event(row: sqlite3.Row) -> dict[str, Any]:
+    def _event(row: Any) -> dict[str, Any]:
         return {"id": row["id"], "kind": row["kind"], "version": row["version"],
                 "at": row["at"], **json.loads(row["detail"])}
 
@@ -559,7 +667,8 @@ class Registry:
                   limit: int = 100) -> list[AnomalyRow]:
         """Newest first; ``since`` compares with the time modeld scored the record."""
         rows = self._query(
-            "SELECT * FROM anomalies WHERE (? IS NULL OR at >= ?) AND (? IS NULL OR host = ?) "
+            "SELECT * FROM anomalies WHERE (CAST(? AS TEXT) IS NULL OR at >= ?) AND "
+            "(CAST(? AS TEXT) IS NULL OR host = ?) "
             "ORDER BY at DESC, id DESC LIMIT ?", (since, since, host, host, limit))
         return [AnomalyRow(version=r["version"], at=r["at"], timestamp=r["timestamp"],
                            host=r["host"], process=r["process"], message=r["message"],
@@ -573,16 +682,66 @@ class Registry:
             old = conn.execute("DELETE FROM anomalies WHERE at < ?", (older_than,)).rowcount
             extra = conn.execute(
                 "DELETE FROM anomalies WHERE id IN (SELECT id FROM (SELECT id, ROW_NUMBER() "
-                "OVER (PARTITION BY version ORDER BY id DESC) AS n FROM anomalies) WHERE n > ?)",
+                "OVER (PARTITION BY version ORDER BY id DESC) AS n FROM anomalies) AS ranked "
+                "WHERE n > ?)",
                 (keep_per_version,)).rowcount
         return int(old) + int(extra)
 
+    # stored files, content addressed (shipped to the fleet) ---------------------------------
+
+    def put_files(self, version: str, files: Mapping[str, tuple[str, bytes]]) -> None:
+        """Record ``version``'s stored files: store-relative path (``versions/<v>/...``) ->
+        (sha256, bytes). A blob already held (the same bytes in another version) is not
+        written again."""
+        with self.transaction() as conn:
+            conn.executemany(
+                "INSERT INTO blobs (sha256, size, bytes) VALUES (?, ?, ?) "
+                "ON CONFLICT (sha256) DO NOTHING",
+                [(digest, len(data), data) for digest, data in files.values()])
+            conn.execute("DELETE FROM version_files WHERE version = ?", (version,))
+            conn.executemany(
+                "INSERT INTO version_files (version, path, sha256) VALUES (?, ?, ?)",
+                [(version, path, digest) for path, (digest, _) in sorted(files.items())])
+
+    def file_manifest(self, version: str) -> dict[str, str]:
+        """``version``'s stored files as store-relative path -> sha256 ({} when none were
+        shipped)."""
+        rows = self._query("SELECT path, sha256 FROM version_files WHERE version = ? "
+                           "ORDER BY path", (version,))
+        return {r["path"]: r["sha256"] for r in rows}
+
+    def blob(self, sha256: str) -> bytes | None:
+        rows = self._query("SELECT bytes FROM blobs WHERE sha256 = ?", (sha256,))
+        return None if not rows else bytes(rows[0]["bytes"])
+
+    # the fleet ----------------------------------------------------------------------------
+
+    def heartbeat(self, row: DaemonRow) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                _upsert("daemons", ("id", "host", "pid", "url", "role", "version", "since",
+                                    "last_reconcile", "started_at", "heartbeat_at"), 1),
+                (row.id, row.host, row.pid, row.url, row.role, row.version, row.since,
+                 row.last_reconcile, row.started_at, row.heartbeat_at))
+
+    def daemons(self) -> list[DaemonRow]:
+        """Every daemon that ever heartbeat here, newest heartbeat first."""
+        rows = self._query("SELECT * FROM daemons ORDER BY heartbeat_at DESC, id")
+        return [DaemonRow(**dict(r)) for r in rows]
+
+    def forget_daemon(self, daemon_id: str) -> None:
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM daemons WHERE id = ?", (daemon_id,))
+
     def backup(self, target: Path) -> None:
-        """Copy the live database with SQLite's online backup API.
+        """Copy the live database with SQLite's online backup API (PostgreSQL is backed up
+        with its own tools: pg_dump, base backups).
 
         Reads through a connection of its own, never this registry's lock: in WAL mode the
         copy is one consistent snapshot while scoring and the API go on reading and writing.
         """
+        if self.path is None:
+            raise ValueError(f"{self.location.describe()} is backed up with PostgreSQL's tools")
         source = sqlite3.connect(self.path, timeout=30)
         try:
             dest = sqlite3.connect(target)
@@ -594,8 +753,20 @@ class Registry:
             source.close()
 
     def check(self) -> str | None:
-        """None when the file passes SQLite's quick check, else what is wrong (scheduled)."""
-        return registry_problem(self.path)
+        """None when the file passes SQLite's quick check, else what is wrong (scheduled).
+        A PostgreSQL registry is checked by its server; reaching it is the fleet's business."""
+        return None if self.path is None else registry_problem(self.path)
+
+
+def _upsert(table: str, columns: Iterable[str], key_count: int) -> str:
+    """INSERT, or UPDATE every non-key column when the first ``key_count`` columns exist:
+    one spelling for both databases."""
+    cols = list(columns)
+    keys, rest = cols[:key_count], cols[key_count:]
+    return (f"INSERT INTO {table} ({', '.join(cols)}) "  # noqa: S608 - the registry's own names
+            f"VALUES ({', '.join('?' * len(cols))}) "
+            f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET "
+            + ", ".join(f"{c} = excluded.{c}" for c in rest))
 
 
 def registry_problem(path: Path) -> str | None:

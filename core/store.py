@@ -211,6 +211,60 @@ class ModelStore:
     def discard(self, staged: StagedArtifact) -> None:
         shutil.rmtree(staged.path, ignore_errors=True)
 
+    def files_of(self, *folders: Path) -> dict[str, tuple[str, bytes]]:
+        """Every file under ``folders`` (a version's folder; whatever it holds, and any other
+        store folder the version needs), as store-relative path -> (sha256, bytes): what a
+        fleet's registry ships to the other daemons."""
+        out = {}
+        for folder in folders:
+            for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+                data = file.read_bytes()
+                name = file.relative_to(self.directory).as_posix()
+                out[name] = (hashlib.sha256(data).hexdigest(), data)
+        return out
+
+    def missing_folders(self, files: Mapping[str, object]) -> list[str]:
+        """The store folders (``versions/<v>``, ``<area>/<name>``) that shipped files belong
+        to and this store does not hold yet."""
+        folders = sorted({"/".join(name.split("/")[:2]) for name in files})
+        return [f for f in folders if not (self.directory / f).is_dir()]
+
+    def materialize(self, files: Mapping[str, tuple[str, bytes]]) -> list[Path]:
+        """Write shipped files (store-relative path -> (sha256, bytes)) into the store, each
+        missing folder whole through fsynced staging and one rename, like an import; a folder
+        the store holds already is left as it is. Raises ArtifactIncomplete when a file's
+        bytes do not match its digest or its path leaves its folder (that folder is not
+        written then)."""
+        written = []
+        for folder in self.missing_folders(files):
+            target = self.directory / folder
+            staging = self.staging / uuid.uuid4().hex
+            staging.mkdir(parents=True)
+            try:
+                for name, (digest, data) in files.items():
+                    if not name.startswith(folder + "/"):
+                        continue
+                    if hashlib.sha256(data).hexdigest() != digest:
+                        raise ArtifactIncomplete(folder, f"{name}: the shipped bytes do not "
+                                                 f"match their digest {digest[:12]}")
+                    file = staging / name.removeprefix(folder + "/")
+                    if not file.resolve().is_relative_to(staging.resolve()) or (
+                            not target.resolve().is_relative_to(self.directory.resolve())):
+                        raise ArtifactIncomplete(folder, f"{name}: outside the store")
+                    file.parent.mkdir(parents=True, exist_ok=True)
+                    with file.open("wb") as fh:
+                        fh.write(data)
+                        fh.flush()
+                        os.fsync(fh.fileno())
+                fsync_dir(staging)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.rename(staging, target)
+                fsync_dir(target.parent)
+                written.append(target)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        return written
+
     def remove(self, version: str) -> None:
         """Take a version out of the store (renamed to trash first, so it vanishes at once)."""
         _remove_into(self.path_of(version), self.trash / f"{version}-{uuid.uuid4().hex[:8]}")

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 
 from modeld.client import ModeldError, answer_of
+from modeld.core.dialect import parse_location
 from modeld.core.errors import ConfigError, RegistryDamaged, StateDirectoryLocked
 from modeld.core.registry import REGISTRY_FILE, restore_registry
 from modeld.daemon.process.settings import Settings, config_warnings, load_settings
@@ -123,7 +124,9 @@ SECRET_KEYS = frozenset({"token", "smtp_password", "webhook_url"})
 def _masked(data: Any) -> Any:
     """The effective configuration with its secrets replaced (it is printed)."""
     if isinstance(data, dict):
-        return {k: ("***" if k in SECRET_KEYS and v is not None else _masked(v))
+        return {k: ("***" if k in SECRET_KEYS and v is not None
+                    else parse_location(v).describe() if k == "registry_url" and v
+                    else _masked(v))
                 for k, v in data.items()}
     if isinstance(data, list):
         return [_masked(v) for v in data]
@@ -157,6 +160,25 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     data = Client(_settings(args)).call("GET", "/api/v1/status")
     _print(args, data, _kv)
+    return 0
+
+
+FLEET_COLUMNS = ("id", "role", "version", "since", "last_reconcile", "heartbeat_age_seconds",
+                 "alive", "url")
+
+
+def cmd_fleet(args: argparse.Namespace) -> int:
+    data = Client(_settings(args)).call("GET", "/api/v1/fleet")
+
+    def render(d: dict[str, Any]) -> str:
+        lines = [_table(d["members"], FLEET_COLUMNS)]
+        if d["alarm"]:
+            lines.append(f"ALARM: {d['alarm']}")
+        elif d["split_since"]:
+            lines.append(f"swapping: more than one version served since {d['split_since']}")
+        return "\n".join(lines)
+
+    _print(args, data, render)
     return 0
 
 
@@ -434,6 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
                    ).set_defaults(func=cmd_run)
     sub.add_parser("status", parents=[common], help="what serves now").set_defaults(
         func=cmd_status)
+    sub.add_parser("fleet", parents=[common], help="every daemon on this registry: who "
+                   "serves what").set_defaults(func=cmd_fleet)
 
     config = sub.add_parser("config", parents=[common], help="check a configuration file")
     csub = config.add_subparsers(dest="config_command", required=True)

@@ -6,7 +6,37 @@ from pathlib import Path
 
 import pytest
 
+from tests import postgres
 from tests.helpers import DaemonProcess, Receiver
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[postgres.PostgresCluster]:
+    """One real PostgreSQL cluster for the session (skipped, saying why, without one)."""
+    reason = postgres.missing()
+    if reason is not None:
+        pytest.skip(reason)
+    cluster = postgres.PostgresCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture
+def pg_url(pg_cluster: postgres.PostgresCluster) -> str:
+    """A fresh database on the session's cluster."""
+    return pg_cluster.new_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The registry on each backend: a SQLite file, then a PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite://{tmp_path / 'registry.sqlite3'}"
+    url: str = request.getfixturevalue("pg_url")
+    return url
 
 
 @pytest.fixture(autouse=True)

@@ -187,7 +187,7 @@ class DaemonProcess:
         )
         DaemonProcess.started.append(self)
         if wait_ready:
-            self.wait_for(lambda: self.get("/healthz").status_code == 200, 30,
+            self.wait_for(lambda: self.get("/healthz").status_code == 200, 120,
                           "the daemon to answer /healthz")
         return self
 

@@ -63,11 +63,13 @@ class Clock:
 
 
 def make_manager(tmp_path: Path, clock: Clock | None = None, auto_deploy: bool = True,
-                 settle: float = 1.0, allow_unbundled: bool = False) -> ModelManager:
+                 settle: float = 1.0, allow_unbundled: bool = False,
+                 registry: str | None = None) -> ModelManager:
+    """A manager on ``tmp_path``; ``registry`` is a registry URL (default: a SQLite file)."""
     models = tmp_path / "models"
-    models.mkdir(exist_ok=True)
+    models.mkdir(parents=True, exist_ok=True)
     manager = ModelManager(
-        registry=Registry(tmp_path / "registry.sqlite3"),
+        registry=Registry(registry or tmp_path / "registry.sqlite3"),
         store=ModelStore(tmp_path / "store"),
         slot=ServingSlot(),
         models_dir=models,

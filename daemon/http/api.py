@@ -112,11 +112,22 @@ def _probe_routes(router: APIRouter, runtime: Runtime) -> None:
             return error(503, "no model is deployed yet")
         if "registry" in runtime.state_problems:
             return error(503, f"the registry is damaged: {runtime.state_problems['registry']}")
-        return ORJSONResponse({"status": "ready", "deployed_version": deployed.version})
+        answer: dict[str, Any] = {"status": "ready", "deployed_version": deployed.version}
+        fleet = runtime.fleet
+        if fleet is not None and not fleet.reachable:
+            # still ready: it serves its last version (a balancer must not drop the whole
+            # fleet because the database is away), and says so
+            answer["registry"] = (f"unreachable since {fleet.unreachable_since}; serving the "
+                                  "last version, catching up when it is back")
+        return ORJSONResponse(answer)
 
     @router.get("/api/v1/status", summary="What serves now, and the daemon's state")
     async def status() -> dict[str, Any]:
         return runtime.status()
+
+    @router.get("/api/v1/fleet", summary="Every daemon on this registry: who serves what")
+    async def fleet() -> dict[str, Any]:
+        return await run_in_threadpool(runtime.fleet_view)
 
     @router.get("/metrics", summary="Prometheus metrics", include_in_schema=True)
     async def metrics() -> Response:

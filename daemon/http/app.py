@@ -17,11 +17,13 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
+from modeld.core.dialect import DATABASE_ERRORS
 from modeld.core.errors import (
     ArtifactError,
     ModeldError,
     ModelLoadFailed,
     NoModelDeployed,
+    NotTheImporter,
     PathOutsideModels,
     RecordInvalid,
     UnknownVersion,
@@ -65,6 +67,7 @@ STATUS_FOR: list[tuple[type[ModeldError], int]] = [
     (UnknownVersion, 404),
     (VersionNotLoaded, 404),
     (VersionConflict, 409),
+    (NotTheImporter, 409),
     (ModelLoadFailed, 409),
     (PathOutsideModels, 400),
     (RecordInvalid, 422),
@@ -206,6 +209,13 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, DATABASE_ERRORS):
+            # the registry is away (a fleet's database restarting): scoring goes on, what
+            # needs the database waits
+            log.warning("request_registry_unreachable", path=request.url.path,
+                        reason=str(exc).strip() or type(exc).__name__)
+            return _error(request, 503, "the registry database cannot be used right now "
+                          f"({type(exc).__name__}); this daemon keeps serving its last version")
         log.exception("request_failed", path=request.url.path, method=request.method,
                       reason=f"{type(exc).__name__}: {exc}")
         return _error(request, 500, f"internal error ({type(exc).__name__}); the daemon logged "

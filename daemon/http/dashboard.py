@@ -568,6 +568,27 @@ def render_anomalies(anomalies: Sequence[Mapping[str, Any]]) -> str:
             f"<tbody>{rows}</tbody></table>")
 
 
+def render_fleet(view: Mapping[str, Any]) -> str:
+    """Who serves what: every daemon heartbeating into this registry, and the fleet's alarm."""
+    members = view["members"]
+    if not members:
+        return '<p class="muted">No heartbeat yet.</p>'
+    rows = "".join(
+        f"<tr><td>{_e(m['id'])}{' (this one)' if m['id'] == view['self'] else ''}</td>"
+        f"<td>{_e(m['role'])}</td><td>{_version_link(m['version'])}</td>"
+        f"<td>{_when(m['since'])}</td><td>{_when(m['last_reconcile'])}</td>"
+        f"<td>{_number(m['heartbeat_age_seconds'], 1)} s</td>"
+        f'<td><span class="status {"deployed" if m["alive"] else "rejected"}">'
+        f"{'alive' if m['alive'] else 'gone'}</span></td></tr>"
+        for m in members)
+    alarm = (f'<p class="fleet-alarm">{_e(view["alarm"])}</p>' if view["alarm"] else
+             f'<p class="muted">Swapping since {_when(view["split_since"])}.</p>'
+             if view["split_since"] else "")
+    return (f"{alarm}<table><thead><tr><th>Daemon</th><th>Role</th><th>Serves</th>"
+            "<th>Since</th><th>Last reconcile</th><th>Heartbeat</th><th>State</th></tr>"
+            f"</thead><tbody>{rows}</tbody></table>")
+
+
 def _deployed_totals(runtime: Runtime, deployed: str | None) -> dict[str, Any] | None:
     if deployed is None:
         return None
@@ -596,6 +617,7 @@ def render_sections(runtime: Runtime) -> dict[str, Any]:
                                       registry.transfers(HISTORY_ROWS)),
             "anomalies": render_anomalies(runtime.monitors.anomalies.read(None, None,
                                                                           HISTORY_ROWS)),
+            "fleet": render_fleet(runtime.fleet_view()),
         },
     }
 
@@ -625,6 +647,7 @@ class DashboardPage:
             "shadow": sections["shadow"] if sections else "",
             "history": sections["history"] if sections else "",
             "anomalies": sections["anomalies"] if sections else "",
+            "fleet": sections["fleet"] if sections else "",
         }
         return _SLOT.sub(lambda m: values[m.group(1)], self.template)
 

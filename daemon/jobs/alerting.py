@@ -51,7 +51,7 @@ log = structlog.get_logger()
 AlertKind = Literal[
     "drift_alarm", "import_rejected", "swap_failed", "fallback_used", "model_unhealthy",
     "candidate_held",
-    "scan_failed", "registry_damaged", "version_files_missing",
+    "scan_failed", "registry_damaged", "version_files_missing", "fleet_split",
 ]
 ALERT_KINDS: frozenset[str] = frozenset(get_args(AlertKind))
 

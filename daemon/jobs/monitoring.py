@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import structlog
 
+from modeld.core.dialect import DATABASE_ERRORS
 from modeld.core.drift import DriftAlarm, DriftConfig, DriftDetector, DriftReport, Reference
 from modeld.core.errors import ArtifactInvalid
 from modeld.core.explain import ReferenceWords
@@ -269,7 +270,11 @@ class Monitors:
                     detector=alarm.detector, statistic=alarm.statistic, record=alarm.record,
                     reason=alarm.detail)
         self.metrics.drift_alarms.labels(alarm.signal).inc()
-        self.registry.add_event("drift_alarm", version, iso(utc_now()), alarm.to_dict())
+        try:
+            self.registry.add_event("drift_alarm", version, iso(utc_now()), alarm.to_dict())
+        except DATABASE_ERRORS as exc:  # a fleet's database away: the alert still goes out
+            log.warning("drift_alarm_not_recorded", version=version,
+                        reason=str(exc).strip() or type(exc).__name__)
         self.alerter.send(Alert(
             kind="drift_alarm", title=f"drift in {alarm.signal} of {version}",
             detail=alarm.detail, version=version,

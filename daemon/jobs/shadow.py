@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import queue
 import random
-import sqlite3
 import threading
 import time
 from collections.abc import Sequence
@@ -28,6 +27,7 @@ from typing import Any
 
 import structlog
 
+from modeld.core.dialect import DATABASE_ERRORS
 from modeld.core.errors import ModeldError
 from modeld.core.loader import Scores, ServableModel
 from modeld.core.manager import ModelManager, iso, utc_now
@@ -224,7 +224,7 @@ class ShadowWorker:
         try:
             self.manager.registry.save_state(STATE_KIND, comparison.candidate, state,
                                              iso(utc_now()))
-        except sqlite3.Error as exc:
+        except DATABASE_ERRORS as exc:
             log.error("shadow_state_not_saved", version=comparison.candidate, reason=str(exc))
 
     def _refresh(self) -> None:

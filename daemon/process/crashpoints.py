@@ -39,8 +39,8 @@ class CrashPoint:
     def store(self, directory: Path, max_artifact_bytes: int) -> ModelStore:
         return _CrashingStore(directory, max_artifact_bytes, self)
 
-    def registry(self, path: Path) -> Registry:
-        return _CrashingRegistry(path, self)
+    def registry(self, location: Path | str) -> Registry:
+        return _CrashingRegistry(location, self)
 
     def on_event(self, event: ManagerEvent) -> None:
         """Listens beside the daemon: ``registered`` is the moment the import was committed."""
@@ -71,8 +71,8 @@ class _CrashingStore(ModelStore):
 
 
 class _CrashingRegistry(Registry):
-    def __init__(self, path: Path, crash: CrashPoint) -> None:
-        super().__init__(path)
+    def __init__(self, location: Path | str, crash: CrashPoint) -> None:
+        super().__init__(location)
         self._crash = crash
 
     def record_deployment(self, from_version: str | None, to_version: str | None, at: str,

@@ -12,6 +12,7 @@ import gc
 import os
 import select
 import signal
+import socket
 import sys
 import threading
 import time
@@ -25,10 +26,10 @@ import structlog
 import uvicorn
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from modeld.core.errors import ConfigError, RegistryDamaged, StateDirectoryLocked
+from modeld.core.dialect import DATABASE_ERRORS
+from modeld.core.errors import ConfigError, RegistryDamaged, SchemaTooNew, StateDirectoryLocked
 from modeld.core.manager import iso, utc_now
 from modeld.core.registry import (
-    REGISTRY_FILE,
     backup_registry,
     clean_partial_backups,
     newest_good_backup,
@@ -38,6 +39,7 @@ from modeld.core.registry import (
 from modeld.daemon.http.app import create_app
 from modeld.daemon.http.limits import server_limits
 from modeld.daemon.jobs.alerting import Alert
+from modeld.daemon.jobs.fleet import FleetMember
 from modeld.daemon.jobs.watch import PollWorker
 from modeld.daemon.process.crashpoints import CRASH_ENV
 from modeld.daemon.process.logs import configure_logging
@@ -82,6 +84,7 @@ class Daemon:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self.notifier = SystemdNotifier.from_env(os.environ)
+        self.http_port: int | None = None
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self._signals.append(signum)
@@ -106,9 +109,13 @@ class Daemon:
         except StateDirectoryLocked as exc:
             log.error("startup_failed", reason=str(exc))
             return 1
-        except RegistryDamaged as exc:  # starting again would fail the same way
+        except (RegistryDamaged, SchemaTooNew) as exc:  # starting again would fail the same way
             log.error("startup_failed", reason=str(exc))
             return 3
+        except DATABASE_ERRORS as exc:  # a fleet's database away at startup: systemd retries
+            log.error("startup_failed", reason="the registry database cannot be reached: "
+                      f"{str(exc).strip() or type(exc).__name__}")
+            return 1
         except OSError as exc:
             log.error("startup_failed", reason=str(exc))
             return 1
@@ -125,8 +132,10 @@ class Daemon:
         for partial in clean_partial_backups(s.storage.directory / "backups"):
             log.warning("backup_partial_removed", path=str(partial),
                         reason="left by a backup that was killed")
-        self._check_registry(s.storage.directory / REGISTRY_FILE,
-                             s.storage.directory / "store" / "versions")
+        location = s.storage.registry_location()
+        if isinstance(location, Path) or location.startswith("sqlite:"):  # a file to judge
+            self._check_registry(Path(str(location).removeprefix("sqlite://")),
+                                 s.storage.directory / "store" / "versions")
         runtime = build_runtime(s, utc_now, crash_at=os.environ.get(CRASH_ENV))
         cleanups.append(("runtime", runtime.close))
         log.info("starting", config=str(self.config_path), store=str(s.storage.directory),
@@ -134,8 +143,10 @@ class Daemon:
                  deployed=runtime.status()["deployed_version"])
         self.http_thread = self._start_http(runtime, cleanups)
 
-        worker = PollWorker(runtime.manager, s.integration.force_polling,
-                            s.integration.polling_interval, enabled=s.integration.auto_import,
+        manager = runtime.manager
+        worker = PollWorker(manager, s.integration.force_polling,
+                            s.integration.polling_interval,
+                            enabled=s.integration.auto_import and manager.leads,
                             on_failure=lambda reason: runtime.alerter.send(Alert(
                                 kind="scan_failed", title="scanning the training service's "
                                 "models folder failed", detail=reason)))
@@ -145,6 +156,11 @@ class Daemon:
         worker.start()
         cleanups.append(("poll worker", lambda: worker.stop(STOP_TIMEOUT)))
         self.worker = worker
+        fleet = runtime.fleet = FleetMember(
+            manager, s.fleet, self._fleet_id(self.http_port), self._fleet_url(self.http_port),
+            on_lead=lambda leads: self._lead(runtime, leads), alerter=lambda: runtime.alerter)
+        fleet.start()
+        cleanups.append(("fleet", lambda: fleet.stop(STOP_TIMEOUT)))
 
         scheduler = BackgroundScheduler(timezone=UTC)
         self._schedule(scheduler, runtime)
@@ -157,6 +173,23 @@ class Daemon:
         # measured under load, over the interpreter's startup heap) were the scoring p99.
         gc.freeze()
         return runtime
+
+    def _fleet_id(self, port: int | None) -> str:
+        return self.settings.fleet.id or f"{socket.gethostname()}:{port}"
+
+    def _fleet_url(self, port: int | None) -> str:
+        api = self.settings.api
+        host = socket.gethostname() if api.host in ("0.0.0.0", "::", "") else api.host
+        return self.settings.fleet.url or f"http://{host}:{port}"
+
+    def _lead(self, runtime: Runtime, leads: bool) -> None:
+        """This daemon became (True) or stopped being (False) its fleet's importer."""
+        if leads:
+            runtime.manager.lead()
+        else:
+            runtime.manager.resign()
+        self.worker.enabled = leads and self.settings.integration.auto_import
+        self.worker.request()
 
     def _check_registry(self, path: Path, versions: Path) -> None:
         """Never let a damaged or missing registry judge a non-empty store (it would remove
@@ -222,7 +255,8 @@ class Daemon:
             if not http.is_alive() or time.monotonic() > deadline:
                 raise OSError(f"the HTTP server could not listen on {api.host}:{api.port}")
             time.sleep(0.01)
-        log.info("http_listening", host=api.host, port=self._bound_port(server))
+        self.http_port = self._bound_port(server)
+        log.info("http_listening", host=api.host, port=self.http_port)
 
         def stop_http() -> None:
             server.should_exit = True
@@ -273,7 +307,7 @@ class Daemon:
         scheduler.add_job(self._check_state, "interval", id="state_check", args=[runtime],
                           seconds=s.storage.integrity_check_interval, coalesce=True,
                           max_instances=1)
-        if s.storage.backup_enabled:
+        if s.storage.backup_enabled and not runtime.manager.registry.shared:
             scheduler.add_job(self._backup, "interval", id="backup", args=[runtime],
                               seconds=s.storage.backup_interval, coalesce=True, max_instances=1)
 
@@ -369,7 +403,7 @@ class Daemon:
         self.settings = new
         self._sections = config_sections(self.config_path)
         self._reschedule(runtime)
-        self.worker.enabled = new.integration.auto_import
+        self.worker.enabled = new.integration.auto_import and runtime.manager.leads
         _log_config_warnings(new)
         runtime.config_generation = generation
         runtime.last_reload = ReloadResult(generation, True, None, now)
@@ -386,6 +420,8 @@ def restart_keys(old: Settings, new: Settings) -> list[str]:
             ("api.host", old.api.host, new.api.host),
             ("api.port", old.api.port, new.api.port),
             ("storage.directory", old.storage.directory, new.storage.directory),
+            ("storage.registry_url", old.storage.registry_url, new.storage.registry_url),
+            ("fleet", old.fleet, new.fleet),
             ("integration.training_service_path", old.integration.training_service_path,
              new.integration.training_service_path),
         ) if before != after

@@ -24,12 +24,14 @@ from modeld.core.events import (
     ModelUnhealthy,
 )
 from modeld.core.features import Batch, FeatureColumns
+from modeld.core.fleet import fleet_view
 from modeld.core.loader import Scores, ServableModel
-from modeld.core.manager import ModelManager
+from modeld.core.manager import ModelManager, utc_now
 from modeld.core.serving import ServingSlot
 from modeld.core.shadow import canary_mask
 from modeld.daemon.jobs.alerting import Alerter, manager_alert
 from modeld.daemon.jobs.anomalies import explain_rows
+from modeld.daemon.jobs.fleet import FleetMember
 from modeld.daemon.jobs.monitoring import Monitors
 from modeld.daemon.jobs.shadow import ShadowWorker
 from modeld.daemon.process.metrics import DaemonMetrics
@@ -81,6 +83,7 @@ class Runtime:
     monitors: Monitors
     token: str | None
     shadow: ShadowWorker | None = None  # the daemon's; in-process tests run without one
+    fleet: FleetMember | None = None  # started by the daemon's main; in-process tests: none
     started_at: float = field(default_factory=time.time)
     config_generation: int = 1
     last_reload: ReloadResult | None = None
@@ -357,6 +360,14 @@ class Runtime:
         if scorer is not None:
             self.monitors.observe_invalid(scorer.version)
 
+    def fleet_view(self) -> dict[str, Any]:
+        """The daemons heartbeating into this registry (``GET /api/v1/fleet``)."""
+        fleet = self.settings.fleet
+        view = fleet_view(self.manager.registry.daemons(), utc_now(),
+                          fleet.heartbeat_interval, fleet.split_alarm_seconds)
+        return {"backend": self.manager.registry.dialect.name,
+                "self": None if self.fleet is None else self.fleet.id, **view.to_dict()}
+
     def status(self) -> dict[str, Any]:
         state = self.slot.state
         deployed = state.deployed
@@ -381,4 +392,5 @@ class Runtime:
             "candidate_version": state.candidate.version if state.candidate else None,
             "health": dict(self.health),
             "state_problems": dict(self.state_problems),
+            "fleet": None if self.fleet is None else self.fleet.status(),
         }

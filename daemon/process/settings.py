@@ -34,6 +34,7 @@ from modeld.core.drift import DriftConfig
 from modeld.core.errors import ConfigError
 from modeld.core.loader import DEFAULT_TRUSTED_TYPES, LoadPolicy
 from modeld.core.manager import DeploymentPolicy
+from modeld.core.registry import REGISTRY_FILE
 from modeld.core.shadow import GatePolicy
 from modeld.core.trust import load_public_key
 from modeld.core.validate import SUPPORTED_TYPES, ValidationPolicy
@@ -139,6 +140,40 @@ class StorageSettings(_Section):
     # a damaged registry at startup: restore the newest good backup (true) or refuse to start
     restore_from_backup: bool = False
     integrity_check_interval: float = Field(300, gt=0)
+    # the registry database: empty = the SQLite file registry.sqlite3 in ``directory``;
+    # sqlite:///abs/path.sqlite3, or postgresql://user@host/db to join a fleet of daemons
+    # that follow one registry (docs: README "Run a fleet")
+    registry_url: str | None = None
+
+    @field_validator("registry_url")
+    @classmethod
+    def _registry_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(
+                ("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError(f"{value!r} is neither sqlite:///<path> nor "
+                             "postgresql://<user>@<host>/<database>")
+        return value or None
+
+    def registry_location(self) -> Path | str:
+        """The Registry's argument: the default SQLite file, or the URL."""
+        return self.registry_url or self.directory.resolve() / REGISTRY_FILE
+
+
+class FleetSettings(_Section):
+    """Daemons that share a PostgreSQL registry (``storage.registry_url``): a fleet."""
+
+    # this daemon's name in `modeld fleet`; empty = <hostname>:<api.port>
+    id: str = ""
+    # the URL other hosts and the dashboard reach this daemon at; empty = http://<host>:<port>
+    url: str = ""
+    heartbeat_interval: float = Field(5, gt=0)
+    # a daemon follows each deployment at once (NOTIFY) and also re-reads the registry this
+    # often, so a lost notification never leaves it on another version
+    reconcile_interval: float = Field(15, gt=0)
+    # the importer's election: how often a daemon that is not the importer tries the lock
+    takeover_interval: float = Field(2, gt=0)
+    # two versions served for longer than this is an alarm (a swap takes under a second)
+    split_alarm_seconds: float = Field(30, gt=0)
 
 
 class GateSettings(_Section):
@@ -380,6 +415,7 @@ class Settings(BaseSettings):
     api: ApiSettings = ApiSettings()
     security: SecuritySettings = SecuritySettings()
     mcp: McpSettings = McpSettings()
+    fleet: FleetSettings = FleetSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -76,8 +76,8 @@ def _assemble(settings: Settings, clock: Clock, crash: CrashPoint | None,
     state = s.storage.directory.resolve()
     store = (ModelStore(state / "store", s.security.max_artifact_bytes) if crash is None
              else crash.store(state / "store", s.security.max_artifact_bytes))
-    registry = Registry(state / "registry.sqlite3") if crash is None else crash.registry(
-        state / "registry.sqlite3")
+    location = s.storage.registry_location()
+    registry = Registry(location) if crash is None else crash.registry(location)
     closers.append(("registry", registry.close))
     metrics = DaemonMetrics(s.monitoring.resource_monitoring)
     alerter = alerter_of(s, metrics)
@@ -90,7 +90,8 @@ def _assemble(settings: Settings, clock: Clock, crash: CrashPoint | None,
                        confidence_threshold=s.model.confidence_threshold)
     manager = ModelManager(registry=registry, store=store, slot=slot,
                            models_dir=s.integration.models_dir.resolve(),
-                           policy=manager_policy(s), clock=clock)
+                           policy=manager_policy(s), clock=clock,
+                           leads=not registry.shared)  # a fleet's daemon imports once elected
     zygote = Zygote()
     if s.security.isolate_first_load:
         zygote.warm()
