@@ -37,15 +37,15 @@ _TREE_LEAF = -1
 
 # The traversal's signature: the records (float32, C order), the padded layout's feature,
 # threshold and NaN-direction rows (trees x internal slots), its leaf rows (trees x leaves),
-# all read-only (a writable array is accepted too), and the per-record sums it adds into.
-# Compiled once at import (see _walk), not at a first request.
+# all read-only (a writable array is accepted too), whether any record holds a NaN, and the
+# per-record sums it adds into. Compiled once at import (_compile_walk), not at a request.
 def _readonly(dtype: Any, ndim: int) -> Any:
     return numba.types.Array(dtype, ndim, "C", readonly=True)
 
 
 _WALK_SIGNATURE = numba.types.void(
     _readonly(numba.float32, 2), _readonly(numba.int32, 2), _readonly(numba.float32, 2),
-    _readonly(numba.boolean, 2), _readonly(numba.float64, 2), numba.float64[::1],
+    _readonly(numba.boolean, 2), _readonly(numba.float64, 2), numba.boolean, numba.float64[::1],
 )
 
 
@@ -150,9 +150,9 @@ class CompiledIsolationForest:
             x32 = np.ascontiguousarray(X, dtype=np.float32)
         path_sums = np.zeros(x32.shape[0], dtype=np.float64)
         # count_nonzero is a plain C loop, cheaper than .any() on the one-record path
-        walk = _walk_with_nan if np.count_nonzero(np.isnan(x32)) else _walk
-        walk(x32, self._pad_feature, self._pad_threshold, self._pad_nan_right, self._pad_leaf,
-             path_sums)
+        has_nan = bool(np.count_nonzero(np.isnan(x32)))
+        _compiled_walk(x32, self._pad_feature, self._pad_threshold, self._pad_nan_right,
+                       self._pad_leaf, has_nan, path_sums)
         # scikit-learn's np.divide(..., out=ones, where=denominator != 0): a forest of
         # one-sample trees scores every record as if the ratio were 1.
         ratio = np.ones_like(path_sums) if self.denominator == 0.0 else path_sums / self.denominator
@@ -319,21 +319,24 @@ def _pad_levels(
     return padded
 
 
-@numba.njit(_WALK_SIGNATURE, nogil=True)  # type: ignore[untyped-decorator]
 def _walk(
     x: npt.NDArray[np.float32],
     feature: npt.NDArray[np.int32],
     threshold: npt.NDArray[np.float32],
     nan_right: npt.NDArray[np.bool_],
     leaf: FloatArray,
+    has_nan: bool,
     sums: FloatArray,
 ) -> None:
-    """Add each record's leaf path length over every tree into ``sums`` (no NaN in ``x``).
+    """Add each record's leaf path length over every tree into ``sums``.
 
     Trees outer, records inner, so one tree's nodes stay in cache and ``sums`` adds the trees
     in estimators_ order, as scikit-learn does. Eight records walk a tree side by side: each
     step of one walk waits on the load before it, and interleaving eight independent walks
-    keeps the CPU's loads overlapped (measured 2.5x faster than one walk at a time).
+    keeps the CPU's loads overlapped (measured 2.5x faster than one walk at a time). With
+    ``has_nan`` the records walk one at a time and a NaN goes where scikit-learn's tree sends
+    it: modeld's own inputs are finite (the extractor refuses NaN), so that path serves
+    direct callers of the compiled forest, not requests.
     """
     n = x.shape[0]
     slots = feature.shape[1]
@@ -342,6 +345,15 @@ def _walk(
         th = threshold[t]
         lv = leaf[t]
         i = 0
+        if has_nan:
+            nr = nan_right[t]
+            for i in range(n):
+                a = 0
+                while a < slots:
+                    v = x[i, f[a]]
+                    a = 2 * a + 1 + ((v > th[a]) or (np.isnan(v) and nr[a]))
+                sums[i] += lv[a - slots]
+            continue
         while i + 8 <= n:
             a = b = c = d = e = g = h = k = 0
             while a < slots:  # every walk is at the same depth: one test covers all eight
@@ -370,32 +382,21 @@ def _walk(
             i += 1
 
 
-@numba.njit(_WALK_SIGNATURE, nogil=True)  # type: ignore[untyped-decorator]
-def _walk_with_nan(
-    x: npt.NDArray[np.float32],
-    feature: npt.NDArray[np.int32],
-    threshold: npt.NDArray[np.float32],
-    nan_right: npt.NDArray[np.bool_],
-    leaf: FloatArray,
-    sums: FloatArray,
-) -> None:
-    """``_walk`` for records that may hold NaN: a NaN goes where scikit-learn's tree sends it.
+def _compile_walk() -> Any:
+    """``_walk`` compiled for ``_WALK_SIGNATURE``, from numba's on-disk cache when it can.
 
-    One walk at a time: modeld's own inputs are finite (the extractor refuses NaN), so this
-    serves direct callers of the compiled forest, not the request path.
+    Compiling costs about a second of CPU, in every process that imports this module (the
+    daemon and the canary zygote); the cache makes a later start load it instead. numba keeps
+    it beside this file or, where that is read-only, in the user's cache folder; where
+    neither is writable it says so at decoration and we compile in memory.
     """
-    slots = feature.shape[1]
-    for t in range(feature.shape[0]):
-        f = feature[t]
-        th = threshold[t]
-        nr = nan_right[t]
-        lv = leaf[t]
-        for i in range(x.shape[0]):
-            a = 0
-            while a < slots:
-                v = x[i, f[a]]
-                a = 2 * a + 1 + ((v > th[a]) or (np.isnan(v) and nr[a]))
-            sums[i] += lv[a - slots]
+    try:
+        return numba.njit(_WALK_SIGNATURE, nogil=True, cache=True)(_walk)
+    except RuntimeError:  # "cannot cache function ...: no locator available"
+        return numba.njit(_WALK_SIGNATURE, nogil=True)(_walk)
+
+
+_compiled_walk = _compile_walk()
 
 
 def _float32_floor(threshold: FloatArray) -> npt.NDArray[np.float32]:
