@@ -17,16 +17,21 @@ This module is pure: no threads, no I/O, no logging.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import numba
 import numpy as np
 import numpy.typing as npt
 from sklearn.ensemble import IsolationForest
 
-__all__ = ["CompiledIsolationForest", "average_path_length", "compile_isolation_forest"]
+__all__ = [
+    "CompiledIsolationForest",
+    "average_path_length",
+    "compile_isolation_forest",
+    "walk_kernel",
+]
 
 IntArray = npt.NDArray[np.intp]
 FloatArray = npt.NDArray[np.float64]
@@ -34,20 +39,6 @@ _ArrayT = TypeVar("_ArrayT", bound="np.ndarray[Any, Any]")
 
 # scikit-learn's marker for "no child" in Tree.children_left / children_right.
 _TREE_LEAF = -1
-
-# The traversal's signature: the records (float32, C order), the padded layout's feature,
-# threshold and NaN-direction rows (trees x internal slots), its leaf rows (trees x leaves),
-# all read-only (a writable array is accepted too), whether any record holds a NaN, and the
-# per-record sums it adds into. Compiled once at import (_compile_walk), not at a request.
-def _readonly(dtype: Any, ndim: int) -> Any:
-    return numba.types.Array(dtype, ndim, "C", readonly=True)
-
-
-_WALK_SIGNATURE = numba.types.void(
-    _readonly(numba.float32, 2), _readonly(numba.int32, 2), _readonly(numba.float32, 2),
-    _readonly(numba.boolean, 2), _readonly(numba.float64, 2), numba.boolean, numba.float64[::1],
-)
-
 
 def average_path_length(n_samples: npt.ArrayLike) -> FloatArray:
     """Return c(n), the average path length of an unsuccessful search in a BST of n nodes.
@@ -126,6 +117,7 @@ class CompiledIsolationForest:
         object.__setattr__(self, "_pad_threshold", _frozen(threshold))
         object.__setattr__(self, "_pad_nan_right", _frozen(nan_right))
         object.__setattr__(self, "_pad_leaf", _frozen(leaf))
+        walk_kernel()  # compiled (or loaded) now, at load time, not at the first request
 
     @property
     def n_trees(self) -> int:
@@ -151,7 +143,7 @@ class CompiledIsolationForest:
         path_sums = np.zeros(x32.shape[0], dtype=np.float64)
         # count_nonzero is a plain C loop, cheaper than .any() on the one-record path
         has_nan = bool(np.count_nonzero(np.isnan(x32)))
-        _compiled_walk(x32, self._pad_feature, self._pad_threshold, self._pad_nan_right,
+        walk_kernel()(x32, self._pad_feature, self._pad_threshold, self._pad_nan_right,
                        self._pad_leaf, has_nan, path_sums)
         # scikit-learn's np.divide(..., out=ones, where=denominator != 0): a forest of
         # one-sample trees scores every record as if the ratio were 1.
@@ -382,21 +374,34 @@ def _walk(
             i += 1
 
 
-def _compile_walk() -> Any:
-    """``_walk`` compiled for ``_WALK_SIGNATURE``, from numba's on-disk cache when it can.
+@functools.cache
+def walk_kernel() -> Any:
+    """``_walk`` compiled, from numba's on-disk cache when it can; the first call pays it.
 
-    Compiling costs about a second of CPU, in every process that imports this module (the
-    daemon and the canary zygote); the cache makes a later start load it instead. numba keeps
-    it beside this file or, where that is read-only, in the user's cache folder; where
-    neither is writable it says so at decoration and we compile in memory.
+    Its signature: the records (float32, C order), the padded layout's feature, threshold and
+    NaN-direction rows (trees x internal slots), its leaf rows (trees x leaves), all read-only
+    (a writable array is accepted too), whether any record holds a NaN, and the per-record
+    sums it adds into. Importing numba and compiling cost about 1.5 s of CPU, the cache
+    brings that to about 0.5 s; so this runs when a first forest is compiled (or when the
+    canary zygote prepares its children), never at import, which would slow every start of
+    the daemon and never at a request. numba keeps the cache beside this file or, where that
+    is read-only, in the user's cache folder; where neither is writable it says so at
+    decoration, and we compile in memory.
     """
+    import numba
+
+    def readonly(dtype: Any, ndim: int) -> Any:
+        return numba.types.Array(dtype, ndim, "C", readonly=True)
+
+    signature = numba.types.void(
+        readonly(numba.float32, 2), readonly(numba.int32, 2), readonly(numba.float32, 2),
+        readonly(numba.boolean, 2), readonly(numba.float64, 2), numba.boolean,
+        numba.float64[::1],
+    )
     try:
-        return numba.njit(_WALK_SIGNATURE, nogil=True, cache=True)(_walk)
+        return numba.njit(signature, nogil=True, cache=True)(_walk)
     except RuntimeError:  # "cannot cache function ...: no locator available"
-        return numba.njit(_WALK_SIGNATURE, nogil=True)(_walk)
-
-
-_compiled_walk = _compile_walk()
+        return numba.njit(signature, nogil=True)(_walk)
 
 
 def _float32_floor(threshold: FloatArray) -> npt.NDArray[np.float32]:

@@ -37,7 +37,9 @@ import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from dataclasses import dataclass, replace  # noqa: E402
+from functools import partial  # noqa: E402
 
 import httpx  # noqa: E402
 import joblib  # noqa: E402
@@ -61,6 +63,7 @@ class Target:
     port: int
     path: str
     bodies: dict[int, bytes]
+    pid: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +72,23 @@ class Result:
     p50_ms: float
     p99_ms: float
     errors: int
+    cpu_us_per_request: float = float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far. CPU per request is the figure the other
+    helpers' load on a shared machine moves least: it counts only what the server did."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(target: Target, run: Callable[[], Result], seconds: float) -> Result:
+    """``run``'s result with the server's CPU time per request over it."""
+    before = cpu_seconds(target.pid)
+    result = run()
+    used = cpu_seconds(target.pid) - before
+    requests = result.requests_per_s * seconds
+    return replace(result, cpu_us_per_request=used / max(requests, 1) * 1e6)
 
 
 def rows_for(n: int) -> np.ndarray:
@@ -198,7 +218,8 @@ def line(client: str, server: str, connections: int, n: int, result: Result) -> 
     return (f"{client:<6} {server:<7} conns={connections:<2} records={n:<3} "
             f"requests/s={result.requests_per_s:8.0f} "
             f"records/s={result.requests_per_s * n:8.0f} p50={result.p50_ms:6.2f}ms "
-            f"p99={result.p99_ms:6.2f}ms errors={result.errors}")
+            f"p99={result.p99_ms:6.2f}ms cpu/request={result.cpu_us_per_request:6.0f}us "
+            f"errors={result.errors}")
 
 
 def main() -> int:
@@ -231,13 +252,16 @@ def main() -> int:
             write_renamed(daemon.models_dir, "bench", artifact_files(
                 "bench", model=model, feature_names=FEATURES))
             daemon.wait_deployed("bench", timeout=60)
+            assert daemon.proc is not None
             targets = [Target("modeld", daemon.port, "/api/v1/score",
-                              {n: modeld_body(r) for n, r in rows.items()})]
+                              {n: modeld_body(r) for n, r in rows.items()}, daemon.proc.pid)]
             if have_mlserver:
                 mlserver, port = start_mlserver(args.mlserver, model_file, tmp)
                 targets.append(Target("mlserver", port, "/v2/models/bench/infer",
-                                      {n: mlserver_body(r) for n, r in rows.items()}))
-            floor = Target("noop", daemon.port, "/api/v1/noop", targets[0].bodies)
+                                      {n: mlserver_body(r) for n, r in rows.items()},
+                                      mlserver.pid))
+            floor = Target("noop", daemon.port, "/api/v1/noop", targets[0].bodies,
+                           daemon.proc.pid)
             results: dict[tuple[str, str, int, int], Result] = {}
             clients = ["wrk"] if wrk else []
             clients.append("python")
@@ -245,9 +269,10 @@ def main() -> int:
                 for connections in CONNECTIONS:
                     for n in RECORD_COUNTS:
                         for target in (*targets, floor):
-                            result = (run_wrk(wrk, target, n, connections, args.seconds, tmp)
-                                      if client == "wrk" and wrk else
-                                      run_python(target, n, connections, args.seconds))
+                            result = measured(target, partial(
+                                run_wrk, wrk, target, n, connections, args.seconds, tmp)
+                                if client == "wrk" and wrk else partial(
+                                run_python, target, n, connections, args.seconds), args.seconds)
                             results[client, target.server, connections, n] = result
                             print(line(client, target.server, connections, n, result),
                                   flush=True)
@@ -257,7 +282,8 @@ def main() -> int:
                     continue
                 print(f"{client:<6} conns={connections:<2} records={n:<3} modeld/MLServer "
                       f"throughput={result.requests_per_s / other.requests_per_s:5.1f}x "
-                      f"p99 modeld={result.p99_ms:.2f}ms mlserver={other.p99_ms:.2f}ms",
+                      f"cpu/request={other.cpu_us_per_request / result.cpu_us_per_request:5.1f}x "
+                      f"less p99 modeld={result.p99_ms:.2f}ms mlserver={other.p99_ms:.2f}ms",
                       flush=True)
         finally:
             if mlserver is not None:
