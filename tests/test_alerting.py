@@ -529,7 +529,7 @@ def test_full_queue_drops_without_blocking(
         started = time.monotonic()
         accepted = [alerter.send(drift_alert(title=f"alarm {i}")) for i in range(50)]
         took = time.monotonic() - started
-        assert took < 0.5
+        assert took < settings.timeout_seconds  # one blocked send would wait this long
         # The worker is stuck on its first request; the queue holds 3 more at most.
         assert 3 <= sum(accepted) <= 4
         dropped = events(logs, "alert_dropped")
