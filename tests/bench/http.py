@@ -247,11 +247,13 @@ def main() -> int:
         model_file = tmp / "model.joblib"
         joblib.dump(model, model_file)
         mlserver = None
-        daemon.start()
+        daemon.start(wait_ready=False)
+        daemon.wait_for(lambda: daemon.get("/healthz").status_code == 200, 180,
+                        "the daemon to answer /healthz")
         try:
             write_renamed(daemon.models_dir, "bench", artifact_files(
                 "bench", model=model, feature_names=FEATURES))
-            daemon.wait_deployed("bench", timeout=60)
+            daemon.wait_deployed("bench", timeout=120)
             assert daemon.proc is not None
             targets = [Target("modeld", daemon.port, "/api/v1/score",
                               {n: modeld_body(r) for n, r in rows.items()}, daemon.proc.pid)]

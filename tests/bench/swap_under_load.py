@@ -98,7 +98,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         daemon = DaemonProcess(Path(tmp), overrides={"logging": {"level": "WARNING"}})
         daemon.models_dir.mkdir(parents=True)
-        daemon.start()
+        daemon.start(wait_ready=False)
+        daemon.wait_for(lambda: daemon.get("/healthz").status_code == 200, 180,
+                        "the daemon to answer /healthz")
         assert daemon.proc is not None
         pid = daemon.proc.pid
         rss = {"none": rss_bytes(pid)}
@@ -107,7 +109,7 @@ def main() -> int:
                  for _ in range(args.clients)]
         try:
             write_renamed(daemon.models_dir, "v000", artifacts[0])
-            daemon.wait_deployed("v000", timeout=30)
+            daemon.wait_deployed("v000", timeout=120)
             rss["one"] = rss_bytes(pid)
             for proc in procs:
                 proc.start()
