@@ -5,8 +5,8 @@ turn through joblib and a lock; for one WiFi record that costs milliseconds, alm
 overhead. At load time we flatten every tree of the forest into a few shared node arrays (the
 layout explanations and servable bundles read), and pad each tree to a perfect binary tree so
 that the walk is pure arithmetic on the node index. The walk itself is compiled with numba
-at import: measured against vectorised numpy, treelite and per-record loops it was the
-fastest at every batch size (docs/performance.md has the table).
+(``walk_kernel``, at the first load): measured against vectorised numpy, treelite and
+per-record loops it was the fastest at every batch size (docs/performance.md has the table).
 
 The scores are scikit-learn's, not an approximation: the input is cast to float32 exactly as
 the trees see it, thresholds are compared the way the Cython tree compares them, and each

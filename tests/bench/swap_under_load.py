@@ -47,10 +47,13 @@ FEATURES = ("x0", "x1", "x2", "x3")
 BODY = json.dumps({"records": [{"features": dict.fromkeys(FEATURES, 0.1)}]}).encode()
 
 
-def client(port: int, stop: Any, out: Any, body: bytes = BODY) -> None:
+def client(port: int, stop: Any, out: Any, ready: Any, body: bytes = BODY) -> None:
     """Score one body (one record) at a time until told to stop; report (start, latency, ok)
-    samples."""
+    samples. Says ``ready`` once its connection has been answered."""
     conn = http.client.HTTPConnection("127.0.0.1", port)
+    conn.request("POST", "/api/v1/score", body, {"Content-Type": "application/json"})
+    conn.getresponse().read()
+    ready.put(True)
     samples = []
     while not stop.is_set():
         start = time.time()
@@ -104,8 +107,8 @@ def main() -> int:
         assert daemon.proc is not None
         pid = daemon.proc.pid
         rss = {"none": rss_bytes(pid)}
-        stop, out = ctx.Event(), ctx.Queue()
-        procs = [ctx.Process(target=client, args=(daemon.port, stop, out))
+        stop, out, ready = ctx.Event(), ctx.Queue(), ctx.Queue()
+        procs = [ctx.Process(target=client, args=(daemon.port, stop, out, ready))
                  for _ in range(args.clients)]
         try:
             write_renamed(daemon.models_dir, "v000", artifacts[0])
@@ -113,6 +116,8 @@ def main() -> int:
             rss["one"] = rss_bytes(pid)
             for proc in procs:
                 proc.start()
+            for _ in procs:  # spawned clients import numpy: on a loaded machine, seconds
+                ready.get(timeout=300)
             time.sleep(1.0)  # warm-up, not measured
             steady_from = time.time()
             time.sleep(args.steady)
