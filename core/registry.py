@@ -100,6 +100,8 @@ CREATE TABLE IF NOT EXISTS events (
     at TEXT NOT NULL,
     detail TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS events_kind_version ON events (kind, version, id);
+CREATE INDEX IF NOT EXISTS events_at ON events (at);
 CREATE TABLE IF NOT EXISTS anomalies (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     version TEXT NOT NULL,
@@ -482,11 +484,25 @@ class Registry:
         rows = self._query(
             "SELECT * FROM events WHERE kind = ? ORDER BY id DESC LIMIT ?", (kind, limit)
         )
-        return [
-            {"id": r["id"], "kind": r["kind"], "version": r["version"], "at": r["at"],
-             **json.loads(r["detail"])}
-            for r in rows
-        ]
+        return [self._event(r) for r in rows]
+
+    @staticmethod
+    def _event(row: sqlite3.Row) -> dict[str, Any]:
+        return {"id": row["id"], "kind": row["kind"], "version": row["version"],
+                "at": row["at"], **json.loads(row["detail"])}
+
+    def last_event(self, kind: str, version: str) -> dict[str, Any] | None:
+        """The newest event of ``kind`` about ``version`` (its last drift evaluation), if any."""
+        rows = self._query(
+            "SELECT * FROM events WHERE kind = ? AND version = ? ORDER BY id DESC LIMIT 1",
+            (kind, version))
+        return self._event(rows[0]) if rows else None
+
+    def prune_events(self, older_than: str) -> int:
+        """Delete events (drift evaluations and alarms) recorded before ``older_than``;
+        returns how many went. The scheduled retention job bounds the table with it."""
+        with self.transaction() as conn:
+            return int(conn.execute("DELETE FROM events WHERE at < ?", (older_than,)).rowcount)
 
     # recent anomalies --------------------------------------------------------------------
 

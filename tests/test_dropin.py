@@ -24,8 +24,13 @@ from sklearn.svm import OneClassSVM
 from modeld.client import ModeldError as ClientError
 from modeld.client import ModelTransferService
 from modeld.core.errors import ConfigError, ModelLoadFailed
+from modeld.core.indicators import (
+    drift_indicators,
+    halves_change,
+    plan_drift_check,
+    relative_change,
+)
 from modeld.core.manager import ModelManager
-from modeld.core.monitor import halves_change, plan_drift_check, relative_change
 from modeld.core.registry import Registry, backup_registry
 from modeld.core.serving import ServingSlot
 from modeld.daemon.cli import main as cli_main
@@ -328,13 +333,17 @@ def test_plan_drift_check_follows_the_plans_indicators() -> None:
     assert halves_change(np.ones(10)) == 0.0  # fewer than the plan's twenty
     latencies = np.r_[np.full(50, 0.001), np.full(50, 0.002)]
     flags = np.r_[np.zeros(90, bool), np.ones(10, bool)]
-    answer = plan_drift_check(drift_detected=True, score_effect=0.3, flags=flags,
-                              reference_rate=0.05, latencies=latencies, threshold=0.1)
-    assert answer["indicators"] == {"anomaly_rate_change": pytest.approx(1.0),
-                                    "score_distribution_change": 0.3,
-                                    "inference_time_change": pytest.approx(1.0)}
-    assert answer["drift_score"] == pytest.approx(2.3 / 3, abs=1e-6)
-    assert answer["confidence"] == pytest.approx(2.3 / 3, abs=1e-6)
+    indicators = drift_indicators(score_effect=0.3, flags=flags, reference_rate=0.05,
+                                  latencies=latencies)
+    assert indicators == {"anomaly_rate_change": pytest.approx(1.0),
+                          "score_distribution_change": 0.3,
+                          "inference_time_change": pytest.approx(1.0)}
+    answer = plan_drift_check(drift_detected=True, indicators=indicators, threshold=0.1)
+    assert answer["indicators"] == indicators
+    # inference time is reported, never drift: the score is the data indicators' mean
+    assert answer["drift_score"] == pytest.approx(1.3 / 2, abs=1e-6)
+    assert answer["confidence"] == pytest.approx(1.3 / 2, abs=1e-6)
+    assert answer["operational_indicators"] == ["inference_time_change"]
     assert answer["drift_detected"] is True and answer["threshold"] == 0.1
 
 
@@ -346,13 +355,12 @@ def test_performance_tracking_keeps_per_version_metrics_or_not(tmp_path: Path,
     monitors = Monitors(settings, registry, tmp_path / "versions", DaemonMetrics(False),
                         Alerter(settings.alerting))
     features = np.zeros((3, 2))
-    monitors.observe("v1", ("a", "b"), features, np.array([0.4, 0.5, 0.9]),
+    monitors.prepare("v1", ("a", "b"))
+    monitors.observe("v1", features, np.array([0.4, 0.5, 0.9]),
                      np.array([False, False, True]), 0.001)
     monitors.flush()
-    assert ("v1" in monitors.windows) is tracking
-    assert (registry.load_state("window", "v1") is not None) is tracking
-    answer = monitors.plan_drift("v1", ("a", "b"))
-    assert answer["status"] == ("insufficient_data" if tracking else "no_data")
+    assert monitors.windows["v1"].records == (3 if tracking else 0)
+    assert monitors.plan_drift("v1")["status"] == "no_data"  # drift detection is off
     registry.close()
 
 

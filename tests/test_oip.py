@@ -346,6 +346,7 @@ def test_one_scoring_path_metrics_monitoring_and_limits(served: TestClient,
     assert metric('modeld_records_scored_total{version="v2"}') == 7
     assert metric('modeld_records_scored_total{version="v1"}') == 3
     assert metric('modeld_score_requests_total{outcome="ok"}') == 3
+    runtime.monitors.drain()  # the monitoring thread's work on what was scored so far
     assert runtime.monitors.windows["v2"].records == 7
     assert runtime.monitors.windows["v1"].records == 3
 
@@ -356,6 +357,7 @@ def test_one_scoring_path_metrics_monitoring_and_limits(served: TestClient,
     served.post(INFER, content=body, headers=headers)
     assert metric('modeld_score_errors_total{kind="invalid_record"}') == 1
     assert metric('modeld_score_requests_total{outcome="refused"}') == 1
+    runtime.monitors.drain()
     assert runtime.monitors.windows["v2"].invalid == 1
     served.post("/v2/models/wifi-anomaly/versions/v0/infer",
                 json={"inputs": [features([[0.0] * 4], [1, 4])]})

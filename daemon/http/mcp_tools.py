@@ -210,7 +210,7 @@ def drift_report(runtime: Runtime) -> dict[str, Any]:
     deployed = runtime.slot.state.deployed
     if deployed is None:
         raise NoModelDeployed()
-    report = runtime.monitors.report(deployed.version, deployed.feature_names)
+    report = runtime.monitors.report(deployed.version)
     signals = report.get("signals", [])
     drifting = [s for s in signals if s.get("status") == "drift"]
     warnings = [s for s in signals if s.get("status") == "warning"]
@@ -224,6 +224,8 @@ def drift_report(runtime: Runtime) -> dict[str, Any]:
     elif warnings:
         words = (f"{deployed.version} shows significant but small changes in "
                  f"{', '.join(s['name'] for s in warnings)}; below the drift threshold.")
+    elif report.get("status") == "not_evaluated":
+        words = f"{deployed.version} has no scheduled drift evaluation yet."
     elif report.get("status") == "insufficient_data":
         words = f"{deployed.version} has not scored enough records for a drift verdict yet."
     else:

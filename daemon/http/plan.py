@@ -102,8 +102,7 @@ def plan_router(runtime: Runtime) -> APIRouter:
         row = registry.get_version(version)
         if row is None:
             raise UnknownVersion(version)
-        names = tuple(row.metadata.get("training_info", {}).get("feature_names", ()))
-        return await run_in_threadpool(runtime.monitors.plan_drift, version, names)
+        return await run_in_threadpool(runtime.monitors.plan_drift, version)
 
     @router.get("/models", summary="Every stored version with the plan's fields")
     async def models() -> list[dict[str, Any]]:

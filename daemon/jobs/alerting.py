@@ -20,6 +20,7 @@ import socket
 import ssl
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -86,6 +87,10 @@ class AlertingSettings(pydantic.BaseModel):
     backoff_max_seconds: float = Field(default=60, ge=0)
     timeout_seconds: float = Field(default=5, gt=0)
     queue_size: int = Field(default=1000, ge=1)
+    # at most rate_limit_count alerts per channel in any rate_limit_seconds: an alert storm
+    # cannot reach a person; what is held back is logged and counted (modeld_alerts_held_back)
+    rate_limit_count: int = Field(default=20, ge=1)
+    rate_limit_seconds: float = Field(default=3600, gt=0)
 
     @pydantic.field_validator("webhook_url", mode="before")
     @classmethod
@@ -418,7 +423,14 @@ class Alerter:
     408/429, SMTP 5xx) the delivery is given up and logged ``alert_delivery_failed``. A bug in a
     channel is caught and treated as a failed attempt, so it never kills the worker.
 
-    ``clock`` is a monotonic clock in seconds; it drives de-duplication and the retry schedule.
+    Each channel delivers at most ``rate_limit_count`` alerts in any ``rate_limit_seconds``
+    (a sliding window, counted when an alert is taken for the channel, retries not counted
+    again): an alert beyond it is held back for that channel, logged ``alert_held_back`` and
+    reported to ``held_back`` with the channel's name (the daemon counts it in /metrics). So
+    no storm of distinct alerts reaches a person, whatever raises them.
+
+    ``clock`` is a monotonic clock in seconds; it drives de-duplication, the rate limit and the
+    retry schedule.
     There is deliberately no injectable ``sleep``: the wait for the next retry is the wait on the
     queue, so a new alert or `stop()` ends it at once; a separate sleep could not be woken.
     With ``enabled`` false, or no channel configured, nothing starts and `send()` returns False;
@@ -430,9 +442,13 @@ class Alerter:
         settings: AlertingSettings,
         *,
         clock: Callable[[], float] = time.monotonic,
+        held_back: Callable[[str], None] = lambda channel: None,
     ) -> None:
         self._settings = settings
         self._clock = clock
+        self._held_back = held_back
+        # per channel, when its latest deliveries (at most rate_limit_count) were taken
+        self._taken: dict[str, deque[float]] = {}
         self._host = socket.gethostname()
         self._channels = self._build_channels(settings, self._host)
         self._active = settings.enabled is not False and bool(self._channels)
@@ -643,10 +659,28 @@ class Alerter:
                 continue
             if item is None:
                 continue  # a wake-up from stop()
+            taken_at = self._clock()  # not ``now``: the wait for it may have been long
             for channel in self._channels:
-                heapq.heappush(schedule, (now, next(tiebreak), _Delivery(item, channel)))
+                if self._within_rate(channel, item, taken_at):
+                    heapq.heappush(schedule, (now, next(tiebreak), _Delivery(item, channel)))
         self._abandon_scheduled(schedule)
         self._abandon_queued()
+
+    def _within_rate(self, channel: _Channel, alert: Alert, now: float) -> bool:
+        """Take one of the channel's ``rate_limit_count`` deliveries per ``rate_limit_seconds``,
+        or hold the alert back for it (logged, reported); worker thread only."""
+        settings = self._settings
+        taken = self._taken.setdefault(channel.name, deque())
+        while taken and now - taken[0] >= settings.rate_limit_seconds:
+            taken.popleft()
+        if len(taken) < settings.rate_limit_count:
+            taken.append(now)
+            return True
+        log.warning("alert_held_back", channel=channel.name, kind=alert.kind,
+                    version=alert.version, title=alert.title, reason="rate_limit",
+                    limit=settings.rate_limit_count, per_seconds=settings.rate_limit_seconds)
+        self._held_back(channel.name)
+        return False
 
     def _attempt(self, delivery: _Delivery) -> float | None:
         """One attempt; returns when to retry, or None when the delivery is finished."""

@@ -54,6 +54,9 @@ class RecentAnomalies:
         self._words = words
         self._lock = threading.Lock()  # the buffer; held for microseconds by request threads
         self._visible = threading.Lock()  # a flush's write against reads, never on requests
+        # one flush at a time: two (the scheduled one and the shutdown's) would both take and
+        # write the same buffered records
+        self._flushing = threading.Lock()
         self._pending: dict[str, deque[PendingAnomaly]] = {}
 
     def add(self, servable: ServableModel, records: Sequence[object], indices: np.ndarray,
@@ -70,6 +73,10 @@ class RecentAnomalies:
             buffer.extend(items)
 
     def flush(self) -> None:
+        with self._flushing:
+            self._flush()
+
+    def _flush(self) -> None:
         with self._lock:
             taken = {version: list(items) for version, items in self._pending.items() if items}
         rows = [row for items in taken.values() for row in self._explained(items)]

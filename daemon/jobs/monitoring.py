@@ -1,16 +1,30 @@
-"""What scoring saw, per model version: scoring windows, drift detectors, their reports.
+"""What scoring saw, per model version: scoring windows, drift detectors, their evaluations.
 
-Called from the scoring path (``observe``, under ``lock``, which is held for microseconds),
-and from scheduler jobs (``evaluate``, ``roll``, ``flush``). State is persisted to the registry
-on a schedule and at shutdown, and restored on first use after a restart. A drift alarm is
-logged as one ``drift_alarm`` event, counted, recorded in the registry and alerted.
+Three kinds of caller, three kinds of work:
+
+- the deploy path (the manager's events) calls ``prepare``: a version's window and detector
+  (its reference, calibrated thresholds, restored state) are built when it is loaded;
+- the scoring path calls ``observe``/``observe_invalid``, which only append the scored batch
+  to a bounded queue (never blocking; what does not fit is dropped and counted). The
+  monitoring thread (``start``) consumes it: windows, the streaming detector, and its alarms
+  (logged as one ``drift_alarm`` event, counted, recorded in the registry and alerted);
+- the scheduler calls ``evaluate`` (the windowed tests: the one evaluation that is recorded
+  and alerted), ``roll``, ``flush`` and ``prune``; each first ``drain``s the queue, so it
+  sees everything scored before it was called (tests call ``drain`` for the same reason).
+
+Readers (``report``, ``plan_drift``: the drift API, the dashboard, MCP, ``modeld drift``) read
+the last recorded evaluation and write nothing. State is persisted to the registry on a
+schedule, when a version is released and at shutdown.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +34,10 @@ import structlog
 from modeld.core.drift import DriftAlarm, DriftConfig, DriftDetector, DriftReport, Reference
 from modeld.core.errors import ArtifactInvalid
 from modeld.core.explain import ReferenceWords
+from modeld.core.indicators import NO_INDICATORS, drift_indicators, plan_drift_check
 from modeld.core.loader import REFERENCE_FILE
 from modeld.core.manager import iso, utc_now
-from modeld.core.monitor import ScoringWindow, plan_drift_check
+from modeld.core.monitor import ScoringWindow
 from modeld.core.registry import Registry
 from modeld.daemon.jobs.alerting import Alert, Alerter
 from modeld.daemon.jobs.anomalies import RecentAnomalies
@@ -31,7 +46,8 @@ from modeld.daemon.process.settings import MonitoringSettings
 
 log = structlog.get_logger("modeld.monitoring")
 
-REPORT_MAX_AGE = 5.0
+# how long close() waits for the monitoring thread's current batch
+STOP_TIMEOUT = 5.0
 
 
 def artifact_reference(folder: Path, metadata: dict[str, Any],
@@ -57,8 +73,30 @@ def artifact_reference(folder: Path, metadata: dict[str, Any],
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """One scored batch as the scoring path hands it over, or one refused record
+    (``features`` None, no scores)."""
+
+    version: str
+    features: np.ndarray | None
+    scores: np.ndarray
+    flags: np.ndarray
+    latency_s: float
+    at: float
+
+    @property
+    def records(self) -> int:
+        return max(len(self.scores), 1)
+
+
 class Monitors:
-    """Scoring windows and drift detectors of every version that scored, in one place."""
+    """Scoring windows and drift detectors of every loaded version, in one place.
+
+    ``lock`` guards ``windows`` and ``detectors`` (the dashboard reads windows under it); it
+    is held while one handed batch is observed, never on the scoring path. ``queue_records``
+    (``monitoring.queue_records``) bounds what waits for the monitoring thread.
+    """
 
     def __init__(self, settings: MonitoringSettings, registry: Registry, store_dir: Path,
                  metrics: DaemonMetrics, alerter: Alerter) -> None:
@@ -71,78 +109,158 @@ class Monitors:
         self.lock = threading.Lock()
         self.windows: dict[str, ScoringWindow] = {}
         self.detectors: dict[str, DriftDetector] = {}
-        self.reports: dict[str, DriftReport] = {}
         self._words: dict[str, tuple[Reference, ReferenceWords]] = {}
         self.anomalies = RecentAnomalies(
             registry, lambda: (self.settings.keep_anomalies,
                                self.settings.anomaly_retention_days),
             self.reference_words)
+        # the queue between scoring and the monitoring work
+        self._queue: deque[Observation] = deque()
+        self._queued_records = 0
+        self._handed = 0  # observations put on the queue so far
+        self._taken = 0  # observations taken off it so far
+        self._queue_changed = threading.Condition()
+        self._work = threading.Lock()  # one worker at a time, in queue order
+        self._thread: threading.Thread | None = None
+        self._stopping = False
 
-    # the scoring path ---------------------------------------------------------------------
+    # the deploy path ----------------------------------------------------------------------
 
-    def window(self, version: str, width: int) -> ScoringWindow:
-        window = self.windows.get(version)
-        if window is None:
-            state = self.registry.load_state("window", version)
-            window = (ScoringWindow.from_state(state) if state else
-                      ScoringWindow(version, n_features=width, started_at=time.time()))
-            self.windows[version] = window
-        return window
+    def prepare(self, version: str, feature_names: Sequence[str]) -> None:
+        """Build ``version``'s scoring window and drift detector (reference, thresholds, or
+        the state saved when it was last released) unless they exist. Called for every loaded
+        version from the manager's listener, so none is built by a scoring request."""
+        with self.lock:
+            if version in self.detectors:
+                return
+        state = self.registry.load_state("window", version)
+        window = (ScoringWindow.from_state(state) if state else
+                  ScoringWindow(version, n_features=len(feature_names), started_at=time.time()))
+        detector = self._detector(version, feature_names)
+        with self.lock:
+            self.windows.setdefault(version, window)
+            self.detectors.setdefault(version, detector)
 
-    def detector(self, version: str, feature_names: Sequence[str]) -> DriftDetector:
-        detector = self.detectors.get(version)
-        if detector is None:
-            state = self.registry.load_state("drift", version)
-            if state is not None:
-                detector = DriftDetector.from_state(state, self.config)
-            else:
-                row = self.registry.get_version(version)
-                reference = None if row is None else artifact_reference(
-                    self.store_dir / version, dict(row.metadata), feature_names,
-                    self.config.reference_levels)
-                detector = DriftDetector(feature_names, self.config, reference)
-                log.info("drift_reference", version=version,
-                         source=detector.reference.source,
-                         baseline_records=self.config.baseline_records
-                         if detector.collecting_baseline else 0)
-            self.detectors[version] = detector
+    def _detector(self, version: str, feature_names: Sequence[str]) -> DriftDetector:
+        state = self.registry.load_state("drift", version)
+        if state is not None:
+            return DriftDetector.from_state(state, self.config)
+        row = self.registry.get_version(version)
+        reference = None if row is None else artifact_reference(
+            self.store_dir / version, dict(row.metadata), feature_names,
+            self.config.reference_levels)
+        detector = DriftDetector(feature_names, self.config, reference)
+        log.info("drift_reference", version=version, source=detector.reference.source,
+                 baseline_records=self.config.baseline_records
+                 if detector.collecting_baseline else 0)
         return detector
 
     def reference_words(self, version: str, feature_names: Sequence[str]) -> ReferenceWords:
         """Words for a version's feature values, from its drift reference (the artifact's, or
-        the baseline collected so far: none while it collects)."""
+        the baseline collected so far: none while it collects, nor for a released version)."""
         with self.lock:
-            reference = self.detector(version, feature_names).reference
+            detector = self.detectors.get(version)
+            if detector is None:
+                return ReferenceWords(feature_names, [None] * len(feature_names))
+            reference = detector.reference
             cached = self._words.get(version)
             if cached is None or cached[0] is not reference:
                 cached = (reference, ReferenceWords.from_reference(reference))
                 self._words[version] = cached
         return cached[1]
 
-    def observe(self, version: str, feature_names: Sequence[str], features: np.ndarray,
-                scores: np.ndarray, flags: np.ndarray, latency_s: float) -> None:
-        now = time.time()
-        with self.lock:
-            if self.settings.performance_tracking:
-                self.window(version, len(feature_names)).observe(features, scores, flags,
-                                                                 latency_s, now)
-            if not self.settings.drift_detection:
-                return
-            alarms = self.detector(version, feature_names).observe(
-                features, scores, flags, now=now, latency_s=latency_s)
-        for alarm in alarms:
-            self._alarm(version, alarm)
+    # the scoring path: hand over, never wait ---------------------------------------------
 
-    def observe_invalid(self, version: str, feature_names: Sequence[str]) -> None:
-        now = time.time()
-        with self.lock:
-            if self.settings.performance_tracking:
-                self.window(version, len(feature_names)).observe_invalid(1, now)
-            if not self.settings.drift_detection:
-                return
-            alarms = self.detector(version, feature_names).observe_invalid(1, now)
+    def observe(self, version: str, features: np.ndarray, scores: np.ndarray,
+                flags: np.ndarray, latency_s: float) -> None:
+        """Hand one scored batch to the monitoring thread (any request thread)."""
+        self._hand(Observation(version, features, scores, flags, latency_s, time.time()))
+
+    def observe_invalid(self, version: str) -> None:
+        """Hand one refused record of ``version`` to the monitoring thread."""
+        empty = np.empty(0)
+        self._hand(Observation(version, None, empty, empty.astype(bool), 0.0, time.time()))
+
+    def _hand(self, item: Observation) -> None:
+        with self._queue_changed:
+            if self._queued_records + item.records > self.settings.queue_records:
+                dropped = True
+            else:
+                dropped = False
+                self._queue.append(item)
+                self._queued_records += item.records
+                self._handed += 1
+                self._queue_changed.notify()
+        if dropped:
+            self.metrics.monitoring_dropped.inc(item.records)
+
+    # the monitoring thread ---------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the monitoring thread; called once by the composition root."""
+        self._thread = threading.Thread(target=self._run, name="modeld-monitoring",
+                                        daemon=True)
+        self._thread.start()
+
+    def close(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Stop the monitoring thread after the batch it is on; what is still queued is
+        drained by the final ``flush``."""
+        with self._queue_changed:
+            self._stopping = True
+            self._queue_changed.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("monitoring_stop_timed_out", timeout_s=timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._queue_changed:
+                while not self._queue and not self._stopping:
+                    self._queue_changed.wait()
+                if self._stopping:
+                    return
+            self.drain()
+
+    def drain(self) -> None:
+        """Do the monitoring work of every batch handed before this call, on the caller's
+        thread unless the monitoring thread is at it (then wait for it): afterwards the
+        windows and detectors have seen all of them. Called by the scheduled jobs, at
+        shutdown, and by tests that read right after scoring."""
+        with self._queue_changed:
+            target = self._handed
+        with self._work:
+            while True:
+                with self._queue_changed:
+                    if self._taken >= target or not self._queue:
+                        return
+                    item = self._queue.popleft()
+                    self._queued_records -= item.records
+                    self._taken += 1
+                self._process(item)
+
+    def _process(self, item: Observation) -> None:
+        """One handed batch: its window, its detector, and the alarms they raise."""
+        settings = self.settings
+        alarms: tuple[DriftAlarm, ...] = ()
+        try:
+            with self.lock:
+                window = self.windows.get(item.version)
+                detector = self.detectors.get(item.version)
+                if settings.performance_tracking and window is not None:
+                    if item.features is None:
+                        window.observe_invalid(1, item.at)
+                    else:
+                        window.observe(item.features, item.scores, item.flags, item.latency_s,
+                                       item.at)
+                if settings.drift_detection and detector is not None:
+                    alarms = (detector.observe_invalid(1, item.at) if item.features is None
+                              else detector.observe(item.features, item.scores, item.flags,
+                                                    now=item.at, latency_s=item.latency_s))
+        except ValueError as exc:  # a batch of another shape than the version's: a bug
+            log.error("monitoring_failed", version=item.version, reason=str(exc))
         for alarm in alarms:
-            self._alarm(version, alarm)
+            self._alarm(item.version, alarm)
 
     def _alarm(self, version: str, alarm: DriftAlarm) -> None:
         log.warning("drift_alarm", version=version, signal=alarm.signal, kind=alarm.kind,
@@ -160,15 +278,28 @@ class Monitors:
     # scheduled ----------------------------------------------------------------------------
 
     def evaluate(self, version: str | None) -> DriftReport | None:
-        """The windowed tests for the deployed version: a report, gauges, a history row."""
+        """The scheduled drift evaluation of the deployed version: the windowed tests and the
+        plan's three indicators, recorded as a ``drift_evaluation`` event (what readers
+        answer), published as gauges, its windowed alarms alerted."""
         if version is None or not self.settings.drift_detection:
             return None
+        self.drain()
         with self.lock:
             detector = self.detectors.get(version)
             if detector is None:
                 return None
+            window = self.windows.get(version)
             report = detector.evaluate(time.time())
-            self.reports[version] = report
+            reference_rate = detector.reference.anomaly_rate
+            empty = np.empty(0)
+            flags = (empty.astype(bool) if window is None
+                     else window.recent_flags(self.config.window_records))
+            latencies = empty if window is None else window.recent_latencies()
+        score = next((s for s in report.signals if s.kind == "score"), None)
+        indicators = drift_indicators(
+            score_effect=None if score is None else score.effect_size, flags=flags,
+            reference_rate=None if reference_rate is None else reference_rate.rate,
+            latencies=latencies)
         for signal in report.signals:
             labels = (version, signal.name)
             self.metrics.drift_statistic.labels(*labels).set(_gauge(signal.statistic))
@@ -178,15 +309,8 @@ class Monitors:
         for alarm in report.alarms:
             if alarm.detector == "window":
                 self._alarm(version, alarm)
-        self.registry.add_event("drift_evaluation", version, iso(utc_now()), {
-            "status": report.status,
-            "reference_source": report.reference_source,
-            "records_seen": report.records_seen,
-            "signals": [{"name": s.name, "status": s.status, "statistic": s.statistic,
-                         "p_value": s.p_value, "effect_size": s.effect_size}
-                        for s in report.signals],
-            "alarms": [a.to_dict() for a in report.alarms],
-        })
+        self.registry.add_event("drift_evaluation", version, iso(utc_now()),
+                                {**report.to_dict(), "indicators": indicators})
         log.info("drift_evaluated", version=version, status=report.status,
                  reference=report.reference_source, records=report.records_seen)
         return report
@@ -195,16 +319,16 @@ class Monitors:
         """Release every version but ``keep`` (the loaded ones: deployed, fallback, candidate):
         its state is saved to the registry first, so a rollback to it later picks up where it
         stopped, and its metric series are removed. Called by the runtime after each
-        deployment change."""
+        deployment change; batches of it still queued are then left unobserved."""
         with self.lock:
-            gone = sorted((set(self.windows) | set(self.detectors) | set(self.reports)) - keep)
+            gone = sorted((set(self.windows) | set(self.detectors)) - keep)
             if not gone:
                 return []
             windows = {v: self.windows.pop(v).to_state() for v in gone if v in self.windows}
             detectors = {v: self.detectors.pop(v).to_state() for v in gone
                          if v in self.detectors}
             for version in gone:
-                self.reports.pop(version, None)
+                self._words.pop(version, None)
         now = iso(utc_now())
         for version, state in windows.items():
             self.registry.save_state("window", version, state, now)
@@ -217,6 +341,7 @@ class Monitors:
 
     def roll(self) -> None:
         """Close the current time-series interval of every window (for the plots)."""
+        self.drain()
         now = time.time()
         with self.lock:
             for window in self.windows.values():
@@ -224,6 +349,7 @@ class Monitors:
 
     def flush(self) -> None:
         """Persist windows and detectors (scheduled, and at shutdown)."""
+        self.drain()
         with self.lock:
             windows = {v: w.to_state() for v, w in self.windows.items()}
             detectors = {v: d.to_state() for v, d in self.detectors.items()}
@@ -234,45 +360,50 @@ class Monitors:
             self.registry.save_state("drift", version, state, now)
         self.anomalies.flush()
 
-    def report(self, version: str, feature_names: Sequence[str]) -> dict[str, Any]:
-        """The current report of a version: re-evaluated when the last is older than 5 s, so
-        an API reader sees streaming alarms without waiting for the scheduled evaluation."""
-        with self.lock:
-            self.detector(version, feature_names)
-            cached = self.reports.get(version)
-        if cached is None or time.time() - cached.evaluated_at > REPORT_MAX_AGE:
-            cached = self.evaluate(version)
-        if cached is None:  # drift detection is off: what the detector holds, unrecorded
+    def prune(self, older_than: datetime) -> int:
+        """Delete drift evaluations, alarms and the other recorded events from before
+        ``older_than`` (the scheduled retention job, ``storage.retention_days``); returns how
+        many went."""
+        cutoff = iso(older_than)
+        removed = self.registry.prune_events(cutoff)
+        if removed:
+            log.info("events_pruned", count=removed, older_than=cutoff, reason="retention")
+        return removed
+
+    # readers: the last recorded evaluation, nothing written -------------------------------
+
+    def report(self, version: str) -> dict[str, Any]:
+        """The last scheduled evaluation of ``version`` (recorded, so it survives restarts);
+        before the first one, what its detector holds so far (``status: not_evaluated``)."""
+        evaluation = self.registry.last_event("drift_evaluation", version)
+        if evaluation is None:
             with self.lock:
-                cached = self.detectors[version].evaluate(time.time())
-        return {**cached.to_dict(), "drift_detection": self.settings.drift_detection}
+                detector = self.detectors.get(version)
+                source = ("none" if detector is None else "collecting_baseline"
+                          if detector.collecting_baseline else detector.reference.source)
+                seen = 0 if detector is None else detector.records_seen
+            evaluation = {
+                "status": "not_evaluated", "evaluated_at": None, "reference_source": source,
+                "records_seen": seen, "signals": [], "alarms": [],
+                "last_alarm_at": None, "indicators": dict(NO_INDICATORS),
+                "detail": (f"no scheduled drift evaluation yet (every "
+                           f"{self.settings.drift_interval:g} s)"
+                           if self.settings.drift_detection else
+                           "drift detection is off (monitoring.drift_detection)")}
+        return {**evaluation, "drift_detection": self.settings.drift_detection}
 
-
-    def plan_drift(self, version: str, feature_names: Sequence[str]) -> dict[str, Any]:
-        """The seed plan's drift check of ``version`` (``check_model_drift``), from its scoring
-        window and drift report; ``status`` says ``no_data`` when it never scored."""
+    def plan_drift(self, version: str) -> dict[str, Any]:
+        """The seed plan's drift check of ``version`` (``check_model_drift``) from its last
+        recorded evaluation; ``status`` says ``no_data`` before the first one."""
         threshold = self.settings.drift_threshold
-        with self.lock:
-            window = self.windows.get(version)
-        if window is None:
-            state = self.registry.load_state("window", version)
-            window = ScoringWindow.from_state(state) if state else None
-        if window is None or not feature_names:
-            empty = np.empty(0)
-            return {**plan_drift_check(drift_detected=False, score_effect=None,
-                                       flags=empty.astype(bool), reference_rate=None,
-                                       latencies=empty, threshold=threshold),
+        report = self.report(version)
+        if report["status"] == "not_evaluated":
+            return {**plan_drift_check(drift_detected=False, indicators=dict(NO_INDICATORS),
+                                       threshold=threshold),
                     "version": version, "status": "no_data"}
-        report = self.report(version, feature_names)
-        with self.lock:
-            reference = self.detectors[version].reference.anomaly_rate
-        score: dict[str, Any] = next(
-            (s for s in report["signals"] if s["name"] == "score"), {})
-        answer = plan_drift_check(
-            drift_detected=report["status"] == "drift", score_effect=score.get("effect_size"),
-            flags=window.recent_flags(self.config.window_records),
-            reference_rate=None if reference is None else reference.rate,
-            latencies=window.recent_latencies(), threshold=threshold)
+        answer = plan_drift_check(drift_detected=report["status"] == "drift",
+                                  indicators=report.get("indicators", NO_INDICATORS),
+                                  threshold=threshold)
         return {**answer, "version": version, "status": report["status"], "report": report}
 
 

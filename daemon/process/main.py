@@ -258,7 +258,7 @@ class Daemon:
                           "interval", id="drift", seconds=s.monitoring.drift_interval,
                           coalesce=True, max_instances=1)
         scheduler.add_job(
-            lambda: manager.retention(s.storage.keep_versions, s.storage.retention_days),
+            runtime.retention,
             "interval", id="retention", seconds=s.storage.retention_interval, coalesce=True,
             max_instances=1,
         )

@@ -68,6 +68,14 @@ class DaemonMetrics:
                                  ["version", "signal"], registry=r)
         self.drift_alarms = Counter("modeld_drift_alarms", "Drift alarms raised",
                                     ["signal"], registry=r)
+        self.monitoring_dropped = Counter("modeld_monitoring_dropped", "Scored records the "
+                                          "monitoring queue had no room for (scoring never "
+                                          "waits for monitoring; they are not monitored)",
+                                          registry=r)
+        self.alerts_held_back = Counter("modeld_alerts_held_back", "Alerts a channel's rate "
+                                        "limit (monitoring.alerting.rate_limit_count per "
+                                        "rate_limit_seconds) held back", ["channel"],
+                                        registry=r)
 
         self.shadow_dropped = Counter("modeld_shadow_dropped", "Shadow scorings dropped because "
                                       "the shadow queue was full (no response waited)",

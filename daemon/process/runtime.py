@@ -12,6 +12,7 @@ import ctypes
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import numpy as np
@@ -141,10 +142,12 @@ class Runtime:
         )
 
     def on_manager_event(self, event: ManagerEvent) -> None:
-        """The manager's listener: metrics, the deployed-version info, alerts, and releasing
-        what versions that no longer serve held."""
+        """The manager's listener: metrics, the deployed-version info, alerts, the monitors of
+        every loaded version built on the deploy path, and releasing what versions that no
+        longer serve held."""
         self.metrics.on_event(event)
         self.publish_deployed()
+        self.prepare_monitors()
         if isinstance(event, RETIRING_EVENTS):
             state = self.slot.state
             live = {m.version for m in state.loaded()}  # a candidate scores a canary
@@ -156,10 +159,24 @@ class Runtime:
         if alert is not None:
             self.alerter.send(alert)
 
+    def prepare_monitors(self) -> None:
+        """Build the window and drift detector of every loaded version (deployed, fallback,
+        candidate) that has none yet: after startup and after each manager event."""
+        for servable in self.slot.state.loaded():
+            self.monitors.prepare(servable.version, servable.feature_names)
+
+    def retention(self) -> None:
+        """The scheduled retention job: old stored versions, old drift evaluations and
+        alarms (``storage.retention_days``)."""
+        storage = self.settings.storage
+        self.manager.retention(storage.keep_versions, storage.retention_days)
+        self.monitors.prune(self.manager.clock() - timedelta(days=storage.retention_days))
+
     def score(self, batch: Batch, version: str | None = None) -> Scores:
         """Score one batch, all from one version: the deployed one (or its fallback when it
         fails), or the loaded ``version``. The one scoring path of every HTTP surface: it
-        counts, times and monitors what it scored, and counts what it refused.
+        counts and times what it scored, hands it to monitoring (a queue: no monitoring work
+        here), and counts what it refused.
 
         With a candidate on trial, a batch of records the deployed version answered is also
         offered to the shadow worker (it never waits for it). The shadow comparison is given
@@ -277,9 +294,9 @@ class Runtime:
         self.shadow.offer(records, result, seconds, deployed, candidate, by_candidate)
 
     def _observe(self, batch: Batch, result: Scores, latency: float) -> None:
-        """Monitor, count and keep the anomalies of what one version scored."""
-        self.monitors.observe(result.version, result.feature_names, result.features,
-                              result.scores, result.flags, latency)
+        """Hand what one version scored to monitoring, count it and keep its anomalies."""
+        self.monitors.observe(result.version, result.features, result.scores, result.flags,
+                              latency)
         counters = self._counters.get(result.version)
         if counters is None:
             counters = (self.metrics.records.labels(result.version),
@@ -365,7 +382,7 @@ class Runtime:
         except VersionNotLoaded:  # unloaded since it refused the batch: nobody to tell
             return
         if scorer is not None:
-            self.monitors.observe_invalid(scorer.version, scorer.feature_names)
+            self.monitors.observe_invalid(scorer.version)
 
     def status(self) -> dict[str, Any]:
         state = self.slot.state

@@ -231,6 +231,9 @@ class MonitoringSettings(_Section):
     # this many days old
     keep_anomalies: int = Field(1000, ge=1)
     anomaly_retention_days: float = Field(7, gt=0)
+    # scored records waiting for the monitoring thread, at most; beyond it a batch is not
+    # monitored (counted in modeld_monitoring_dropped) rather than the request waiting
+    queue_records: int = Field(100_000, ge=1)
     alerting: AlertingSettings = AlertingSettings()
 
     @model_validator(mode="after")

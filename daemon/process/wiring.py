@@ -78,7 +78,7 @@ def _assemble(settings: Settings, clock: Clock, crash: CrashPoint | None,
         state / "registry.sqlite3")
     closers.append(("registry", registry.close))
     metrics = DaemonMetrics(s.monitoring.resource_monitoring)
-    alerter = Alerter(s.monitoring.alerting)
+    alerter = alerter_of(s, metrics)
     alerter.start()
 
     def fallback_used(deployed: str, fallback: str | None, reason: str) -> None:
@@ -94,6 +94,8 @@ def _assemble(settings: Settings, clock: Clock, crash: CrashPoint | None,
         zygote.warm()
     closers.append(("canary zygote", zygote.close))
     monitors = Monitors(s.monitoring, registry, store.versions, metrics, alerter)
+    monitors.start()
+    closers.append(("monitoring", monitors.close))
     runtime = Runtime(settings=s, manager=manager, metrics=metrics, alerter=alerter,
                       monitors=monitors, token=s.api_token(), closers=closers)
     closers.append(("alerter", lambda: runtime.alerter.stop(1.0)))  # a reload may replace it
@@ -105,7 +107,14 @@ def _assemble(settings: Settings, clock: Clock, crash: CrashPoint | None,
                         else _both(runtime.on_manager_event, crash.on_event))
     manager.start()
     runtime.publish_deployed()
+    runtime.prepare_monitors()
     return runtime
+
+
+def alerter_of(settings: Settings, metrics: DaemonMetrics) -> Alerter:
+    """The alerter of ``settings``; what its rate limit holds back is counted in /metrics."""
+    return Alerter(settings.monitoring.alerting,
+                   held_back=lambda channel: metrics.alerts_held_back.labels(channel).inc())
 
 
 def apply_settings(runtime: Runtime, new: Settings, token: str | None) -> None:
@@ -126,7 +135,7 @@ def apply_settings(runtime: Runtime, new: Settings, token: str | None) -> None:
     runtime.monitors.config = DriftConfig.from_mapping(new.monitoring.model_dump())
     if new.monitoring.alerting != runtime.alerter.settings:
         runtime.alerter.stop(1.0)
-        runtime.alerter = Alerter(new.monitoring.alerting)
+        runtime.alerter = alerter_of(new, runtime.metrics)
         runtime.alerter.start()
         runtime.monitors.alerter = runtime.alerter
 
