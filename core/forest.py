@@ -1,12 +1,10 @@
-"""An IsolationForest compiled into flat arrays and scored by a compiled tree walk.
+"""An IsolationForest compiled into flat arrays and scored with vectorised numpy.
 
 scikit-learn's ``IsolationForest.score_samples`` validates its input, then walks every tree in
 turn through joblib and a lock; for one WiFi record that costs milliseconds, almost all of it
-overhead. At load time we flatten every tree of the forest into a few shared node arrays (the
-layout explanations and servable bundles read), and pad each tree to a perfect binary tree so
-that the walk is pure arithmetic on the node index. The walk itself is compiled with numba
-(``walk_kernel``, at the first load): measured against vectorised numpy, treelite and
-per-record loops it was the fastest at every batch size (docs/performance.md has the table).
+overhead. At load time we flatten every tree of the forest into a few shared node arrays and
+then walk all trees for all records at once, one tree level per step, so the Python overhead
+is paid per level (about eight times) instead of per tree.
 
 The scores are scikit-learn's, not an approximation: the input is cast to float32 exactly as
 the trees see it, thresholds are compared the way the Cython tree compares them, and each
@@ -17,21 +15,15 @@ This module is pure: no threads, no I/O, no logging.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 from sklearn.ensemble import IsolationForest
 
-__all__ = [
-    "CompiledIsolationForest",
-    "average_path_length",
-    "compile_isolation_forest",
-    "walk_kernel",
-]
+__all__ = ["CompiledIsolationForest", "average_path_length", "compile_isolation_forest"]
 
 IntArray = npt.NDArray[np.intp]
 FloatArray = npt.NDArray[np.float64]
@@ -39,6 +31,13 @@ _ArrayT = TypeVar("_ArrayT", bound="np.ndarray[Any, Any]")
 
 # scikit-learn's marker for "no child" in Tree.children_left / children_right.
 _TREE_LEAF = -1
+
+# How many (tree, record) cells one chunk of a batch walks at once. It bounds the scratch
+# memory of a call (a handful of arrays of at most 8 bytes per cell, about 1 MiB in all)
+# whatever the batch size, and keeps that scratch in the CPU caches: measured on 100 trees,
+# chunks of 128 to 650 records score 10,000 records about 1.5x faster than chunks of 2,000.
+_CHUNK_CELLS = 1 << 15
+
 
 def average_path_length(n_samples: npt.ArrayLike) -> FloatArray:
     """Return c(n), the average path length of an unsuccessful search in a BST of n nodes.
@@ -101,23 +100,44 @@ class CompiledIsolationForest:
     n_features_in_: int
     """Width of the matrix the model was fitted on and expects."""
 
-    # The traversal's own layout, derived from the node arrays above (see _pad_levels):
-    # each tree padded to a perfect binary tree of n_levels levels, one row per tree.
-    _pad_feature: npt.NDArray[np.int32] = field(init=False, repr=False)
-    _pad_threshold: npt.NDArray[np.float32] = field(init=False, repr=False)
-    _pad_nan_right: npt.NDArray[np.bool_] = field(init=False, repr=False)
-    _pad_leaf: FloatArray = field(init=False, repr=False)
+    # Every record starts at the roots, so these are looked up once here rather than on every
+    # call, where they would add four numpy calls to the single-record path.
+    _root_feature: IntArray = field(init=False, repr=False)
+    _root_threshold: npt.NDArray[np.float32] = field(init=False, repr=False)
+    _root_left_child: IntArray = field(init=False, repr=False)
+    _root_nan_goes_right: npt.NDArray[np.bool_] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        """Derive the padded layout (a frozen dataclass needs object.__setattr__ for that)."""
-        feature, threshold, nan_right, leaf = _pad_levels(
-            self.feature, self.threshold, self.left_child, self.nan_goes_right,
-            self.leaf_path_length, self.roots, self.n_levels)
-        object.__setattr__(self, "_pad_feature", _frozen(feature))
-        object.__setattr__(self, "_pad_threshold", _frozen(threshold))
-        object.__setattr__(self, "_pad_nan_right", _frozen(nan_right))
-        object.__setattr__(self, "_pad_leaf", _frozen(leaf))
-        walk_kernel()  # compiled (or loaded) now, at load time, not at the first request
+        """Derive the root lookups (a frozen dataclass needs object.__setattr__ for that)."""
+        object.__setattr__(self, "_root_feature", _frozen(self.feature[self.roots]))
+        object.__setattr__(self, "_root_threshold", _frozen(self.threshold[self.roots]))
+        object.__setattr__(self, "_root_left_child", _frozen(self.left_child[self.roots]))
+        object.__setattr__(self, "_root_nan_goes_right", _frozen(self.nan_goes_right[self.roots]))
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Every constructor field as an array (scalars as 0-d arrays), for a servable bundle.
+
+        ``core/bundle.py`` writes whatever this returns, one ``.npy`` per key, and gives it
+        back to :meth:`from_arrays`: the bundle does not know the layout, so a change to the
+        node arrays needs no change there.
+        """
+        return {f.name: np.asarray(getattr(self, f.name)) for f in fields(self) if f.init}
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> CompiledIsolationForest:
+        """Rebuild a forest from :meth:`to_arrays`' output (memory-mapped arrays are kept as
+        they are, read-only). Raises ValueError naming a missing or unexpected array."""
+        names = {f.name: f for f in fields(cls) if f.init}
+        if set(arrays) != set(names):
+            raise ValueError(f"forest arrays {sorted(arrays)} are not {sorted(names)}")
+        values: dict[str, Any] = {}
+        for name, array in arrays.items():
+            kind = names[name].type
+            if array.ndim == 0 and kind in ("int", "float"):
+                values[name] = int(array) if kind == "int" else float(array)
+            else:
+                values[name] = _frozen(array) if array.flags.writeable else array
+        return cls(**values)
 
     @property
     def n_trees(self) -> int:
@@ -140,11 +160,18 @@ class CompiledIsolationForest:
         # overflow warning because that inf is the intended result, not an accident.
         with np.errstate(over="ignore"):
             x32 = np.ascontiguousarray(X, dtype=np.float32)
-        path_sums = np.zeros(x32.shape[0], dtype=np.float64)
-        # count_nonzero is a plain C loop, cheaper than .any() on the one-record path
-        has_nan = bool(np.count_nonzero(np.isnan(x32)))
-        walk_kernel()(x32, self._pad_feature, self._pad_threshold, self._pad_nan_right,
-                       self._pad_leaf, has_nan, path_sums)
+        n_records = x32.shape[0]
+        rows_per_chunk = max(1, _CHUNK_CELLS // max(1, self.n_trees))
+        if n_records == 1:
+            path_sums = np.array([self._single_record_path_sum(x32[0])])
+        elif n_records <= rows_per_chunk:
+            path_sums = self._path_length_sums(x32, has_nan=bool(np.isnan(x32).any()))
+        else:
+            has_nan = bool(np.isnan(x32).any())
+            path_sums = np.empty(n_records, dtype=np.float64)
+            for start in range(0, n_records, rows_per_chunk):
+                stop = min(start + rows_per_chunk, n_records)
+                path_sums[start:stop] = self._path_length_sums(x32[start:stop], has_nan=has_nan)
         # scikit-learn's np.divide(..., out=ones, where=denominator != 0): a forest of
         # one-sample trees scores every record as if the ratio were 1.
         ratio = np.ones_like(path_sums) if self.denominator == 0.0 else path_sums / self.denominator
@@ -158,6 +185,67 @@ class CompiledIsolationForest:
         """
         decision: FloatArray = self.score_samples(X) - self.offset_
         return decision
+
+    def _single_record_path_sum(self, x: npt.NDArray[np.float32]) -> float:
+        """Sum over trees of one record's leaf path length.
+
+        The batch walk minus everything a single record does not need (offsets, scratch
+        buffers, the transpose): at this size each numpy call costs far more than its work,
+        so the number of calls per level is what matters.
+        """
+        # count_nonzero is a plain C loop; on a short vector it costs half of .any(),
+        # which goes through the ufunc reduction machinery.
+        has_nan = bool(np.count_nonzero(np.isnan(x)))
+        values = x[self._root_feature]
+        goes_right = values > self._root_threshold
+        if has_nan:
+            goes_right |= np.isnan(values) & self._root_nan_goes_right
+        node = self._root_left_child + goes_right
+        for _ in range(self.n_levels - 1):
+            values = x[self.feature[node]]
+            goes_right = values > self.threshold[node]
+            if has_nan:
+                goes_right |= np.isnan(values) & self.nan_goes_right[node]
+            node = self.left_child[node] + goes_right
+        # cumsum adds the trees one after the other, in scikit-learn's order; a plain sum
+        # would add them pairwise and could differ in the last bit.
+        return float(np.cumsum(self.leaf_path_length[node])[-1])
+
+    def _path_length_sums(self, x32: npt.NDArray[np.float32], *, has_nan: bool) -> FloatArray:
+        """Sum over trees of each record's leaf path length, for one chunk of records.
+
+        Cells are laid out (tree, record) so that the final sum over axis 0 adds the trees
+        one after the other in ``estimators_`` order, as scikit-learn accumulates them.
+        """
+        n_records, n_features = x32.shape
+        # Level 0 is the same node (the root) for every record of a tree, so it needs no
+        # per-cell gathers: take whole feature rows of the transposed chunk instead.
+        columns = np.ascontiguousarray(x32.T)
+        values = columns.take(self._root_feature, axis=0)
+        goes_right = values > self._root_threshold[:, None]
+        if has_nan:
+            goes_right |= np.isnan(values) & self._root_nan_goes_right[:, None]
+        node = self._root_left_child[:, None] + goes_right
+        flat = x32.ravel()
+        row_start = np.arange(0, n_records * n_features, n_features, dtype=np.intp)
+        index = np.empty_like(node)
+        threshold = np.empty(node.shape, dtype=np.float32)
+        values = np.empty(node.shape, dtype=np.float32)
+        # Every step writes into the same few chunk-sized buffers, which stay in cache.
+        # mode="clip" is only a cheaper bounds policy: every id is valid by construction.
+        for _ in range(self.n_levels - 1):
+            self.feature.take(node, out=index, mode="clip")
+            index += row_start
+            flat.take(index, out=values, mode="clip")
+            self.threshold.take(node, out=threshold, mode="clip")
+            np.greater(values, threshold, out=goes_right)
+            if has_nan:
+                goes_right |= np.isnan(values) & self.nan_goes_right.take(node, mode="clip")
+            self.left_child.take(node, out=index, mode="clip")
+            node, index = index, node
+            node += goes_right
+        path_sums: FloatArray = self.leaf_path_length.take(node, mode="clip").sum(axis=0)
+        return path_sums
 
 
 def compile_isolation_forest(model: IsolationForest) -> CompiledIsolationForest:
@@ -269,139 +357,6 @@ def _breadth_first_order(
         [np.full(level.shape[0], number, dtype=np.intp) for number, level in enumerate(levels)]
     )
     return order, depth
-
-
-def _pad_levels(
-    feature: IntArray,
-    threshold: npt.NDArray[np.float32],
-    left_child: IntArray,
-    nan_goes_right: npt.NDArray[np.bool_],
-    leaf_path_length: FloatArray,
-    roots: IntArray,
-    n_levels: int,
-) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float32], npt.NDArray[np.bool_], FloatArray]:
-    """Pad every tree to a perfect binary tree of ``n_levels`` levels, in heap order.
-
-    Row t holds tree t: internal slot s has its children at 2s+1 and 2s+2, so the walk needs
-    no child array, and the 2**n_levels leaf slots follow the last level. A leaf shallower
-    than that is copied down both sides (it tests feature 0 against +inf, so a record goes
-    left and reaches a copy of the same leaf). An IsolationForest's depth is at most
-    ceil(log2(max_samples)), so the padding at most doubles the node count of a full tree.
-    """
-    n_trees = roots.shape[0]
-    node = roots[:, None]
-    features, thresholds, nan_rights = [], [], []
-    for _ in range(n_levels):
-        features.append(feature[node])
-        thresholds.append(threshold[node])
-        nan_rights.append(nan_goes_right[node])
-        left = left_child[node]
-        right = np.where(left == node, node, left + 1)
-        node = np.stack([left, right], axis=2).reshape(n_trees, -1)
-    slots = (1 << n_levels) - 1
-
-    def rows(parts: list[Any], dtype: type[np.generic]) -> Any:
-        if not parts:
-            return np.empty((n_trees, 0), dtype=dtype)
-        return np.ascontiguousarray(np.concatenate(parts, axis=1), dtype=dtype)
-
-    padded = (rows(features, np.int32), rows(thresholds, np.float32),
-              rows(nan_rights, np.bool_), np.ascontiguousarray(leaf_path_length[node]))
-    assert padded[0].shape == (n_trees, slots)
-    return padded
-
-
-def _walk(
-    x: npt.NDArray[np.float32],
-    feature: npt.NDArray[np.int32],
-    threshold: npt.NDArray[np.float32],
-    nan_right: npt.NDArray[np.bool_],
-    leaf: FloatArray,
-    has_nan: bool,
-    sums: FloatArray,
-) -> None:
-    """Add each record's leaf path length over every tree into ``sums``.
-
-    Trees outer, records inner, so one tree's nodes stay in cache and ``sums`` adds the trees
-    in estimators_ order, as scikit-learn does. Eight records walk a tree side by side: each
-    step of one walk waits on the load before it, and interleaving eight independent walks
-    keeps the CPU's loads overlapped (measured 2.5x faster than one walk at a time). With
-    ``has_nan`` the records walk one at a time and a NaN goes where scikit-learn's tree sends
-    it: modeld's own inputs are finite (the extractor refuses NaN), so that path serves
-    direct callers of the compiled forest, not requests.
-    """
-    n = x.shape[0]
-    slots = feature.shape[1]
-    for t in range(feature.shape[0]):
-        f = feature[t]
-        th = threshold[t]
-        lv = leaf[t]
-        i = 0
-        if has_nan:
-            nr = nan_right[t]
-            for i in range(n):
-                a = 0
-                while a < slots:
-                    v = x[i, f[a]]
-                    a = 2 * a + 1 + ((v > th[a]) or (np.isnan(v) and nr[a]))
-                sums[i] += lv[a - slots]
-            continue
-        while i + 8 <= n:
-            a = b = c = d = e = g = h = k = 0
-            while a < slots:  # every walk is at the same depth: one test covers all eight
-                a = 2 * a + 1 + (x[i, f[a]] > th[a])
-                b = 2 * b + 1 + (x[i + 1, f[b]] > th[b])
-                c = 2 * c + 1 + (x[i + 2, f[c]] > th[c])
-                d = 2 * d + 1 + (x[i + 3, f[d]] > th[d])
-                e = 2 * e + 1 + (x[i + 4, f[e]] > th[e])
-                g = 2 * g + 1 + (x[i + 5, f[g]] > th[g])
-                h = 2 * h + 1 + (x[i + 6, f[h]] > th[h])
-                k = 2 * k + 1 + (x[i + 7, f[k]] > th[k])
-            sums[i] += lv[a - slots]
-            sums[i + 1] += lv[b - slots]
-            sums[i + 2] += lv[c - slots]
-            sums[i + 3] += lv[d - slots]
-            sums[i + 4] += lv[e - slots]
-            sums[i + 5] += lv[g - slots]
-            sums[i + 6] += lv[h - slots]
-            sums[i + 7] += lv[k - slots]
-            i += 8
-        while i < n:
-            a = 0
-            while a < slots:
-                a = 2 * a + 1 + (x[i, f[a]] > th[a])
-            sums[i] += lv[a - slots]
-            i += 1
-
-
-@functools.cache
-def walk_kernel() -> Any:
-    """``_walk`` compiled, from numba's on-disk cache when it can; the first call pays it.
-
-    Its signature: the records (float32, C order), the padded layout's feature, threshold and
-    NaN-direction rows (trees x internal slots), its leaf rows (trees x leaves), all read-only
-    (a writable array is accepted too), whether any record holds a NaN, and the per-record
-    sums it adds into. Importing numba and compiling cost about 1.5 s of CPU, the cache
-    brings that to about 0.5 s; so this runs when a first forest is compiled (or when the
-    canary zygote prepares its children), never at import, which would slow every start of
-    the daemon and never at a request. numba keeps the cache beside this file or, where that
-    is read-only, in the user's cache folder; where neither is writable it says so at
-    decoration, and we compile in memory.
-    """
-    import numba
-
-    def readonly(dtype: Any, ndim: int) -> Any:
-        return numba.types.Array(dtype, ndim, "C", readonly=True)
-
-    signature = numba.types.void(
-        readonly(numba.float32, 2), readonly(numba.int32, 2), readonly(numba.float32, 2),
-        readonly(numba.boolean, 2), readonly(numba.float64, 2), numba.boolean,
-        numba.float64[::1],
-    )
-    try:
-        return numba.njit(signature, nogil=True, cache=True)(_walk)
-    except RuntimeError:  # "cannot cache function ...: no locator available"
-        return numba.njit(signature, nogil=True)(_walk)
 
 
 def _float32_floor(threshold: FloatArray) -> npt.NDArray[np.float32]:

@@ -418,9 +418,6 @@ def _preimport() -> None:
     import modeld.core.features
     import modeld.core.loader
     import modeld.core.validate  # noqa: F401
-    from modeld.core.forest import walk_kernel
-
-    walk_kernel()  # else every child would compile the compiled forest's walk again
 
 
 def _serve(request: Mapping[str, Any]) -> None:
