@@ -120,6 +120,27 @@ class WarmupNonFinite(ModelLoadFailed):
         super().__init__(version, "scoring the warmup rows gave non-finite scores")
 
 
+class BundleInvalid(ModelLoadFailed):
+    """A servable bundle cannot be read (missing or altered file, digest mismatch, unknown
+    format) or does not score as scikit-learn did when the isolated child wrote it."""
+
+    def __init__(self, version: str, path: str, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(version, f"bundle {path}: {problem}")
+
+
+class EstimatorUnbundled(ModelLoadFailed):
+    """The estimator has no bundle form and ``security.allow_unbundled_estimators`` is off, so
+    serving it would mean unpickling it in the daemon."""
+
+    def __init__(self, version: str, model_type: str) -> None:
+        self.model_type = model_type
+        super().__init__(version, f"{model_type} has no servable bundle form; serving it "
+                         "means unpickling it in the daemon, which needs "
+                         "security.allow_unbundled_estimators: true")
+
+
 class RecordInvalid(ModeldError):
     """A record of a scoring batch cannot be turned into features."""
 

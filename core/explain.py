@@ -18,6 +18,11 @@ Words come from the version's reference (``reference.npz`` or the metadata summa
 value sits among the reference's quantiles, and for a 0/1 feature how often the reference has
 it set.
 
+The game depends on the record only through which of each leaf's features it agrees with,
+so ForestExplainer computes each leaf's Shapley values for every such pattern once, when it
+is built; explaining a record is then which way it goes at each node, one bit pattern per
+leaf and a table lookup per (leaf, feature).
+
 Pure: no threads, no I/O, no logging. Explainers are immutable and safe to share between
 threads; they raise ValueError for a matrix of the wrong width and nothing else.
 """
@@ -25,6 +30,7 @@ threads; they raise ValueError for a matrix of the wrong width and nothing else.
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 import threading
 from collections.abc import Callable, Sequence
@@ -59,14 +65,9 @@ IntArray = npt.NDArray[np.intp]
 
 # Records explained together (see ForestExplainer.path_contributions).
 _RECORDS_PER_CHUNK = 8
-# See _LeafGroup.contributions.
-_NEGLIGIBLE_LOG = -600.0
-# Leaves are explained in groups by the distinct features on their path: up to 2, 4, 6, 8
-# (more only in forests deeper than scikit-learn's default).
-_GROUP_SLOTS = (2, 4, 6, 8)
-
-# One test on a leaf's path: (node, whether the path goes right there, the child it goes to).
-_Test = tuple[int, bool, int]
+# Leaves with at most this many distinct features on their path get a pattern table (see
+# ForestExplainer): 2**7 * 7 floats (7 KiB) per leaf at most.
+_TABLE_SLOTS = 7
 
 # Features whose names say they count in dBm, and their unit in words.
 _UNITS = {"dbm": "dBm", "rssi": "dBm", "signal": "dBm", "_ms": "ms", "seconds": "s"}
@@ -191,13 +192,24 @@ class Explainer(Protocol):
 class ForestExplainer:
     """Exact TreeSHAP for a compiled IsolationForest; see the module docstring.
 
-    Built once per loaded version (a few tens of milliseconds for 100 trees); ``explain``
-    then runs on request threads and the anomaly flush, reading only immutable arrays.
+    Built once per loaded version (a few hundred milliseconds for 100 trees, off the request
+    path: :class:`LazyExplainer`); ``explain`` then runs on request threads and the anomaly
+    flush, reading only immutable arrays.
+
+    A leaf's Shapley values depend on the record only through which of the leaf's distinct
+    features ("slots") the record agrees with, so for every leaf of at most ``table_slots``
+    slots they are computed here for every agreement pattern, once: explaining a record is
+    then one pass over the forest's path tests (which way the record goes at each), one bit
+    pattern per leaf and one lookup per (leaf, slot), sibling leaves sharing theirs
+    (:class:`_Twig`). A leaf with more slots (deeper forests
+    than scikit-learn's default, whose tables would cost 2**slots rows each) is integrated
+    per record instead, by the same quadrature.
     """
 
     method = "tree_shap"
 
-    def __init__(self, forest: CompiledIsolationForest) -> None:
+    def __init__(self, forest: CompiledIsolationForest,
+                 table_slots: int = _TABLE_SLOTS) -> None:
         self.forest = forest
         n_nodes = forest.left_child.shape[0]
         ids = np.arange(n_nodes, dtype=np.intp)
@@ -226,46 +238,43 @@ class ForestExplainer:
         count[leaf_ids] = position + 1.0
         for node in internal[::-1]:
             count[node] = count[forest.left_child[node]] + count[forest.left_child[node] + 1]
-
-        # Per leaf: its distinct features ("slots") and the cover fraction of each (product
-        # over the path's nodes on that feature). Each slot owns the path nodes that test its
-        # feature, laid out contiguously so that one reduceat says whether the record agrees
-        # with all of them. Leaves are grouped by how many slots they need (a padded slot is a
-        # null player: it owns one entry that always agrees and changes no Shapley value), so
-        # that a shallow leaf costs what it needs, not what the deepest one does.
-        paths: list[tuple[int, list[tuple[int, list[_Test]]]]] = []
-        for leaf in leaf_ids:
-            owned: dict[int, list[_Test]] = {}
-            child = int(leaf)
-            while parent[child] >= 0:
-                node = int(parent[child])
-                owned.setdefault(int(forest.feature[node]), []).append(
-                    (node, bool(goes_right[child]), child))
-                child = node
-            paths.append((int(leaf), list(owned.items())))
         roots = forest.roots
         trees = np.searchsorted(roots, leaf_ids, side="right") - 1
         leaf_weight = count[leaf_ids] / count[roots][trees]
         values = forest.leaf_path_length[leaf_ids] / max(1, forest.n_trees)
         self.expected_path = float(np.sum(leaf_weight * values))
-        value_of = dict(zip(leaf_ids.tolist(), values.tolist(), strict=True))
-        self._groups: list[_LeafGroup] = []
-        low = 0
-        for slots in _GROUP_SLOTS:
-            members = [p for p in paths if low < max(1, len(p[1])) <= slots]
-            low = slots
-            if members:
-                self._groups.append(_LeafGroup.build(members, slots, count, value_of, n_nodes))
-        deepest = max((len(p[1]) for p in paths), default=0)
-        if deepest > _GROUP_SLOTS[-1]:
-            self._groups.append(_LeafGroup.build(
-                [p for p in paths if len(p[1]) > _GROUP_SLOTS[-1]], deepest, count, value_of,
-                n_nodes))
         self._c = float(average_path_length([max_samples])[0])
+        # Only the internal nodes test anything: a path test names its node's column here.
+        column = np.zeros(n_nodes, dtype=np.intp)
+        column[internal] = np.arange(internal.shape[0])
+        self._tested_feature = forest.feature[internal]
+        self._tested_threshold = forest.threshold[internal]
+        self._tested_nan_right = forest.nan_goes_right[internal]
 
-    @property
-    def n_leaves(self) -> int:
-        return sum(group.value.shape[0] for group in self._groups)
+        # Per leaf: its slots in order of first test from the leaf up, the cover fraction of
+        # each (product over the path's nodes on that feature) and the path's tests. A leaf
+        # that is a whole tree (no test) contributes nothing to any feature.
+        paths: list[_LeafPath] = []
+        for leaf, value in zip(leaf_ids.tolist(), values.tolist(), strict=True):
+            slot_of: dict[int, int] = {}
+            cover: list[float] = []
+            tests: list[tuple[int, bool, int]] = []
+            child = leaf
+            while parent[child] >= 0:
+                node = int(parent[child])
+                slot = slot_of.setdefault(int(forest.feature[node]), len(slot_of))
+                if slot == len(cover):
+                    cover.append(1.0)
+                cover[slot] *= count[child] / count[node]
+                tests.append((int(column[node]), bool(goes_right[child]), slot))
+                child = node
+            if tests:
+                paths.append(_LeafPath(value, tuple(slot_of), tuple(cover), tuple(tests)))
+        self.n_leaves = int(leaf_ids.shape[0])
+        tabled = [p for p in paths if len(p.features) <= table_slots]
+        wide = [p for p in paths if len(p.features) > table_slots]
+        self._table = _PatternTable.build(tabled) if tabled else None
+        self._wide = _WideLeaves.build(wide) if wide else None
 
     def path_contributions(self, X: FloatArray) -> tuple[FloatArray, FloatArray]:  # noqa: N803
         """TreeSHAP values of the mean path length, (records, features), and each record's
@@ -274,49 +283,47 @@ class ForestExplainer:
         if X.ndim != 2 or X.shape[1] != forest.n_features_in_:
             raise ValueError(f"expected a 2-D matrix with {forest.n_features_in_} feature "
                              f"columns, got shape {X.shape}")
-        # A few records at a time: the (record, slot, leaf) scratch of a chunk stays a few
-        # hundred kilobytes whatever the batch size.
-        parts = [self._chunk(X[start:start + _RECORDS_PER_CHUNK])
-                 for start in range(0, X.shape[0], _RECORDS_PER_CHUNK)]
-        if not parts:
-            return np.zeros((0, forest.n_features_in_)), np.zeros(0)
-        values: FloatArray = np.concatenate([p[0] for p in parts])
-        paths: FloatArray = np.concatenate([p[1] for p in parts])
-        return values, paths
-
-    def _chunk(self, X: FloatArray) -> tuple[FloatArray, FloatArray]:  # noqa: N803
-        forest = self.forest
-        n_records = X.shape[0]
-        with np.errstate(over="ignore"):
-            x32 = np.ascontiguousarray(X, dtype=np.float32)
-        values = x32[:, forest.feature]
-        right = np.zeros((n_records, forest.feature.shape[0] + 1), dtype=bool)
-        np.greater(values, forest.threshold, out=right[:, :-1])
-        nan = np.isnan(values)
-        if nan.any():
-            right[:, :-1] |= nan & forest.nan_goes_right
-        per_feature: FloatArray = np.zeros((n_records, forest.n_features_in_))
-        for group in self._groups:
-            per_feature += group.contributions(right, forest.n_features_in_)
+        per_feature: FloatArray = np.zeros((X.shape[0], forest.n_features_in_))
+        # A few records at a time: the (record, test) scratch of a chunk stays a few
+        # megabytes whatever the batch size.
+        for start in range(0, X.shape[0], _RECORDS_PER_CHUNK):
+            chunk = slice(start, start + _RECORDS_PER_CHUNK)
+            per_feature[chunk] = self._chunk(X[chunk])
         paths: FloatArray = self.expected_path + per_feature.sum(axis=1)
         return per_feature, paths
+
+    def _chunk(self, X: FloatArray) -> FloatArray:  # noqa: N803
+        forest = self.forest
+        per_feature: FloatArray = np.zeros((X.shape[0], forest.n_features_in_))
+        with np.errstate(over="ignore"):
+            x32 = np.ascontiguousarray(X, dtype=np.float32)
+        # Which way the record goes at every internal node.
+        values = x32[:, self._tested_feature]
+        right = values > self._tested_threshold
+        nan = np.isnan(values)
+        if nan.any():
+            right |= nan & self._tested_nan_right
+        as_bytes = right.view(np.uint8)
+        if self._table is not None:
+            self._table.add(as_bytes, per_feature)
+        if self._wide is not None:
+            self._wide.add(as_bytes, per_feature)
+        return per_feature
 
     def explain_many(self, X: FloatArray, scores: FloatArray,  # noqa: N803
                      values: FloatArray, words: ReferenceWords,
                      top: int | None = None) -> list[Explanation]:
         per_path, paths = self.path_contributions(X)
         expected = self.expected_score
-        out = []
-        for i in range(X.shape[0]):
-            own = 2.0 ** (-paths[i] / self._c) if self._c else 0.5
-            gap = paths[i] - self.expected_path
-            # Onto the score: the same shares of (score - expected_score) as of the
-            # path-length gap; at a zero gap, the score's slope there.
-            scale = ((own - expected) / gap if abs(gap) > 1e-12
-                     else -math.log(2) / self._c * own)
-            out.append(_explanation(self.method, float(scores[i]), expected,
-                                    per_path[i] * scale, values[i], words, top))
-        return out
+        own = 2.0 ** (-paths / self._c) if self._c else np.full(paths.shape, 0.5)
+        gap = paths - self.expected_path
+        # Onto the score: the same shares of (score - expected_score) as of the path-length
+        # gap; at a zero gap, the score's slope there.
+        flat = np.abs(gap) <= 1e-12
+        slope = -math.log(2) / self._c * own if self._c else np.zeros(paths.shape)
+        scale = np.where(flat, slope, (own - expected) / np.where(flat, 1.0, gap))
+        return _explanations(self.method, scores, expected, per_path * scale[:, None], values,
+                             words, top)
 
     @property
     def expected_score(self) -> float:
@@ -343,120 +350,207 @@ class NeighbourExplainer:
         if X.ndim != 2 or X.shape[1] != self.rows.shape[1]:
             raise ValueError(f"expected a 2-D matrix with {self.rows.shape[1]} feature "
                              f"columns, got shape {X.shape}")
-        out = []
+        deviations = np.empty(X.shape)
         for i, x in enumerate(X):
             gap = self.rows - x
             distance = np.einsum("ij,ij->i", gap, gap)
             nearest = self.rows[np.argpartition(distance, self.k - 1)[: self.k]]
             spread = nearest.std(axis=0)
             spread = np.where(spread > 1e-9, spread, 1.0)
-            deviation = (x - nearest.mean(axis=0)) / spread
-            out.append(_explanation(self.method, float(scores[i]), None, deviation,
-                                    values[i], words, top))
-        return out
+            deviations[i] = (x - nearest.mean(axis=0)) / spread
+        return _explanations(self.method, scores, None, deviations, values, words, top)
 
 
 @dataclass(frozen=True, slots=True)
-class _LeafGroup:
-    """Leaves that need at most ``slots`` distinct features, with what TreeSHAP reads of them.
+class _LeafPath:
+    """What TreeSHAP reads of one leaf: built by :class:`ForestExplainer`."""
 
-    Built by :class:`ForestExplainer`; ``contributions`` is the per-record work. Arrays are
-    laid out leaf-last, so that every step is one contiguous pass over the group's leaves
-    (loops run over the few slots and quadrature points only).
+    value: float  # path length / n_trees
+    features: tuple[int, ...]  # per slot
+    cover: tuple[float, ...]  # per slot: the share of the samples that take the path there
+    tests: tuple[tuple[int, bool, int], ...]  # (node's column, whether it goes right, slot)
+
+
+def _shapley(cover: FloatArray, agree: npt.NDArray[np.bool_]) -> FloatArray:
+    """Shapley values of product games, one per leaf: (..., leaf, slot) from the leaves'
+    (leaf, slot) covers and whether the record agrees with each slot, (..., leaf, slot).
+
+    A leaf's game is the product over its slots of ``agree`` (slot known) or ``cover`` (slot
+    unknown); slot j's Shapley value is ``(agree_j - cover_j)`` times the integral over u in
+    [0, 1] of the product over the other slots of ``cover + (agree - cover) u``, a
+    polynomial of degree slots-1 that Gauss-Legendre quadrature integrates exactly. Every
+    factor is at least ``cover * min(u, 1 - u)`` and a leaf's covers multiply to at least
+    1 / max_samples, so nothing underflows. A padded slot (cover 1, agreeing) is a null
+    player: its factor is 1 and its value 0.
     """
+    u, weights = _quadrature(cover.shape[-1])
+    factor = np.where(agree[..., None, :, :], cover + (1.0 - cover) * u, cover * (1.0 - u))
+    others = factor.prod(axis=-1, keepdims=True) / factor
+    integral = np.einsum("...qls,q->...ls", others, weights)
+    phi: FloatArray = (agree - cover) * integral
+    return phi
 
-    slots: int
-    cover: FloatArray  # (slot, leaf): the share of each node's samples that takes the path
-    value: FloatArray  # (leaf,): path length / n_trees
-    slot_feature: IntArray  # (slot * leaf,)
-    entry_node: IntArray
-    entry_right: npt.NDArray[np.bool_]
-    slot_start: IntArray  # per (slot, leaf), slot-major: where its entries start
-    quad_weight: FloatArray  # (q,)
-    log_disagree_all: FloatArray  # (q, leaf)
-    log_gain: FloatArray  # (slot, q, leaf)
-    inv_disagree: FloatArray  # (q, slot, leaf)
-    inv_gain: FloatArray  # (q, slot, leaf)
+
+@functools.cache
+def _quadrature(slots: int) -> tuple[FloatArray, FloatArray]:
+    """Gauss-Legendre points on [0, 1], shaped (point, 1, 1), and weights, exact for a
+    polynomial of degree slots-1."""
+    points, weights = np.polynomial.legendre.leggauss(max(1, (slots + 1) // 2))
+    return ((points + 1.0) / 2.0)[:, None, None], weights / 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class _PathTests:
+    """Leaves' path tests laid out (test, leaf), padded with tests that set no bit, so that
+    a record's per-leaf disagreement bits are one gather and one reduction."""
+
+    node: IntArray  # (test, leaf)
+    goes_right: npt.NDArray[np.uint8]  # (test, leaf)
+    bit: npt.NDArray[np.uint8] | npt.NDArray[np.int64]  # (test, leaf): 1 << the test's slot
 
     @classmethod
-    def build(cls, members: list[tuple[int, list[tuple[int, list[_Test]]]]],
-              slots: int, count: FloatArray, value_of: dict[int, float], n_nodes: int
-              ) -> _LeafGroup:
-        n_leaves = len(members)
-        cover = np.ones((slots, n_leaves), dtype=np.float64)
-        slot_feature = np.zeros((slots, n_leaves), dtype=np.intp)
-        entry_node: list[int] = []
-        entry_right: list[bool] = []
-        slot_start: list[int] = []
-        for slot in range(slots):
-            for row, (_leaf, owned) in enumerate(members):
-                slot_start.append(len(entry_node))
-                if slot >= len(owned):
-                    entry_node.append(n_nodes)  # the appended "never right" node: agrees
-                    entry_right.append(False)
-                    continue
-                feature, tests = owned[slot]
-                slot_feature[slot, row] = feature
-                for node, right, child in tests:
-                    cover[slot, row] *= count[child] / count[node]
-                    entry_node.append(node)
-                    entry_right.append(right)
-        # Gauss-Legendre on [0, 1]: exact for the polynomial of degree slots-1 in u whose
-        # integral is the Shapley weighting of a product game.
-        nodes, weights = np.polynomial.legendre.leggauss(max(1, (slots + 1) // 2))
-        u = (nodes + 1.0) / 2.0
-        # A slot's factor at point u: cover + (agree - cover) * u, for agree 1 or 0:
-        # (slot, q, leaf)
-        factor_agree = cover[:, None, :] + (1.0 - cover[:, None, :]) * u[None, :, None]
-        factor_disagree = cover[:, None, :] * (1.0 - u)[None, :, None]
-        return cls(
-            slots=slots, cover=cover,
-            value=np.array([value_of[leaf] for leaf, _ in members]),
-            slot_feature=slot_feature.ravel(),
-            entry_node=np.asarray(entry_node, dtype=np.intp),
-            entry_right=np.asarray(entry_right, dtype=bool),
-            slot_start=np.asarray(slot_start, dtype=np.intp),
-            quad_weight=weights / 2.0,
-            log_disagree_all=np.log(factor_disagree).sum(axis=0),
-            log_gain=np.log(factor_agree) - np.log(factor_disagree),
-            inv_disagree=np.ascontiguousarray((1.0 / factor_disagree).transpose(1, 0, 2)),
-            inv_gain=np.ascontiguousarray(
-                (1.0 / factor_agree - 1.0 / factor_disagree).transpose(1, 0, 2)),
-        )
+    def build(cls, paths: Sequence[tuple[tuple[int, bool, int], ...]], bits: int
+              ) -> _PathTests:
+        """From each path's (node, whether the path goes right, bit) tests, bits < ``bits``."""
+        depth = max(len(tests) for tests in paths)
+        node = np.zeros((depth, len(paths)), dtype=np.intp)
+        goes_right = np.zeros((depth, len(paths)), dtype=np.uint8)
+        bit = np.zeros((depth, len(paths)), dtype=np.uint8 if bits <= 8 else np.int64)
+        for row, tests in enumerate(paths):
+            for i, (at, right, index) in enumerate(tests):
+                node[i, row], goes_right[i, row], bit[i, row] = at, right, 1 << index
+        return cls(node, goes_right, bit)
 
-    def contributions(self, right: npt.NDArray[np.bool_], width: int) -> FloatArray:
-        """(record, feature) Shapley values of these leaves, given each node's direction."""
-        n_records = right.shape[0]
-        n_leaves = self.value.shape[0]
-        disagree = right[:, self.entry_node] != self.entry_right
-        misses = np.logical_or.reduceat(disagree, self.slot_start, axis=1)
-        agree = (~misses).reshape(n_records, self.slots, n_leaves).astype(np.float64)
-        # log of the product over all slots at each point: (record, q, leaf)
-        log_product = np.broadcast_to(self.log_disagree_all,
-                                      (n_records, *self.log_disagree_all.shape)).copy()
-        for slot in range(self.slots):
-            log_product += agree[:, slot, None, :] * self.log_gain[slot]
-        # A leaf of a deep forest far from the record can weigh under e^-708: as subnormal
-        # floats such weights slow every later step on x86, so below e^-600 (a share under
-        # 1e-260 of a path length, far beneath float64's resolution of the sum) it is 0.
-        log_product[log_product < _NEGLIGIBLE_LOG] = -np.inf
-        weighted = np.exp(log_product)
-        weighted *= self.quad_weight[:, None]
-        # the product over the other slots, integrated: (record, slot, leaf)
-        base = np.zeros_like(agree)
-        gain = np.zeros_like(agree)
-        for q in range(self.quad_weight.shape[0]):
-            point = weighted[:, q, None, :]
-            base += point * self.inv_disagree[q]
-            gain += point * self.inv_gain[q]
-        phi = (agree - self.cover) * (base + agree * gain)
-        phi *= self.value
-        offsets = (np.arange(n_records, dtype=np.intp) * width)[:, None]
-        per_feature: FloatArray = np.bincount(
-            (self.slot_feature[None, :] + offsets).ravel(), weights=phi.ravel(),
-            minlength=n_records * width,
-        ).astype(np.float64).reshape(n_records, width)
-        return per_feature
+    def missed(self, right: npt.NDArray[np.uint8]) -> npt.NDArray[np.integer[Any]]:
+        """(record, leaf): the bits of the slots the record disagrees with on at least one
+        test, from which way it goes at every node, (record, node) as 0/1."""
+        disagree = np.take(right, self.node, axis=1) ^ self.goes_right
+        missed: npt.NDArray[np.integer[Any]] = np.bitwise_or.reduce(disagree * self.bit, axis=1)
+        return missed
+
+
+@dataclass(frozen=True, slots=True)
+class _Twig:
+    """A leaf, or two sibling leaves explained as one: the pair's slots are the same (from
+    their parent up), and which of them the record reaches is one more bit of the pattern,
+    so a sibling pair costs one lookup per slot instead of two."""
+
+    leaves: tuple[_LeafPath, ...]  # one, or (left, right)
+
+    @property
+    def features(self) -> tuple[int, ...]:
+        return self.leaves[0].features
+
+    @property
+    def bits(self) -> int:
+        """Bits of its pattern: one per slot, and for a pair which way the parent sends the
+        record (bit ``slots``: set for right)."""
+        return len(self.features) + len(self.leaves) - 1
+
+    @property
+    def tests(self) -> tuple[tuple[int, bool, int], ...]:
+        if len(self.leaves) == 1:
+            return self.leaves[0].tests
+        # A leaf's slot 0 is its parent's feature; the parent's own test goes to its own bit.
+        parent = self.leaves[0].tests[0][0]
+        return (*self.leaves[0].tests[1:], (parent, False, len(self.features)))
+
+
+@dataclass(frozen=True, slots=True)
+class _PatternTable:
+    """Every twig's Shapley value for each slot and each pattern of its bits (see _Twig).
+
+    Entry e (a twig's slot) owns ``2**bits`` values from ``start[e]``: for bits b, its value
+    is ``values[start[e] + b]``. Entries are sorted by feature, so that one reduceat sums
+    each feature's. At most ``slots * 2**slots`` floats per leaf: 6 MB for 100 default trees
+    on 12 features.
+    """
+
+    paths: _PathTests
+    values: FloatArray
+    start: IntArray  # (entry,)
+    twig: IntArray  # (entry,)
+    feature_start: IntArray  # where each feature in ``features`` starts among the entries
+    features: IntArray
+
+    @classmethod
+    def build(cls, leaves: list[_LeafPath]) -> _PatternTable:
+        siblings: dict[int, list[_LeafPath]] = {}
+        for leaf in leaves:  # a pair's left leaf (lower id) comes first
+            siblings.setdefault(leaf.tests[0][0], []).append(leaf)
+        twigs = [_Twig(tuple(pair)) for pair in siblings.values()]
+        entries = sorted((f, row, slot) for row, t in enumerate(twigs)
+                         for slot, f in enumerate(t.features))
+        sizes = [1 << twigs[row].bits for _f, row, _slot in entries]
+        start = np.cumsum([0, *sizes[:-1]], dtype=np.intp)
+        where = {(row, slot): int(s) for (_f, row, slot), s in zip(entries, start, strict=True)}
+        values = np.zeros(int(sum(sizes)), dtype=np.float64)
+        for slots, size in sorted({(len(t.features), len(t.leaves)) for t in twigs}):
+            rows = [row for row, t in enumerate(twigs)
+                    if (len(t.features), len(t.leaves)) == (slots, size)]
+            patterns = np.arange(1 << (slots + size - 1))
+            went_right = patterns >> slots
+            phi = np.zeros((patterns.shape[0], len(rows), slots))
+            for member in range(size):
+                # The left leaf disagrees on slot 0 when the parent sends the record right,
+                # the right one when it sends it left.
+                missed = (patterns & ((1 << slots) - 1)) | (went_right != member) * (size - 1)
+                agree = ((missed[:, None] >> np.arange(slots)) & 1) == 0  # (pattern, slot)
+                cover = np.array([twigs[row].leaves[member].cover for row in rows])
+                value = np.array([twigs[row].leaves[member].value for row in rows])
+                phi += _shapley(cover, agree[:, None, :]) * value[:, None]
+            for i, row in enumerate(rows):
+                for slot in range(slots):
+                    at = where[row, slot]
+                    values[at:at + patterns.shape[0]] = phi[:, i, slot]
+        features = np.array([f for f, _row, _slot in entries], dtype=np.intp)
+        present, feature_start = np.unique(features, return_index=True)
+        paths = _PathTests.build([t.tests for t in twigs], max(t.bits for t in twigs))
+        return cls(paths, values, start,
+                   np.array([row for _f, row, _slot in entries], dtype=np.intp),
+                   feature_start.astype(np.intp), present.astype(np.intp))
+
+    def add(self, right: npt.NDArray[np.uint8], per_feature: FloatArray) -> None:
+        """Adds these leaves' values to ``per_feature`` (record, feature), given which way
+        each record goes at every internal node."""
+        looked_up = self.values[self.start + self.paths.missed(right)[:, self.twig]]
+        per_feature[:, self.features] += np.add.reduceat(looked_up, self.feature_start, axis=1)
+
+
+@dataclass(frozen=True, slots=True)
+class _WideLeaves:
+    """Leaves with more slots than a table holds, integrated per record; padded to the
+    widest with null slots."""
+
+    paths: _PathTests
+    cover: FloatArray  # (leaf, slot)
+    value: FloatArray  # (leaf,)
+    feature: IntArray  # (leaf, slot)
+
+    @classmethod
+    def build(cls, leaves: list[_LeafPath]) -> _WideLeaves:
+        slots = max(len(p.features) for p in leaves)
+        cover = np.ones((len(leaves), slots))
+        feature = np.zeros((len(leaves), slots), dtype=np.intp)
+        for row, p in enumerate(leaves):
+            cover[row, :len(p.cover)] = p.cover
+            feature[row, :len(p.features)] = p.features
+        return cls(_PathTests.build([p.tests for p in leaves], slots), cover,
+                   np.array([p.value for p in leaves]), feature)
+
+    def add(self, right: npt.NDArray[np.uint8], per_feature: FloatArray) -> None:
+        bits = self.paths.missed(right)[:, :, None] >> np.arange(self.cover.shape[1])
+        phi = _shapley(self.cover, (bits & 1) == 0) * self.value[:, None]
+        _add_by_feature(per_feature, self.feature, phi)
+
+
+def _add_by_feature(per_feature: FloatArray, feature: IntArray, amounts: FloatArray) -> None:
+    """``per_feature[r, feature[...]] += amounts[r, ...]`` for every record r."""
+    n_records, width = per_feature.shape
+    offsets = (np.arange(n_records, dtype=np.intp) * width).reshape(
+        (n_records,) + (1,) * feature.ndim)
+    per_feature += np.bincount((feature + offsets).ravel(), weights=amounts.ravel(),
+                               minlength=n_records * width).reshape(n_records, width)
 
 
 class LazyExplainer:
@@ -486,15 +580,20 @@ def explainer_for(estimator: Any) -> Explainer | None:
     return None
 
 
-def _explanation(method: str, score: float, expected: float | None, amounts: FloatArray,
-                 values: FloatArray, words: ReferenceWords, top: int | None) -> Explanation:
-    order = np.argsort(-np.abs(amounts), kind="stable")[:top]
-    contributions = tuple(
-        Contribution(words.feature_names[i], float(values[i]), float(amounts[i]),
-                     words.text(int(i), float(values[i])))
-        for i in order
-    )
-    return Explanation(method, float(score), expected, contributions)
+def _explanations(method: str, scores: FloatArray, expected: float | None,
+                  amounts: FloatArray, values: FloatArray, words: ReferenceWords,
+                  top: int | None) -> list[Explanation]:
+    """One explanation per row of ``amounts`` (record, feature), largest first. Sorted for
+    all records at once and read as Python floats: per record, only the words remain."""
+    order = np.argsort(-np.abs(amounts), axis=1, kind="stable")[:, :top].tolist()
+    names = words.feature_names
+    return [
+        Explanation(method, score, expected, tuple(
+            Contribution(names[i], value[i], amount[i], words.text(i, value[i])) for i in row))
+        for score, amount, value, row in zip(
+            np.asarray(scores, dtype=np.float64).tolist(), amounts.tolist(),
+            np.asarray(values, dtype=np.float64).tolist(), order, strict=True)
+    ]
 
 
 def _inverse_average_path(target: float) -> int:

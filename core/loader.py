@@ -50,7 +50,7 @@ from modeld.core.errors import (
 )
 from modeld.core.explain import Explanation, LazyExplainer, ReferenceWords, explainer_for
 from modeld.core.features import Batch, FeatureExtractor
-from modeld.core.forest import compile_isolation_forest
+from modeld.core.forest import CompiledIsolationForest, compile_isolation_forest
 
 __all__ = [
     "DEFAULT_LOADER",
@@ -67,9 +67,12 @@ __all__ = [
     "Warmed",
     "build_servable",
     "estimator_files",
+    "forest_rule",
     "load_artifact",
     "load_servable",
     "skops_types",
+    "standard_parameters",
+    "standard_transform",
     "warm",
     "warmup_rows",
 ]
@@ -474,17 +477,27 @@ class ServableSpec(Protocol):
     def warmup(self) -> tuple[Any, ...]: ...
 
 
+def standard_transform(mean: np.ndarray, scale: np.ndarray) -> Transform:
+    """StandardScaler.transform as plain numpy: ``(x - mean) / scale``, as scikit-learn does."""
+    return lambda x: (x - mean) / scale
+
+
+def standard_parameters(scaler: Any, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """A StandardScaler's mean and scale as float64 arrays (zeros and ones where it does not
+    centre or scale)."""
+    mean = getattr(scaler, "mean_", None) if getattr(scaler, "with_mean", False) else None
+    scale = getattr(scaler, "scale_", None) if getattr(scaler, "with_std", False) else None
+    return (np.zeros(width) if mean is None else np.asarray(mean, dtype=np.float64),
+            np.ones(width) if scale is None else np.asarray(scale, dtype=np.float64))
+
+
 def _scaler_transform(scaler: Any, width: int) -> Transform:
     """A fast path for StandardScaler (plain numpy), the scaler's own transform otherwise."""
     n_in = getattr(scaler, "n_features_in_", width)
     if n_in != width:
         raise ValueError(f"the scaler expects {n_in} features, the model {width}")
-    mean = getattr(scaler, "mean_", None) if getattr(scaler, "with_mean", False) else None
-    scale = getattr(scaler, "scale_", None) if getattr(scaler, "with_std", False) else None
     if type(scaler).__name__ == "StandardScaler":
-        mean_a = np.zeros(width) if mean is None else np.asarray(mean, dtype=np.float64)
-        scale_a = np.ones(width) if scale is None else np.asarray(scale, dtype=np.float64)
-        return lambda x: (x - mean_a) / scale_a
+        return standard_transform(*standard_parameters(scaler, width))
     transform = scaler.transform
 
     def generic(x: np.ndarray) -> np.ndarray:
@@ -493,12 +506,17 @@ def _scaler_transform(scaler: Any, width: int) -> Transform:
     return generic
 
 
+def forest_rule(forest: CompiledIsolationForest) -> tuple[Scorer, Flagger]:
+    """A compiled forest's scorer (higher-is-more-anomalous) and its decision rule, whether it
+    was compiled here or rebuilt from a bundle (``core/bundle.py``)."""
+    threshold = -float(forest.offset_)
+    return (lambda x: -forest.score_samples(x)), (lambda _x, s: s > threshold)
+
+
 def _scorer_for(estimator: Any) -> tuple[Scorer, Flagger]:
     """Score higher-is-more-anomalous; flag by the model's own decision rule."""
     if type(estimator).__name__ == "IsolationForest":
-        forest = compile_isolation_forest(estimator)
-        threshold = -float(forest.offset_)
-        return (lambda x: -forest.score_samples(x)), (lambda _x, s: s > threshold)
+        return forest_rule(compile_isolation_forest(estimator))
     score_samples = estimator.score_samples
     if hasattr(estimator, "offset_"):
         # OneClassSVM's offset_ is a one-element array, the others' a float

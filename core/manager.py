@@ -6,13 +6,20 @@ retention pass) runs under one operation lock, so the registry and the slot alwa
 the deployment history shows every change in order. Decisions are pure functions of a registry
 snapshot (:func:`next_deployment`, :func:`rollback_target`); the manager carries them out.
 
-Called from the daemon's poll worker, its HTTP handlers and its scheduler jobs. It never
+Imports of different folders may finish in any order (the daemon stages them on a small pool
+so that a slow one holds no other back); the decisions do not depend on it: "newer" is by
+created_at, then by version for equal created_at, so the same folders lead to the same
+deployed version and candidate whichever import finishes first.
+
+Called from the daemon's poll worker, its import threads, its HTTP handlers and its
+scheduler jobs. It never
 raises for a bad artifact (that is an outcome); it raises ModeldError subclasses for refused
 operator requests and lets sqlite3/OSError through for failures of the daemon's own disk.
 """
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 import threading
 import time
@@ -24,11 +31,13 @@ from typing import Any, Literal, Protocol
 
 import structlog
 
+from modeld.core.bundle import Bundle, read_bundle, servable_from_bundle
 from modeld.core.errors import (
     ArtifactError,
     ArtifactIncomplete,
     ArtifactInvalid,
     ArtifactUntrusted,
+    EstimatorUnbundled,
     ModelLoadFailed,
     PathOutsideModels,
     UnknownVersion,
@@ -53,7 +62,14 @@ from modeld.core.events import (
     emit,
 )
 from modeld.core.loader import DEFAULT_LOADER, ModelLoader, ServableModel, load_servable
-from modeld.core.registry import Actor, DeploymentRow, FolderRow, Registry, VersionRow
+from modeld.core.registry import (
+    Actor,
+    BundleRow,
+    DeploymentRow,
+    FolderRow,
+    Registry,
+    VersionRow,
+)
 from modeld.core.serving import ServingSlot
 from modeld.core.source import (
     ArtifactFolder,
@@ -71,6 +87,7 @@ from modeld.core.validate import (
     ArtifactMetadata,
     Validation,
     ValidationPolicy,
+    bundle_folder,
     parse_metadata,
     parse_timestamp,
     validate_folder,
@@ -132,18 +149,24 @@ class ManagerPolicy:
     validate_imports: bool = True
     # storage.compression: versions that are not loaded are kept gzipped (see compact())
     compress_stored: bool = False
+    # security.allow_unbundled_estimators: a model without a bundle form may be unpickled in
+    # this process to serve it (logged unbundled_estimator_served)
+    allow_unbundled: bool = False
 
 
 class FirstLoad(Protocol):
-    """Runs the Loader stage (``core/loader.py``) on a staged artifact once somewhere safe,
-    before the manager's own validation loads it (the daemon: a limited child process,
-    ``daemon/jobs/sandbox.py``).
+    """Runs the Loader stage (``core/loader.py``) on an artifact once somewhere safe and writes
+    its servable bundle (``core/bundle.py``) to ``out`` (the daemon: a limited child process,
+    ``daemon/jobs/sandbox.py``): the manager itself then reads only the bundle. ``digests`` are
+    the sha256 of each file of ``folder``, which must not change.
 
-    Called on the import thread, without the lock. Raises ArtifactInvalid or ArtifactUntrusted
-    with the reason.
+    Called on the import thread without the lock (a staged artifact), and under the lock for a
+    stored version that has no bundle yet. Raises ArtifactInvalid, ArtifactUntrusted or
+    ModelLoadFailed with the reason. Without one (None) the manager bundles in its own process
+    (:func:`~core.validate.bundle_folder`).
     """
 
-    def __call__(self, folder: Path, digests: Mapping[str, str]) -> None: ...
+    def __call__(self, folder: Path, digests: Mapping[str, str], out: Path) -> None: ...
 
 
 # How a rollback's row reads; an agent's rollback (actor "mcp") is told apart from its deploys
@@ -197,14 +220,14 @@ def next_deployment(
         return Decision(candidate.version, "first valid version", "auto")
     if deployed.version == candidate.version:
         return None
-    if _created(candidate) <= _created(deployed):
+    if _newness(candidate) <= _newness(deployed):
         return None
     reason = f"newer than {deployed.version} ({candidate.created_at} > {deployed.created_at})"
     if policy.deploy_policy == "immediate":
         return Decision(candidate.version, reason, "auto")
     current = snapshot.candidate
     if current is not None and (current.version == candidate.version
-                                or _created(candidate) <= _created(current)):
+                                or _newness(candidate) <= _newness(current)):
         return None
     return Decision(candidate.version, f"{reason}; {policy.deploy_policy} policy: on trial "
                     "beside the deployed version", "auto", "nominate")
@@ -228,6 +251,12 @@ def _created(row: VersionRow) -> datetime:
     return _moment(row.created_at)
 
 
+def _newness(row: VersionRow) -> tuple[datetime, str]:
+    """What "newer" compares: created_at, and for equal ones the version, so that which of
+    two imports finished first never decides which serves."""
+    return _created(row), row.version
+
+
 def _moment(value: object) -> datetime:
     """A created_at for ordering: unreadable ones sort as the oldest."""
     try:
@@ -249,13 +278,23 @@ class ImportOutcome:
 
 
 @dataclass(frozen=True, slots=True)
+class Scan:
+    """One look at the models folder: the folders to import now, in scan order, the names of
+    those still waited for, and when to look again (epoch seconds, by the manager's clock)."""
+
+    ready: tuple[ArtifactFolder, ...] = ()
+    pending: tuple[str, ...] = ()
+    next_check: float | None = None
+    folder_missing: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class PollResult:
-    """One scan of the models folder."""
+    """One scan of the models folder and the imports it led to."""
 
     outcomes: tuple[ImportOutcome, ...] = ()
     pending: tuple[str, ...] = ()
     next_check: float | None = None
-    folder_missing: bool = False
 
 
 @dataclass(slots=True)
@@ -267,7 +306,7 @@ class ModelManager:
     slot: ServingSlot
     models_dir: Path
     policy: ManagerPolicy = field(default_factory=ManagerPolicy)
-    first_load: FirstLoad = lambda _folder, _digests: None
+    first_load: FirstLoad | None = None
     clock: Clock = utc_now
     listener: Listener = lambda _event: None
     lock: threading.RLock = field(default_factory=threading.RLock)
@@ -299,10 +338,77 @@ class ModelManager:
                     self.store.remove(child.name)
                     log.warning("orphan_version_removed", version=child.name,
                                 reason="in the store but not committed to the registry")
+            self._remove_unused_bundles()
+            self._bundle_missing()
             self._restore()
             for row in reversed(self.registry.list_versions()):
                 if row.status == "available" and not row.considered:
                     self._consider(row, None)
+
+    def _remove_unused_bundles(self) -> None:
+        """Drop bundles no available version uses (a crash between writing one and committing
+        its version, or a version removed since)."""
+        available = self._available()
+        used = set()
+        for row in self.registry.bundles():
+            if row.version in available:
+                used.add(row.digest)
+            else:
+                self.registry.drop_bundle(row.version)
+        for child in self.store.bundles.iterdir():
+            if child.name not in used:
+                self.store.remove_bundle(child.name)
+                log.warning("orphan_bundle_removed", digest=child.name,
+                            reason="no available version uses it")
+
+    def _bundle_missing(self) -> None:
+        """Bundle, once, every available version stored before bundles existed."""
+        for row in self._available().values():
+            if self.registry.bundle(row.version) is not None:
+                continue
+            try:
+                self._bundle_stored(row)
+            except ModelLoadFailed as exc:
+                log.error("bundle_conversion_failed", version=row.version, reason=exc.reason)
+
+    def _bundle_stored(self, row: VersionRow) -> Bundle:
+        """Write, commit and record the bundle of a stored version that has none (through the
+        first load: the isolated child in the daemon). Raises ModelLoadFailed."""
+        version = row.version
+        problem = self._unpacked(row) or self.store.verify(version, row.checksums)
+        if problem is not None:
+            raise ModelLoadFailed(version, problem)
+        folder = self.store.path_of(version)
+        digests = {name: str(c["sha256"]) for name, c in row.checksums.items()}
+        out = self.store.new_bundle_path()
+        policy = self.policy
+        try:
+            if self.first_load is None:
+                bundle_folder(folder, out, policy.loader, policy.validation.warmup_row_count)
+            else:
+                self.first_load(folder, digests, out)
+            written = read_bundle(out, version)
+            path = self.store.commit_bundle(out, written.digest)
+        except (ArtifactInvalid, ArtifactUntrusted) as exc:
+            raise ModelLoadFailed(version, f"cannot be bundled: {exc.reason}") from exc
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+        now = iso(self.clock())
+        with self.registry.transaction():
+            self.registry.put_bundle(BundleRow(version, written.digest, written.size, now))
+            self.registry.add_event("bundle_converted", version, now,
+                                    {"digest": written.digest, "size": written.size})
+        log.info("bundle_converted", version=version, digest=written.digest, size=written.size)
+        return read_bundle(path, version, written.digest)
+
+    def _bundle_of(self, row: VersionRow) -> Bundle:
+        """The version's recorded bundle, checked against its digest (written now when it has
+        none). Raises ModelLoadFailed (BundleInvalid when it is damaged)."""
+        recorded = self.registry.bundle(row.version)
+        if recorded is None:
+            return self._bundle_stored(row)
+        return read_bundle(self.store.bundle_path(recorded.digest), row.version,
+                           recorded.digest)
 
     def missing_files(self) -> list[str]:
         """Available versions whose store folder is gone (the daemon's scheduled state check;
@@ -395,14 +501,31 @@ class ModelManager:
     # finding and importing ---------------------------------------------------------------
 
     def poll_once(self) -> PollResult:
-        """Scan the models folder once and import every folder that is ready."""
+        """Scan the models folder once and import every folder that is ready, one after the
+        other. The daemon's PollWorker runs the same two steps with the imports on its own
+        threads (:meth:`discover`, :meth:`import_ready`), so a slow one holds no other back."""
+        scan = self.discover()
+        outcomes, pending, next_check = [], list(scan.pending), scan.next_check
+        for folder in scan.ready:
+            outcome = self.import_ready(folder)
+            outcomes.append(outcome)
+            if outcome.status == "incomplete":
+                pending.append(folder.name)
+                retry = self.retry_at()
+                next_check = min(next_check or retry, retry)
+        return PollResult(tuple(outcomes), tuple(pending), next_check)
+
+    def discover(self) -> Scan:
+        """Which folders are ready to import now, in scan order, and which are still waited
+        for: listings and stats only, nothing hashed or copied (the scan's cost does not grow
+        with the artifacts' size). Called from one thread at a time (the settle tracker)."""
         try:
             folders = scan_models_folder(self.models_dir)
         except (FileNotFoundError, NotADirectoryError):
-            return PollResult(folder_missing=True)
+            return Scan(folder_missing=True)
         self.tracker.forget_missing(f.name for f in folders)
         known = self.registry.folders()
-        outcomes, pending = [], []
+        ready, pending = [], []
         next_check: float | None = None
         now = self.clock().timestamp()
         for found in folders:
@@ -411,25 +534,31 @@ class ModelManager:
             if record is not None and record.fingerprint == folder.fingerprint:
                 continue
             readiness = self.tracker.readiness(folder, now)
-            if not readiness.ready:
-                pending.append(folder.name)
-                if readiness.wait_until is not None:
-                    next_check = min(next_check or readiness.wait_until, readiness.wait_until)
+            if readiness.ready:
+                ready.append(folder)
                 continue
-            try:
-                outcome = self._import_folder(folder, quality_gate=self.policy.validate_imports,
-                                              actor="auto")
-            except (OSError, sqlite3.Error):
-                raise  # the daemon's own disk or database: the whole scan is retried
-            except Exception as exc:  # one odd folder must not stop the others
-                log.exception("import_crashed", path=str(folder.path), reason=repr(exc))
-                outcome = self._reject(folder, f"import failed: {exc!r}")
-            outcomes.append(outcome)
-            if outcome.status == "incomplete":
-                pending.append(folder.name)
-                retry = now + max(self.policy.settle_seconds, 0.2)
-                next_check = min(next_check or retry, retry)
-        return PollResult(tuple(outcomes), tuple(pending), next_check)
+            pending.append(folder.name)
+            if readiness.wait_until is not None:
+                next_check = min(next_check or readiness.wait_until, readiness.wait_until)
+        return Scan(tuple(ready), tuple(pending), next_check)
+
+    def import_ready(self, folder: ArtifactFolder) -> ImportOutcome:
+        """Stage, check, validate and commit one folder that :meth:`discover` found ready.
+        Any thread; imports of different folders may run at once (commits and deployment
+        decisions are serialised by the lock). Raises OSError or sqlite3.Error for the
+        daemon's own disk or database (retried); anything else is the folder's rejection."""
+        try:
+            return self._import_folder(folder, quality_gate=self.policy.validate_imports,
+                                       actor="auto")
+        except (OSError, sqlite3.Error):
+            raise
+        except Exception as exc:  # one odd folder must not stop the others
+            log.exception("import_crashed", path=str(folder.path), reason=repr(exc))
+            return self._reject(folder, f"import failed: {exc!r}")
+
+    def retry_at(self) -> float:
+        """When to look again at a folder whose import came back ``incomplete``."""
+        return self.clock().timestamp() + max(self.policy.settle_seconds, 0.2)
 
     def _bounded(self, folder: ArtifactFolder) -> ArtifactFolder:
         """The folder, with its problem when it is too big to hash or copy at all: judged by
@@ -562,21 +691,35 @@ class ModelManager:
             return ImportOutcome(str(folder.path), "incomplete", reason="changed while copying")
         digests = {name: d.sha256 for name, d in staged.files.items()}
         policy = self.policy  # read once: a reload mid-import does not mix two policies
+        out = self.store.new_bundle_path()  # committed with the version, else removed
         try:
-            # Everything here reads the staged copy, which the producer cannot touch: what is
-            # checked is what is loaded. Nothing is unpickled before the signature passes.
-            check_manifest(staged.files, read_manifest(staged.path),
-                           policy.trust.require_manifest, str(folder.path))
-            if policy.trust.verify_key is not None:
-                verify_signature(staged.path, policy.trust.verify_key, digests)
-            self.first_load(staged.path, digests)
-        except (ArtifactUntrusted, ArtifactInvalid) as exc:
-            return self._reject(folder, exc.reason, meta=peek_metadata(staged.path))
-        validation = validate_folder(
-            staged.path, policy.validation, self.clock(), policy.loader, quality_gate
-        )
-        with self.lock:
-            return self._commit(folder, staged, validation, actor, started)
+            try:
+                # Everything here reads the staged copy, which the producer cannot touch: what
+                # is checked is what is loaded. Nothing is unpickled before the signature
+                # passes, and nothing at all in this process when a first load bundles it.
+                check_manifest(staged.files, read_manifest(staged.path),
+                               policy.trust.require_manifest, str(folder.path))
+                if policy.trust.verify_key is not None:
+                    verify_signature(staged.path, policy.trust.verify_key, digests)
+                bundle = None
+                if self.first_load is not None:
+                    self.first_load(staged.path, digests, out)
+                    bundle = read_bundle(out, folder.name)
+            except (ArtifactUntrusted, ArtifactInvalid, ModelLoadFailed) as exc:
+                return self._reject(folder, exc.reason, meta=peek_metadata(staged.path))
+            validation = validate_folder(
+                staged.path, policy.validation, self.clock(), policy.loader, quality_gate,
+                bundle, out, policy.allow_unbundled,
+            )
+            accepted = validation.bundle
+            if accepted is not None and accepted.kind is None and validation.metadata:
+                log.warning("unbundled_estimator_served", version=validation.metadata.version,
+                            model_type=accepted.facts.model_type,
+                            reason="security.allow_unbundled_estimators: unpickled here")
+            with self.lock:
+                return self._commit(folder, staged, validation, actor, started)
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
 
     def _commit(
         self,
@@ -594,6 +737,9 @@ class ModelManager:
         if not validation.report.accepted:
             return self._reject(folder, validation.report.reason, validation)
         assert meta is not None and validation.servable is not None
+        bundle = validation.bundle
+        assert bundle is not None
+        self.store.commit_bundle(bundle.path, bundle.digest)
         stored = self.store.commit(staged, meta.version)
         now = iso(self.clock())
         row = VersionRow(
@@ -606,6 +752,7 @@ class ModelManager:
         )
         with self.registry.transaction():
             self.registry.put_version(row)
+            self.registry.put_bundle(BundleRow(meta.version, bundle.digest, bundle.size, now))
             self.registry.add_transfer(meta.version, str(folder.path), str(stored), now,
                                        "completed")
             self.registry.record_folder(FolderRow(folder.name, folder.fingerprint, "imported",
@@ -718,8 +865,18 @@ class ModelManager:
             meta = parse_metadata(read_metadata(folder), folder)
         except ArtifactInvalid as exc:
             raise ModelLoadFailed(version, exc.reason) from exc
-        policy = self.policy
-        return load_servable(folder, meta, policy.validation.warmup_row_count, policy.loader)
+        bundle = self._bundle_of(row)
+        try:
+            return servable_from_bundle(bundle, meta)
+        except EstimatorUnbundled:
+            policy = self.policy
+            if not policy.allow_unbundled:
+                raise
+            log.warning("unbundled_estimator_served", version=version,
+                        model_type=bundle.facts.model_type,
+                        reason="security.allow_unbundled_estimators: unpickled here")
+            return load_servable(folder, meta, policy.validation.warmup_row_count,
+                                 policy.loader)
 
     def _unpacked(self, row: VersionRow) -> str | None:
         """Decompress a compressed stored version (checked against its checksums) so that it
@@ -901,7 +1058,8 @@ class ModelManager:
                 raise ModelLoadFailed(version, problem)
             policy = self.policy
             validation = validate_folder(self.store.path_of(version), policy.validation,
-                                         self.clock(), policy.loader)
+                                         self.clock(), policy.loader, True,
+                                         self._bundle_of(row), None, policy.allow_unbundled)
             report = validation.report.to_dict()
             self.registry.set_report(version, report, validation.report.quality_score)
             log.info("model_revalidated", version=version, accepted=validation.report.accepted,
@@ -964,6 +1122,11 @@ class ModelManager:
                 self.registry.set_status(row.version, "removed",
                                          f"retention: older than {retention_days:g} days")
                 self.store.remove(row.version)
+                bundle = self.registry.bundle(row.version)
+                self.registry.drop_bundle(row.version)
+                if bundle is not None and all(b.digest != bundle.digest
+                                              for b in self.registry.bundles()):
+                    self.store.remove_bundle(bundle.digest)
                 removed.append(row.version)
                 log.info("version_removed", version=row.version, reason="retention",
                          created_at=row.created_at)

@@ -115,6 +115,12 @@ CREATE TABLE IF NOT EXISTS anomalies (
 );
 CREATE INDEX IF NOT EXISTS anomalies_at ON anomalies (at);
 CREATE INDEX IF NOT EXISTS anomalies_version ON anomalies (version, id);
+CREATE TABLE IF NOT EXISTS bundles (
+    version TEXT PRIMARY KEY,
+    digest TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    created TEXT NOT NULL
+);
 """
 
 # Registries made before the actor 'mcp' existed have the older CHECK on deployments; SQLite
@@ -196,6 +202,17 @@ class FolderRow:
     version: str | None
     reason: str
     at: str
+
+
+@dataclass(frozen=True, slots=True)
+class BundleRow:
+    """The servable bundle of a version (``core/bundle.py``): ``bundles/<digest>/`` in the
+    store, ``size`` bytes, written at ``created``."""
+
+    version: str
+    digest: str
+    size: int
+    created: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -503,6 +520,29 @@ class Registry:
         returns how many went. The scheduled retention job bounds the table with it."""
         with self.transaction() as conn:
             return int(conn.execute("DELETE FROM events WHERE at < ?", (older_than,)).rowcount)
+
+    # servable bundles (plain SQL: one row per version, replaced by delete and insert) -----
+
+    def put_bundle(self, row: BundleRow) -> None:
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM bundles WHERE version = ?", (row.version,))
+            conn.execute("INSERT INTO bundles (version, digest, size, created) VALUES (?, ?, ?, ?)",
+                         (row.version, row.digest, row.size, row.created))
+
+    def bundle(self, version: str) -> BundleRow | None:
+        rows = self._query("SELECT version, digest, size, created FROM bundles WHERE version = ?",
+                           (version,))
+        return None if not rows else BundleRow(rows[0]["version"], rows[0]["digest"],
+                                               int(rows[0]["size"]), rows[0]["created"])
+
+    def bundles(self) -> list[BundleRow]:
+        return [BundleRow(r["version"], r["digest"], int(r["size"]), r["created"])
+                for r in self._query("SELECT version, digest, size, created FROM bundles "
+                                     "ORDER BY version")]
+
+    def drop_bundle(self, version: str) -> None:
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM bundles WHERE version = ?", (version,))
 
     # recent anomalies --------------------------------------------------------------------
 

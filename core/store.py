@@ -5,7 +5,9 @@ Layout under ``storage.directory``::
     versions/<version>/   one complete version; its files are as delivered, or, with
                           compression, each gzipped as <name>.gz while the version is not
                           loaded (the recorded checksums stay those of the delivered bytes)
+    bundles/<digest>/     a version's servable bundle (core/bundle.py), named by its digest
     staging/<id>/         an import in progress; removed or redone after a crash
+                          (<id>.bundle/: the bundle the isolated child is writing)
     trash/<id>/           a version being removed (renamed here first, then deleted)
 
 A copy goes file by file into staging, is fsynced, then renamed into ``versions/`` and the
@@ -91,12 +93,36 @@ class ModelStore:
         self.versions = directory / "versions"
         self.staging = directory / "staging"
         self.trash = directory / "trash"
+        self.bundles = directory / "bundles"
         self.max_artifact_bytes = max_artifact_bytes
-        for folder in (self.directory, self.versions, self.staging, self.trash):
+        for folder in (self.directory, self.versions, self.staging, self.trash, self.bundles):
             folder.mkdir(parents=True, exist_ok=True)
 
     def path_of(self, version: str) -> Path:
         return self.versions / version
+
+    def new_bundle_path(self) -> Path:
+        """Where a bundle is written before it is committed (not created: the writer does)."""
+        return self.staging / f"{uuid.uuid4().hex}.bundle"
+
+    def bundle_path(self, digest: str) -> Path:
+        return self.bundles / digest
+
+    def commit_bundle(self, written: Path, digest: str) -> Path:
+        """Rename a written bundle into ``bundles/<digest>``, durably; the same content already
+        there is kept and ``written`` removed."""
+        target = self.bundle_path(digest)
+        if target.is_dir():
+            shutil.rmtree(written, ignore_errors=True)
+            return target
+        os.rename(written, target)
+        fsync_dir(self.bundles)
+        return target
+
+    def remove_bundle(self, digest: str) -> None:
+        """Delete ``bundles/<digest>``, as :meth:`remove` does a version; a servable still
+        mapping its arrays keeps them until it is dropped."""
+        _remove_into(self.bundle_path(digest), self.trash / f"{digest}.bundle")
 
     def clean_leftovers(self) -> list[str]:
         """Remove staging, trash and partial files left by an interrupted import, removal or
@@ -187,13 +213,7 @@ class ModelStore:
 
     def remove(self, version: str) -> None:
         """Take a version out of the store (renamed to trash first, so it vanishes at once)."""
-        path = self.path_of(version)
-        if not path.exists():
-            return
-        doomed = self.trash / f"{version}-{uuid.uuid4().hex[:8]}"
-        os.rename(path, doomed)
-        fsync_dir(self.versions)
-        shutil.rmtree(doomed, ignore_errors=True)
+        _remove_into(self.path_of(version), self.trash / f"{version}-{uuid.uuid4().hex[:8]}")
 
     def verify(self, version: str, checksums: Mapping[str, Mapping[str, object]]) -> str | None:
         """None when the stored files match the digests recorded at import, else the problem.
@@ -272,6 +292,15 @@ class ModelStore:
             fsync_dir(path)
             packed.unlink()
         return None
+
+
+def _remove_into(path: Path, doomed: Path) -> None:
+    """Rename ``path`` into the trash (so it vanishes at once, durably), then delete it."""
+    if not path.exists():
+        return
+    os.rename(path, doomed)
+    fsync_dir(path.parent)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def _packed(file: Path) -> Path:

@@ -8,8 +8,10 @@ which must reach the configured minimum.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -18,14 +20,25 @@ from typing import Any, Literal
 
 import sklearn
 
-from modeld.core.errors import ArtifactInvalid, ArtifactUntrusted, ModelLoadFailed
+from modeld.core.bundle import (
+    Bundle,
+    EstimatorFacts,
+    read_bundle,
+    servable_from_bundle,
+    write_bundle,
+)
+from modeld.core.errors import (
+    ArtifactInvalid,
+    ArtifactUntrusted,
+    EstimatorUnbundled,
+    ModelLoadFailed,
+)
 from modeld.core.loader import (
     DEFAULT_LOADER,
     ModelLoader,
     ServableModel,
-    build_servable,
     load_artifact,
-    reference_rows,
+    load_servable,
 )
 from modeld.core.source import read_metadata
 
@@ -228,6 +241,7 @@ class Validation:
     report: ValidationReport
     metadata: ArtifactMetadata | None
     servable: ServableModel | None
+    bundle: Bundle | None = None
 
 
 def _metric_findings(metrics: Mapping[str, float], given: Mapping[str, Any]) -> list[Finding]:
@@ -298,10 +312,10 @@ def _age_findings(created_at: datetime, now: datetime, policy: ValidationPolicy)
 
 
 def _estimator_findings(
-    estimator: Any, meta: ArtifactMetadata, policy: ValidationPolicy
+    facts: EstimatorFacts, meta: ArtifactMetadata, policy: ValidationPolicy
 ) -> list[Finding]:
     found = []
-    kind = type(estimator).__name__
+    kind = facts.model_type
     expected = policy.expected_type
     if expected is not None and kind != expected:
         found.append(Finding("type_unexpected", f"model.type expects {expected}, the artifact "
@@ -312,32 +326,32 @@ def _estimator_findings(
     if kind not in SUPPORTED_TYPES:
         found.append(Finding("unsupported_type", f"{kind} is not a supported model type "
                              f"({', '.join(SUPPORTED_TYPES)})", "warning"))
-    if kind == "LocalOutlierFactor" and not getattr(estimator, "novelty", False):
+    if kind == "LocalOutlierFactor" and not facts.novelty:
         found.append(Finding("lof_not_novelty", "LocalOutlierFactor was fitted without "
                              "novelty=True and cannot score new records", "error", blocking=True))
     for method in ("predict", "score_samples"):
-        if not callable(getattr(estimator, method, None)) and kind != "LocalOutlierFactor":
+        if method not in facts.methods and kind != "LocalOutlierFactor":
             found.append(Finding("cannot_score", f"the model has no {method}()", "error",
                                  blocking=True))
-    width = getattr(estimator, "n_features_in_", None)
+    width = facts.n_features_in
     if width is None:
         found.append(Finding("not_fitted", "the model has no n_features_in_ (not fitted?)",
                              "error", blocking=True))
     elif width != len(meta.feature_names):
         found.append(Finding("feature_count", f"metadata lists {len(meta.feature_names)} feature "
                              f"names, the model takes {width} features", "error", blocking=True))
-    n_estimators = getattr(estimator, "n_estimators", None)
-    if isinstance(n_estimators, int) and n_estimators < policy.min_estimators:
+    n_estimators = facts.n_estimators
+    if n_estimators is not None and n_estimators < policy.min_estimators:
         found.append(Finding("few_estimators", f"only {n_estimators} estimators "
                              f"(< {policy.min_estimators})", "warning"))
     return found
 
 
-def _scaler_findings(scaler: Any, width: int) -> list[Finding]:
-    if not callable(getattr(scaler, "transform", None)):
+def _scaler_findings(facts: EstimatorFacts, width: int) -> list[Finding]:
+    if not facts.scaler_has_transform:
         return [Finding("scaler_no_transform", "scaler.joblib has no transform()", "error",
                         blocking=True)]
-    n_in = getattr(scaler, "n_features_in_", None)
+    n_in = facts.scaler_n_features_in
     if n_in is not None and n_in != width:
         return [Finding("scaler_width", f"the scaler takes {n_in} features, the model {width}",
                         "error", blocking=True)]
@@ -360,20 +374,48 @@ def _recommendations(findings: Sequence[Finding]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(advice[f.code] for f in findings if f.code in advice))
 
 
+def metadata_or_none(folder: Path) -> ArtifactMetadata | None:
+    """The folder's parsed metadata.json, or None when it is unreadable (validation says why)."""
+    try:
+        return parse_metadata(read_metadata(folder), folder)
+    except ArtifactInvalid:
+        return None
+
+
+def bundle_folder(folder: Path, out: Path, loader: ModelLoader, warmup_row_count: int) -> None:
+    """Load the artifact in ``folder`` in this process and write its bundle to ``out``.
+
+    What the canary child does (``daemon/jobs/sandbox.py``), here: used when isolation is off
+    (``security.isolate_first_load: false``), by a manager without a child, and by
+    :func:`validate_folder` when no bundle is given. Raises ArtifactInvalid or
+    ArtifactUntrusted when the artifact cannot be loaded, ModelLoadFailed when scikit-learn
+    cannot score its warmup rows.
+    """
+    write_bundle(load_artifact(folder, loader), folder, out, metadata_or_none(folder),
+                 warmup_row_count)
+
+
 def validate_folder(
     folder: Path,
     policy: ValidationPolicy,
     now: datetime,
     loader: ModelLoader = DEFAULT_LOADER,
     quality_gate: bool = True,
+    bundle: Bundle | None = None,
+    bundle_to: Path | None = None,
+    allow_unbundled: bool = False,
 ) -> Validation:
     """Judge the artifact in ``folder`` (already in the daemon's staging) and prepare it to serve.
 
-    Called by the manager on its import thread (and for a re-validation). The estimators are
-    loaded and warmed by the Loader stage (``core/loader.py``) with ``loader``; what it loaded
-    is judged in between. Never raises for a bad artifact: every problem becomes a finding.
-    With ``quality_gate`` false the score is reported but does not reject; blocking findings
-    always do.
+    Called by the manager on its import thread (and for a re-validation) with the ``bundle``
+    the isolated child wrote (``core/bundle.py``): the estimators are judged by the facts in it
+    and the servable is built from it, so nothing is unpickled here. Without a bundle, one is
+    written here first with ``loader`` (:func:`bundle_folder`), to ``bundle_to`` (a temporary
+    folder without it; its arrays are then read into memory). A model without a bundle form
+    is rejected unless ``allow_unbundled`` (``security.allow_unbundled_estimators``): then it is
+    loaded here with ``loader``. Never raises for a bad artifact: every problem becomes a
+    finding. With ``quality_gate`` false the score is reported but does not reject; blocking
+    findings always do.
     """
     findings: list[Finding] = []
 
@@ -384,7 +426,9 @@ def validate_folder(
             tuple(findings), quality_score(errors, warns), policy.min_quality_score,
             quality_gate, _recommendations(findings), now.isoformat(),
         )
-        return Validation(report, meta, servable if report.accepted else None)
+        accepted = report.accepted
+        return Validation(report, meta, servable if accepted else None,
+                          bundle if accepted else None)
 
     try:
         meta = parse_metadata(read_metadata(folder), folder)
@@ -404,25 +448,44 @@ def validate_folder(
                                 f"{meta.sklearn_version}, modeld runs {sklearn.__version__}",
                                 "warning"))
 
-    try:
-        loaded = load_artifact(folder, loader)
-    except (ArtifactInvalid, ArtifactUntrusted) as exc:
-        findings.append(Finding("load_failed", exc.reason, "error", blocking=True))
-        return finish(meta, None)
-    findings += [Finding("version_mismatch", line, "warning") for line in loaded.version_warnings]
-
-    findings += _estimator_findings(loaded.model, meta, policy)
-    if loaded.scaler is not None:
-        findings += _scaler_findings(loaded.scaler, len(meta.feature_names))
+    if bundle is None:
+        with contextlib.ExitStack() as stack:
+            out = bundle_to or Path(stack.enter_context(
+                tempfile.TemporaryDirectory(prefix="modeld-bundle-"))) / "bundle"
+            try:
+                bundle_folder(folder, out, loader, policy.warmup_row_count)
+                bundle = read_bundle(out, meta.version, mmap=bundle_to is not None)
+            except (ArtifactInvalid, ArtifactUntrusted) as exc:
+                findings.append(Finding("load_failed", exc.reason, "error", blocking=True))
+                return finish(meta, None)
+            except ModelLoadFailed as exc:
+                findings.append(cannot_score(exc))
+                return finish(meta, None)
+    facts = bundle.facts
+    findings += [Finding("version_mismatch", line, "warning") for line in facts.version_warnings]
+    findings += _estimator_findings(facts, meta, policy)
+    if facts.scaler_type is not None:
+        findings += _scaler_findings(facts, len(meta.feature_names))
     findings = list({(f.code, f.message): f for f in findings}.values())
     if any(f.blocking for f in findings):
         return finish(meta, None)
     try:
-        servable = build_servable(loaded, meta, policy.warmup_row_count,
-                                  reference_rows(folder, len(meta.feature_names)))
+        servable = servable_from_bundle(bundle, meta)
+    except EstimatorUnbundled as exc:
+        if not allow_unbundled:
+            findings.append(Finding("unbundled", exc.reason, "error", blocking=True))
+            return finish(meta, None)
+        try:
+            servable = load_servable(folder, meta, policy.warmup_row_count, loader)
+        except ModelLoadFailed as failed:
+            findings.append(cannot_score(failed))
+            return finish(meta, None)
     except ModelLoadFailed as exc:
-        findings.append(Finding("cannot_score", f"scoring sample rows failed: {exc.reason}",
-                                "error", blocking=True))
+        findings.append(cannot_score(exc))
         return finish(meta, None)
     return finish(meta, servable)
 
+
+def cannot_score(exc: ModelLoadFailed) -> Finding:
+    return Finding("cannot_score", f"scoring sample rows failed: {exc.reason}", "error",
+                   blocking=True)

@@ -228,8 +228,10 @@ def test_the_composed_daemon_answers_a_scoring_failure_from_the_fallback_and_rec
         tmp_path: Path) -> None:
     from tests.test_core import RaisingForest
 
-    # RaisingForest lives in the tests package, which the canary child does not import
-    runtime = build_runtime(tmp_path, security={"isolate_first_load": False})
+    # RaisingForest lives in the tests package, which the canary child does not import; it
+    # has no bundle form, so it is served unpickled, as the setting allows
+    runtime = build_runtime(tmp_path, security={"isolate_first_load": False,
+                                                "allow_unbundled_estimators": True})
     try:
         add_versions(runtime, "v1")
         write_renamed(runtime.manager.models_dir, "v2", artifact_files(

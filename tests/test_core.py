@@ -63,7 +63,7 @@ class Clock:
 
 
 def make_manager(tmp_path: Path, clock: Clock | None = None, auto_deploy: bool = True,
-                 settle: float = 1.0) -> ModelManager:
+                 settle: float = 1.0, allow_unbundled: bool = False) -> ModelManager:
     models = tmp_path / "models"
     models.mkdir(exist_ok=True)
     manager = ModelManager(
@@ -71,7 +71,8 @@ def make_manager(tmp_path: Path, clock: Clock | None = None, auto_deploy: bool =
         store=ModelStore(tmp_path / "store"),
         slot=ServingSlot(),
         models_dir=models,
-        policy=ManagerPolicy(ValidationPolicy(), DeploymentPolicy(auto_deploy), settle),
+        policy=ManagerPolicy(ValidationPolicy(), DeploymentPolicy(auto_deploy), settle,
+                             allow_unbundled=allow_unbundled),
         clock=clock or Clock(),
     )
     manager.start()
@@ -113,7 +114,7 @@ def test_settle_tracker_waits_for_quiet_unless_completeness_is_proven(tmp_path: 
 
     manifested = tmp_path / "c"
     write_in_place(manifested, with_manifest(artifact_files("v3")))
-    assert tracker.readiness(inspect_folder(manifested), 0).reason == "files manifest matches"
+    assert tracker.readiness(inspect_folder(manifested), 0).reason == "files manifest sizes match"
     (manifested / "model.joblib").write_bytes(b"truncated")
     assert not tracker.readiness(inspect_folder(manifested), 0).ready
 
@@ -284,6 +285,19 @@ def test_next_deployment_is_a_pure_decision() -> None:
     assert next_deployment(rolled, new, policy) is None
 
 
+def test_equal_created_at_is_decided_by_version_whichever_import_finishes_first() -> None:
+    # Imports run on several threads: with equal created_at, the first to finish used to
+    # keep serving. The version decides, so the same two folders end the same either way.
+    policy = DeploymentPolicy(auto_deploy=True)
+    a, b = row("v-a", created(1)), row("v-b", created(1))
+    assert next_deployment(RegistrySnapshot(a, ()), b, policy).version == "v-b"
+    assert next_deployment(RegistrySnapshot(b, ()), a, policy) is None
+    shadow = DeploymentPolicy(auto_deploy=True, deploy_policy="shadow")
+    old = row("v0", created(2))
+    assert next_deployment(RegistrySnapshot(old, (), a), b, shadow).action == "nominate"
+    assert next_deployment(RegistrySnapshot(old, (), b), a, shadow) is None
+
+
 def test_rollback_target_walks_back_past_versions_rolled_back_from() -> None:
     available = {v: row(v, created(1)) for v in ("v1", "v2", "v3")}
     history = (deployment(3, "v2", "v3"), deployment(2, "v1", "v2"), deployment(1, None, "v1"))
@@ -402,7 +416,8 @@ class RaisingForest:
 
 
 def test_scoring_failure_is_answered_by_the_fallback_and_recorded(tmp_path: Path) -> None:
-    manager = make_manager(tmp_path)
+    # the raising wrapper has no bundle form: it is served unpickled, as the setting allows
+    manager = make_manager(tmp_path, allow_unbundled=True)
     manager.slot._on_fallback = manager.scoring_failed
     drop(manager, "v1", artifact_files("v1", created_at=created(2)))
     manager.poll_once()
@@ -527,7 +542,7 @@ def test_disk_full_while_staging_fails_cleanly_and_is_retried(tmp_path: Path) ->
 
 
 def test_health_check_replaces_a_model_that_stops_scoring(tmp_path: Path) -> None:
-    manager = make_manager(tmp_path)
+    manager = make_manager(tmp_path, allow_unbundled=True)
     drop(manager, "v1", artifact_files("v1", created_at=created(2)))
     manager.poll_once()
     drop(manager, "v2", artifact_files("v2", model=RaisingForest(train_forest(seed=3)),

@@ -59,7 +59,7 @@ def test_demo_tells_the_story_and_leaves_nothing_behind(tmp_path: Path) -> None:
         "scoring went on with the new model"
     assert "anomaly  score" in out
     assert "phase: ATTACK" in out
-    assert "phase: the traffic shifts" in out
+    assert "phase: the radio environment degrades" in out
     assert re.search(r"done: [\d,]+ records scored, [\d,]+ anomalies, 1 hot swap", out)
     assert "daemon stopped (exit status 0)" in out
     assert "workspace removed" in out

@@ -173,3 +173,21 @@ def test_words_against_the_reference() -> None:
 def test_wrong_width_is_a_clear_error(wifi: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="feature columns"):
         wifi["explainer"].path_contributions(np.zeros((1, 3)))
+
+
+def test_integrated_leaves_equal_the_tables(wifi: dict[str, Any]) -> None:
+    """Leaves wider than a table holds are integrated per record: the same values, and on the
+    enumerable forest the Shapley values themselves."""
+    rows = wifi["matrix"][:50]
+    forest = compile_isolation_forest(wifi["model"])
+    tabled, tabled_paths = ForestExplainer(forest).path_contributions(rows)
+    integrated, integrated_paths = ForestExplainer(forest, table_slots=0).path_contributions(rows)
+    np.testing.assert_allclose(integrated, tabled, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(integrated_paths, tabled_paths, rtol=0, atol=1e-12)
+    rng = np.random.default_rng(3)
+    data = rng.normal(size=(64, 4))
+    model = IsolationForest(n_estimators=5, max_samples=32, random_state=1).fit(data)
+    mixed = ForestExplainer(compile_isolation_forest(model), table_slots=2)
+    x = np.array([4.0, -3.0, 0.1, 0.0])
+    np.testing.assert_allclose(mixed.path_contributions(x[None, :])[0][0],
+                               _brute_force_shapley(model, x), atol=1e-10)

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
+from modeld.core.events import ModelImported, ModelSwapped
 from modeld.core.manager import ModelManager, describe_folder
 from modeld.core.source import MAX_FOLDER_ENTRIES, scan_models_folder
 from modeld.core.store import FileDigest, ModelStore
@@ -225,3 +226,78 @@ def test_a_scan_that_keeps_failing_is_alerted_once_per_streak(
         runtime.close()
     alert = receiver.bodies[0]
     assert alert["kind"] == "scan_failed" and "Too many levels of symbolic links" in alert["detail"]
+
+
+class _GatedStore(ModelStore):
+    """A store whose copy of one file waits until the test lets it finish: the slow artifact
+    is a real 64 MiB sparse file, and the gate makes "the normal one is done first" the
+    case to check rather than a race against the machine's load."""
+
+    def __init__(self, directory: Path, slow_file: str, gate: threading.Event) -> None:
+        super().__init__(directory)
+        self.slow_file = slow_file
+        self.gate = gate
+        self.slow_copies = 0
+
+    def _copy_file(self, src: Path, dst: Path) -> FileDigest:
+        if src.name == self.slow_file:
+            self.slow_copies += 1
+            self.gate.wait(120)  # a hang guard: before the fix the scan thread sat here
+        return super()._copy_file(src, dst)
+
+
+def _wait_for(condition: Callable[[], bool], what: str) -> None:
+    """Poll a condition with a hang guard (not a timing assertion)."""
+    for _ in range(1200):
+        if condition():
+            return
+        threading.Event().wait(0.05)
+    pytest.fail(f"never happened: {what}")
+
+
+def test_a_slow_artifact_does_not_hold_the_next_one_back(tmp_path: Path) -> None:
+    # Before: the scan thread staged folders one after the other, in name order: "b-normal"
+    # waited for all of "a-slow" to be copied and hashed, and so did every later scan.
+    manager = make_manager(tmp_path)
+    gate = threading.Event()
+    manager.store = _GatedStore(tmp_path / "store", "weights.bin", gate)
+    events: list[tuple[str, str]] = []
+
+    def listen(event: object) -> None:
+        if isinstance(event, ModelImported):
+            events.append(("imported", event.version))
+        elif isinstance(event, ModelSwapped):
+            events.append(("swapped", event.new))
+
+    manager.listener = listen
+    slow = drop(manager, "a-slow", artifact_files("v-slow", created_at=created(1)))
+    with (slow / "weights.bin").open("wb") as fh:
+        fh.truncate(64 * 1024**2)
+    drop(manager, "b-normal", artifact_files("v-normal", created_at=created(2)))
+    worker = PollWorker(manager, force_polling=True, polling_interval=0.1)
+    worker.start()
+    try:
+        _wait_for(lambda: ("swapped", "v-normal") in events, "v-normal deployed")
+        # a later folder, and more scans, while the slow one is still being copied
+        drop_files(manager.models_dir / "c-later",
+                   {**artifact_files("v-later", created_at=created(3)), "_SUCCESS": b""})
+        worker.request()
+        _wait_for(lambda: ("imported", "v-later") in events, "v-later imported")
+        assert ("imported", "v-slow") not in events
+        gate.set()
+        _wait_for(lambda: ("swapped", "v-slow") in events, "v-slow deployed")
+    finally:
+        gate.set()
+        worker.stop(30)
+    # v-slow is newer (created_at): it serves, as it would had it been first; v-later is
+    # older than what served when it came, so it never did
+    assert events == [("imported", "v-normal"), ("swapped", "v-normal"),
+                      ("imported", "v-later"), ("imported", "v-slow"), ("swapped", "v-slow")]
+    assert manager.slot.state.deployed is not None
+    assert manager.slot.state.deployed.version == "v-slow"
+    # each folder imported exactly once, though scans ran while the slow one was in flight
+    completed = sorted(t.version or "" for t in manager.registry.transfers()
+                       if t.status == "completed")
+    assert completed == ["v-later", "v-normal", "v-slow"]
+    assert manager.store.slow_copies == 1
+    manager.registry.close()

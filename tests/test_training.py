@@ -20,7 +20,7 @@ import sklearn
 from modeld.core.errors import ArtifactError
 from modeld.core.features import FEATURE_CATALOG, FeatureExtractor, compute_features
 from modeld.core.loader import LoadPolicy
-from modeld.core.source import manifest_mismatches, read_manifest, sha256_file
+from modeld.core.source import manifest_sizes_match, read_manifest, sha256_file
 from modeld.core.validate import ValidationPolicy, validate_folder
 from modeld.daemon.cli import main
 from modeld.daemon.producer.simulator import ANOMALY_LABEL, simulate_wifi_logs
@@ -78,14 +78,16 @@ def test_simulated_logs_are_wifi_lines_in_time_order_and_reproducible(
     assert all("label" not in r for r in simulate_wifi_logs(500, START, 3, anomaly_burst=False))
 
 
-def test_shift_moves_the_traffic() -> None:
-    names = ["signal_dbm", "has_signal", "is_roam"]
+def test_radio_degrading_moves_the_traffic() -> None:
+    names = ["signal_dbm", "has_signal", "is_disconnect", "is_disassoc", "is_deauth"]
     base = FeatureExtractor(names).transform(simulate_wifi_logs(3000, START, 1, False))
-    moved = FeatureExtractor(names).transform(simulate_wifi_logs(3000, START, 1, False, shift=1))
+    moved = FeatureExtractor(names).transform(
+        simulate_wifi_logs(3000, START, 1, False, "radio_degrading"))
     signal_base = base[base[:, 1] == 1, 0].mean()
     signal_moved = moved[moved[:, 1] == 1, 0].mean()
     assert signal_moved < signal_base - 8, "weaker signal"
-    assert moved[:, 2].mean() > 2 * base[:, 2].mean(), "more roaming"
+    gone = base[:, 2:].max(axis=1).mean(), moved[:, 2:].max(axis=1).mean()
+    assert gone[1] > 1.5 * gone[0], "twice the disconnections (a larger share of the lines)"
 
 
 # ------------------------------------------------------------------------- the artifact
@@ -177,7 +179,7 @@ def test_manifest_lists_every_other_file_and_matches(forest: TrainedArtifact,
         assert entry == {"sha256": sha256_file(folder / name),
                          "size": (folder / name).stat().st_size}
     sizes = {p.name: p.stat().st_size for p in folder.iterdir()}
-    assert manifest_mismatches(manifest, sizes, lambda n: sha256_file(folder / n)) == []
+    assert manifest_sizes_match(manifest, sizes)
 
 
 def test_reference_holds_features_and_served_scores_of_held_out_normal_records(
@@ -185,7 +187,7 @@ def test_reference_holds_features_and_served_scores_of_held_out_normal_records(
 ) -> None:
     folder = written(forest, tmp_path)
     with np.load(folder / "reference.npz", allow_pickle=False) as data:
-        assert set(data.files) == {"features", "scores"}
+        assert set(data.files) == {"features", "scores", "flags"}
         features, scores = data["features"], data["scores"]
     assert features.shape[1] == len(DEFAULT_FEATURES)
     assert scores.shape == (features.shape[0],)

@@ -2,11 +2,15 @@
 
 Every scored record becomes one statistic vector: per column (the features, then the anomaly
 score) the standardised normal score ``y`` and ``y^2``, per pair of columns the product of
-their standardised uniform scores, then the anomaly flag and the missing flag. Each CUSUM
-stream reads one entry of that vector and adds the log-likelihood ratio ``A * stat + B`` of its
-alternative; the streams are, in this order, the marginal ones (mean and spread, up and down,
-per column), the correlation pairs (up and down) and the rate ones (anomaly rate up and down,
-invalid rate up).
+their standardised uniform scores, per column whether it carries another value than its
+dominant one, then the anomaly flag, the missing flag and the constant 1. Each CUSUM stream reads one entry of that vector and adds
+the log-likelihood ratio ``A * stat + B * weight`` of its alternative (the weight is 1, or
+"carries a value"); the streams are, in this order,
+the marginal ones (mean and spread, up and down, per column with more than two values), the
+correlation pairs (up and down) and the rate ones (per 0/1 feature its rate up and down, the
+anomaly rate up and down, invalid rate up). A 0/1 feature is a rate, watched as one (a
+Bernoulli CUSUM against the reference's exact count); a clock feature is the season's key
+(seasonal.py) and watched by none.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from modeld.core.drift.calibration import (
 from modeld.core.drift.config import DriftConfig
 from modeld.core.drift.ranks import ColumnTables, RankTransform, column_tables
 from modeld.core.drift.reference import Correlation, Distribution, Rate, Reference
+from modeld.core.drift.seasonal import clock_columns
 
 # A rate stream's null: the reference's events and trials, and its increment A * x + B.
 RateStream = tuple[float, int, float, float]
@@ -47,9 +52,13 @@ class _Streams:
     # ``columns`` (one past the score) stands for "no column".
     col1: list[int] = field(default_factory=list)
     col2: list[int] = field(default_factory=list)
+    # The statistic B multiplies: the constant 1, or a column's "carries a value" indicator.
+    b_stat: list[int] = field(default_factory=list)
+    one: int = -1
 
     def add(self, key: str, signal: str, stat: int, a: float, b: float, col1: int,
-            col2: int) -> None:
+            col2: int, b_stat: int | None = None) -> None:
+        self.b_stat.append(self.one if b_stat is None else b_stat)
         self.keys.append(key)
         self.signal_of.append(signal)
         self.stat_index.append(stat)
@@ -82,30 +91,50 @@ class Engine:
         columns = len(names) + 1  # features, then the anomaly score
         self.columns = columns
         self.correlation_n = reference.correlation.n if reference.correlation else 1
-        grids, present, sizes = _reference_grids([*reference.features, reference.scores],
-                                                 config.reference_levels)
+        grids, present, sizes, counts = _reference_grids(
+            [*reference.features, reference.scores], config.reference_levels)
         self.transform = RankTransform(grids)
-        tables = column_tables(grids, present)
-        self.table = self.transform.flat_table(tables.normal)
+        tables = column_tables(grids, present, counts)
         self.utable = self.transform.flat_table(tables.uniform)
-        # A constant column has no spread to watch.
-        enabled = present & (tables.normal_sd > 1e-9)
-        # The statistic vector: y, y^2, the pair products, then the flag and the missing flag.
-        flag_stat = 2 * columns + columns * columns
-        self.n_stats = flag_stat + 2
+        clock = np.asarray([*clock_columns(names), False], dtype=bool)
+        self.binary_events: list[float | None] = [
+            None if dist is None or clock[c] else dist.binary_events()
+            for c, dist in enumerate(reference.features)]
+        binary = np.asarray([e is not None for e in self.binary_events] + [False], dtype=bool)
+        # A constant column has no spread to watch; a 0/1 one is a rate; a clock is the key.
+        enabled = present & (tables.normal_sd > 1e-9) & ~binary & ~clock
+        # A column whose reference mostly holds one value (0 for "no signal in this line")
+        # is two signals: how often it carries another value, and the distribution of those.
+        self.atoms = _dominant_codes(tables.pmf, enabled)
+        normal, carried = _conditional_scores(tables, self.atoms)
+        self._normal, self._grids = normal, grids
+        self.table = self.transform.flat_table(normal)
+        self.ctable = self.transform.flat_table(carried)
+        # The statistic vector: y, y^2, the pair products, "carries a value", the flag, the
+        # missing flag and the constant 1.
+        self.carried_stat = 2 * columns + columns * columns
+        flag_stat = self.carried_stat + columns
+        self.n_stats = flag_stat + 3
 
-        streams = _Streams()
-        marginal = _add_marginal_streams(streams, names, enabled, tables, sizes, config)
+        streams = _Streams(one=flag_stat + 2)
+        marginal = _add_marginal_streams(streams, names, enabled, normal, carried, tables.pmf,
+                                         sizes, self.carried_stat, config)
         self.pair_i, self.pair_j, self.pair_r = _watched_pairs(reference.correlation, enabled,
                                                                config.max_correlation_pairs)
         self._add_pair_streams(streams, names, config.correlation_shift_design)
-        rates, self.invalid_stream = _add_rate_streams(streams, reference, flag_stat, columns,
-                                                       config)
+        rates = self._add_event_streams(streams, reference, config)
+        shares = np.asarray([float(d.share_rows or d.n) if d is not None else 1.0
+                             for d in [*reference.features, reference.scores]])
+        rates += self._add_carried_streams(streams, reference, tables.pmf, shares, config)
+        more, self.invalid_stream = _add_rate_streams(streams, reference, flag_stat, columns,
+                                                      config)
+        rates += more
         self.keys = tuple(streams.keys)
         self.signal_of = tuple(streams.signal_of)
         self.stat_index = np.asarray(streams.stat_index, dtype=np.intp)
         self.col1 = np.asarray(streams.col1, dtype=np.intp)
         self.col2 = np.asarray(streams.col2, dtype=np.intp)
+        self.b_index = np.asarray(streams.b_stat, dtype=np.intp)
 
         self.thresholds = self._calibrate(marginal, rates, config)
         # Every CUSUM is kept in units of its own threshold, so that all cross at 1.0.
@@ -114,12 +143,16 @@ class Engine:
         self.invalid_increment = (float(self.coef_a[self.invalid_stream]
                                         + self.coef_b[self.invalid_stream])
                                   if self.invalid_stream >= 0 else 0.0)
+        self._b_one = np.empty(self.stat_index.size)
         self.signal_streams = _streams_by_signal(self.signal_of)
         # Buffers of the one-record path (views into one stat vector; the result is reused).
         self._stat_one = np.zeros(self.n_stats)
         self._y_one = self._stat_one[:columns]
         self._y2_one = self._stat_one[columns:2 * columns]
-        self._outer_one = self._stat_one[2 * columns:flag_stat].reshape(columns, columns)
+        self._outer_one = self._stat_one[2 * columns:self.carried_stat].reshape(columns, columns)
+        self._carried_one = self._stat_one[self.carried_stat:flag_stat]
+        self._stat_one[-1] = 1.0
+        self.flag_stat = flag_stat
         self._u_one = np.empty(columns)
         self._inc_one = np.empty(self.stat_index.size)
 
@@ -133,6 +166,57 @@ class Engine:
                 a, b = pair_coefficients(r, shift_design, sign)
                 streams.add(f"correlation:{names[i]}~{names[j]}:{suffix}", "correlation",
                             2 * columns + i * columns + j, a, b, i, j)
+
+    def _add_event_streams(self, streams: _Streams, reference: Reference,
+                           config: DriftConfig) -> list[RateStream]:
+        """Per 0/1 feature: its rate up (and down, when the reference saw it at all), a
+        Bernoulli likelihood ratio against the reference's exact count (Jeffreys-smoothed, so
+        that a flag the reference never raised is watched too)."""
+        rates: list[RateStream] = []
+        for c, events in enumerate(self.binary_events):
+            dist = reference.features[c]
+            if events is None or dist is None:
+                continue
+            name = f"feature:{reference.feature_names[c]}"
+            p0 = (events + 0.5) / (dist.n + 1.0)
+            designs = [("rate+", min(p0 * config.rate_ratio_design, (1.0 + p0) / 2.0))]
+            if events >= 1:
+                designs.append(("rate-", p0 / config.rate_ratio_design))
+            # The stream reads the column's normal score y, which is affine in a 0/1 value x:
+            # A x + B = A (y - y0) / (y1 - y0) + B.
+            y0, y1 = (float(self._normal[c, code]) for code in self._codes_of(c, (0.0, 1.0)))
+            for suffix, p1 in designs:
+                a, b = bernoulli_lr(p0, p1)
+                scale = a / (y1 - y0)
+                streams.add(f"{name}:{suffix}", name, c, scale, b - scale * y0, c,
+                            self.columns)
+                rates.append((events, dist.n, a, b))
+        return rates
+
+    def _codes_of(self, column: int, values: tuple[float, ...]) -> list[int]:
+        grid = self._grids[column]
+        return [int(np.searchsorted(grid, v, side="left") + np.searchsorted(grid, v, side="right"))
+                for v in values]
+
+    def _add_carried_streams(self, streams: _Streams, reference: Reference, pmf: FloatArray,
+                             sizes: FloatArray, config: DriftConfig) -> list[RateStream]:
+        """Per column with a dominant value: how often a line carries another value, up and
+        down (Bernoulli, like a 0/1 feature), against the share in ``sizes`` rows."""
+        rates: list[RateStream] = []
+        names = [*(f"feature:{n}" for n in reference.feature_names), "score"]
+        for c, atom in enumerate(self.atoms.tolist()):
+            if atom < 0:
+                continue
+            n = float(sizes[c])
+            events = round((1.0 - float(pmf[c, atom])) * n)
+            p0 = (events + 0.5) / (n + 1.0)
+            for suffix, p1 in (("carried+", min(p0 * config.rate_ratio_design, (1.0 + p0) / 2)),
+                               ("carried-", p0 / config.rate_ratio_design)):
+                a, b = bernoulli_lr(p0, p1)
+                streams.add(f"{names[c]}:{suffix}", names[c], self.carried_stat + c, a, b, c,
+                            self.columns)
+                rates.append((float(events), int(n), a, b))
+        return rates
 
     def _calibrate(self, marginal: _MarginalNulls, rates: list[RateStream],
                    config: DriftConfig) -> FloatArray:
@@ -173,11 +257,13 @@ class Engine:
         np.multiply(y, y, out=stat[:, cols:2 * cols])
         np.multiply(u[:, :, None], u[:, None, :],
                     out=stat[:, 2 * cols:2 * cols + cols * cols].reshape(n, cols, cols))
-        stat[:, -2] = flags
-        stat[:, -1] = 0.0 if missing is None else missing
+        stat[:, self.carried_stat:self.flag_stat] = self.ctable.take(codes)
+        stat[:, self.flag_stat] = flags
+        stat[:, self.flag_stat + 1] = 0.0 if missing is None else missing
+        stat[:, -1] = 1.0
         inc = stat.take(self.stat_index, axis=1)
         inc *= self.coef_a
-        inc += self.coef_b
+        inc += stat.take(self.b_index, axis=1) * self.coef_b
         if finite is not None:
             bad = np.ones((n, cols + 1), dtype=bool)
             np.logical_not(finite, out=bad[:, :cols])
@@ -194,33 +280,73 @@ class Engine:
         np.multiply(y, y, out=self._y2_one)
         u = self.utable.take(codes, out=self._u_one)
         np.multiply.outer(u, u, out=self._outer_one)
+        self.ctable.take(codes, out=self._carried_one)
         stat = self._stat_one
-        stat[-2] = flag
+        stat[self.flag_stat] = flag
         inc = stat.take(self.stat_index, out=self._inc_one)
         np.multiply(inc, self.coef_a, out=inc)
-        np.add(inc, self.coef_b, out=inc)
+        b = stat.take(self.b_index, out=self._b_one)
+        np.multiply(b, self.coef_b, out=b)
+        np.add(inc, b, out=inc)
         return inc
 
 
-def _reference_grids(dists: list[Distribution | None],
-                     levels: int) -> tuple[FloatArray, BoolArray, FloatArray]:
+def _reference_grids(dists: list[Distribution | None], levels: int
+                     ) -> tuple[FloatArray, BoolArray, FloatArray, list[FloatArray | None]]:
     """Per column: its reference quantiles at ``levels`` points (zeros when it has none),
-    whether it has a reference, and the reference's sample size."""
+    whether it has a reference, the reference's sample size and its code counts (None when
+    it has none at these levels)."""
     grids = np.zeros((len(dists), levels))
     present = np.zeros(len(dists), dtype=bool)
     sizes = np.ones(len(dists))
+    counts: list[FloatArray | None] = [None] * len(dists)
     for c, dist in enumerate(dists):
         if dist is not None:
-            grids[c] = dist.resampled(levels).quantiles
+            at_levels = dist.resampled(levels)
+            grids[c] = at_levels.quantiles
             present[c] = True
             sizes[c] = dist.n
-    return grids, present, sizes
+            counts[c] = at_levels.code_counts
+    return grids, present, sizes, counts
+
+
+def _dominant_codes(pmf: FloatArray, enabled: BoolArray) -> IntArray:
+    """Per column, the code holding at least half of its reference (when other values occur
+    at all), else -1."""
+    top = pmf.argmax(axis=1)
+    share = pmf.max(axis=1)
+    atoms = np.where(enabled & (share >= 0.5) & (share < 1.0), top, -1)
+    return atoms.astype(np.intp)
+
+
+def _conditional_scores(tables: ColumnTables, atoms: IntArray) -> tuple[FloatArray, FloatArray]:
+    """The normal-score table, with each column that has a dominant code scored on the
+    values it carries beside it (standardised on them, 0 at the dominant code), and the
+    "carries a value" table (0 at the dominant code, else 1)."""
+    normal = tables.normal.copy()
+    carried = np.ones_like(normal)
+    for c, atom in enumerate(atoms.tolist()):
+        if atom < 0:
+            continue
+        pmf = tables.pmf[c].copy()
+        pmf[atom] = 0.0
+        pmf /= pmf.sum()
+        y = tables.normal[c]
+        mean = float(pmf @ y)
+        sd = math.sqrt(max(float(pmf @ (y - mean) ** 2), 0.0))
+        normal[c] = (y - mean) / (sd if sd > 1e-9 else 1.0)
+        normal[c, atom] = 0.0
+        carried[c, atom] = 0.0
+    return normal, carried
 
 
 def _add_marginal_streams(streams: _Streams, names: tuple[str, ...], enabled: BoolArray,
-                          tables: ColumnTables, sizes: FloatArray,
+                          normal: FloatArray, carried: FloatArray, pmf: FloatArray,
+                          sizes: FloatArray, carried_stat: int,
                           config: DriftConfig) -> _MarginalNulls:
-    """Mean up/down on the standardised normal score y, spread up/down on y^2, per column."""
+    """Mean up/down on the standardised normal score y, spread up/down on y^2, per column;
+    for a column with a dominant value, on the values it carries beside it (B is then
+    multiplied by "carries a value", so that a line at the dominant value adds nothing)."""
     columns = len(names) + 1
     column_names = [*(f"feature:{n}" for n in names), "score"]
     delta = config.mean_shift_design
@@ -233,12 +359,15 @@ def _add_marginal_streams(streams: _Streams, names: tuple[str, ...], enabled: Bo
     )
     nulls = _MarginalNulls()
     for col in map(int, np.flatnonzero(enabled)):
-        y = tables.normal[col]
+        y = normal[col]
+        conditional = bool(np.any(carried[col] == 0.0))
+        weight = carried[col] if conditional else np.ones_like(y)
         for suffix, power, a, b in designs:
             streams.add(f"{column_names[col]}:{suffix}", column_names[col],
-                        col + power * columns, a, b, col, columns)
-            nulls.values.append(a * (y if power == 0 else y * y) + b)
-            nulls.pmf.append(tables.pmf[col])
+                        col + power * columns, a, b, col, columns,
+                        carried_stat + col if conditional else None)
+            nulls.values.append(a * (y if power == 0 else y * y) + b * weight)
+            nulls.pmf.append(pmf[col])
             nulls.n.append(float(sizes[col]))
     return nulls
 

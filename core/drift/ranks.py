@@ -8,6 +8,7 @@ uniform (Spearman) score the correlations use.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -119,12 +120,17 @@ def _standardise(table: FloatArray, pmf: FloatArray) -> tuple[FloatArray, FloatA
     return (table[None, :] - mean[:, None]) / np.where(sd > 1e-9, sd, 1.0)[:, None], sd
 
 
-def column_tables(grids: FloatArray, present: BoolArray) -> ColumnTables:
-    """The tables of reference grids (F, Q); a column not ``present`` has a zero pmf."""
+def column_tables(grids: FloatArray, present: BoolArray,
+                  code_counts: Sequence[FloatArray | None] | None = None) -> ColumnTables:
+    """The tables of reference grids (F, Q); a column not ``present`` has a zero pmf.
+
+    A column with ``code_counts`` (its reference sample counted by code) gets their exact
+    pmf, ties and all; the others the pmf of the quantile function through the grid."""
     columns, q = grids.shape
     pmf = np.zeros((columns, 2 * q + 1))
-    for c in np.flatnonzero(present):
-        pmf[c] = _code_pmf(grids[c])
+    for c in np.flatnonzero(present).tolist():
+        counts = None if code_counts is None else code_counts[c]
+        pmf[c] = _code_pmf(grids[c]) if counts is None else counts / counts.sum()
     normal, sd = _standardise(_normal_score_table(q), pmf)
     codes = np.arange(2 * q + 1, dtype=np.float64)
     uniform, _ = _standardise((codes + 1.0) / (q + 1.0) - 1.0, pmf)

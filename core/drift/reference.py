@@ -7,18 +7,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 import numpy as np
 from numpy.typing import NDArray
+from scipy import stats
 
 from modeld.core.drift.arrays import FloatArray, finite_list, json_float
 from modeld.core.drift.ranks import RankTransform, column_tables, quantile_levels
+from modeld.core.drift.seasonal import SeasonKey, season_key
 from modeld.core.errors import ArtifactInvalid
 
 REFERENCE_FORMAT: Final = "modeld.reference/1"
+RATE_PRIOR_RECORDS: Final = 1000
 
 
 def _frozen(array: NDArray[Any]) -> NDArray[Any]:
@@ -33,11 +37,19 @@ class Distribution:
 
     ``n`` is the size of the sample it summarises; the tests use it as the reference's sample
     size, so a summary with a small ``n`` is treated more cautiously than a large one.
+    ``code_counts`` (built from a sample, absent from a summary) counts the sample's values by
+    their mid-rank code against the quantiles (see ranks.py): the exact null distribution of
+    the codes, ties included. WiFi features are mostly flags and small codes, where one value
+    holds most of the mass and interpolating between quantiles would misplace it.
     """
 
     quantiles: FloatArray
     n: int
     source: str
+    code_counts: FloatArray | None = None
+    # The rows behind the share of the dominant value when it is not ``n``: a part of the day
+    # that takes the whole reference's other values (``_part_distribution``).
+    share_rows: int | None = None
 
     @classmethod
     def from_sample(cls, values: FloatArray, *, levels: int, source: str) -> Distribution | None:
@@ -47,7 +59,10 @@ class Distribution:
         if finite.size == 0:
             return None
         quantiles = np.quantile(finite, quantile_levels(levels), method="inverted_cdf")
-        return cls(_frozen(quantiles), int(finite.size), source)
+        codes = (np.searchsorted(quantiles, finite, side="left")
+                 + np.searchsorted(quantiles, finite, side="right"))
+        counts = np.bincount(codes, minlength=2 * levels + 1).astype(np.float64)
+        return cls(_frozen(quantiles), int(finite.size), source, _frozen(counts))
 
     @classmethod
     def from_quantiles(cls, quantiles: Sequence[float] | FloatArray, *, n: int, source: str,
@@ -74,6 +89,23 @@ class Distribution:
         return Distribution.from_quantiles(self.quantiles, n=self.n, source=self.source,
                                            levels=levels)
 
+    def binary_events(self) -> float | None:
+        """How many of the sample's values were 1 when every value was 0 or 1, else None.
+
+        From ``code_counts`` when present (exact), else from the quantiles (a summary)."""
+        q = self.quantiles
+        if self.code_counts is None:
+            if not np.all((q == 0.0) | (q == 1.0)):
+                return None
+            return float(np.count_nonzero(q == 1.0)) / q.size * self.n
+        code = {v: int(np.searchsorted(q, v, side="left") + np.searchsorted(q, v, side="right"))
+                for v in (0.0, 1.0)}
+        held = np.flatnonzero(self.code_counts)
+        if not set(held.tolist()) <= set(code.values()):
+            return None
+        return float(self.code_counts[code[1.0]]) if code[1.0] != code[0.0] else (
+            float(self.n) if q[0] == 1.0 else 0.0)
+
     @property
     def scale(self) -> float:
         """The reference's standard deviation; 1.0 for a constant reference (absolute units)."""
@@ -81,12 +113,27 @@ class Distribution:
         return sd if sd > 1e-12 else 1.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"quantiles": finite_list(self.quantiles), "n": self.n, "source": self.source}
+        out: dict[str, Any] = {"quantiles": finite_list(self.quantiles), "n": self.n,
+                               "source": self.source}
+        if self.code_counts is not None:
+            held = np.flatnonzero(self.code_counts)
+            out["code_counts"] = [[int(c), int(self.code_counts[c])] for c in held]
+        if self.share_rows is not None:
+            out["share_rows"] = self.share_rows
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Distribution:
         q = np.asarray(data["quantiles"], dtype=np.float64)
-        return cls(_frozen(q), int(data["n"]), str(data.get("source", "summary")))
+        counts = None
+        if data.get("code_counts") is not None:
+            counts = np.zeros(2 * q.size + 1)
+            for code, count in data["code_counts"]:
+                counts[int(code)] = float(count)
+            counts = _frozen(counts)
+        share_rows = data.get("share_rows")
+        return cls(_frozen(q), int(data["n"]), str(data.get("source", "summary")), counts,
+                   None if share_rows is None else int(share_rows))
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +202,9 @@ class Reference:
     anomaly_rate: Rate | None = None
     invalid_rate: Rate | None = None
     latency: Distribution | None = None
+    # The reference per part of the day (seasonal.py), for a model that sees the hour:
+    # (its slots, its reference).
+    seasons: tuple[tuple[tuple[int, ...], Reference], ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.features) != len(self.feature_names):
@@ -177,8 +227,12 @@ class Reference:
         latencies: FloatArray | None = None,
         source: str = "artifact",
         levels: int = 256,
+        seasonal: bool = True,
     ) -> Reference:
-        """From raw reference data; rows with NaN are kept and each column uses its finite values."""
+        """From raw reference data; rows with NaN are kept and each column uses its finite values.
+
+        With ``seasonal`` and an hour among the features, each season with at least
+        ``MIN_SEASON_ROWS`` rows also gets a reference of its own (``seasons``)."""
         names = tuple(feature_names)
         matrix = np.asarray(features, dtype=np.float64)
         if matrix.ndim != 2 or matrix.shape[1] != len(names):
@@ -207,7 +261,12 @@ class Reference:
         if latencies is not None and np.asarray(latencies).size >= 20:
             latency = Distribution.from_sample(np.asarray(latencies, np.float64), levels=levels,
                                                source=source)
-        return cls(names, dists, score_dist, correlation, anomaly, invalid, latency)
+        whole = cls(names, dists, score_dist, correlation, anomaly, invalid, latency)
+        key = season_key(names) if seasonal else None
+        if key is None:
+            return whole
+        return dataclasses.replace(whole, seasons=_seasons(whole, key, matrix, scores, flags,
+                                                           source, levels))
 
     @classmethod
     def from_summary(cls, summary: Mapping[str, Any], feature_names: Sequence[str], *,
@@ -256,9 +315,15 @@ class Reference:
                            self.latency or other.latency)
         # A rank correlation does not depend on which marginal reference ranked the values, so
         # a baseline's correlation completes an artifact's marginals.
+        # A season keeps its own features and scores; the rates and latency it lacks come from
+        # the whole of ``other`` (a baseline is too short to have seasons).
+        seasons = tuple((slot, part.completed_by(
+            Reference(other.feature_names, part.features, part.scores, part.correlation,
+                      other.anomaly_rate, other.invalid_rate, other.latency)))
+            for slot, part in self.seasons)
         return Reference(merged.feature_names, merged.features, merged.scores,
                          self.correlation or other.correlation, merged.anomaly_rate,
-                         merged.invalid_rate, merged.latency)
+                         merged.invalid_rate, merged.latency, seasons)
 
     def to_dict(self) -> dict[str, Any]:
         def opt(part: Any) -> Any:
@@ -273,6 +338,7 @@ class Reference:
             "anomaly_rate": opt(self.anomaly_rate),
             "invalid_rate": opt(self.invalid_rate),
             "latency": opt(self.latency),
+            "seasons": [[list(slots), part.to_dict()] for slots, part in self.seasons],
         }
 
     @classmethod
@@ -292,6 +358,8 @@ class Reference:
             opt(Rate, data.get("anomaly_rate")),
             opt(Rate, data.get("invalid_rate")),
             opt(Distribution, data.get("latency")),
+            tuple((tuple(int(s) for s in slots), Reference.from_dict(part))
+                  for slots, part in data.get("seasons", [])),
         )
 
 
@@ -332,6 +400,95 @@ def _reference_from_summary(summary: Mapping[str, Any], names: tuple[str, ...],
             rates[key] = Rate.from_dict({"rate": value, "n": n, "source": "summary"})
     return Reference(names, dists, scores, correlation, rates.get("anomaly_rate"),
                      rates.get("invalid_rate"), latency)
+
+
+def _seasons(whole: Reference, key: SeasonKey, matrix: FloatArray, scores: FloatArray | None,
+             flags: NDArray[np.bool_] | None, source: str,
+             levels: int) -> tuple[tuple[tuple[int, ...], Reference], ...]:
+    """The reference of each part of the day. A signal whose reference shows no daily cycle
+    (a chi-square test of homogeneity across the parts, of its values or of its deciles, at
+    5%) keeps the whole reference in every part: a part holds a fraction of the rows, and the
+    smaller a reference, the later a CUSUM calibrated on it can tell a change."""
+    slots = key.of_rows(matrix)
+    parts = key.parts(slots)
+    if not parts:
+        return ()
+    columns = [matrix[:, c] for c in range(matrix.shape[1])]
+    if scores is not None:
+        columns.append(np.asarray(scores, dtype=np.float64))
+    if flags is not None:
+        columns.append(np.asarray(flags, dtype=np.float64))
+    masks = [np.isin(slots, part) for part in parts]
+    part_of = np.full(slots.size, -1)
+    for p, rows in enumerate(masks):
+        part_of[rows] = p
+    cyclic = [_cyclic(values, part_of, len(parts)) for values in columns]
+    d = matrix.shape[1]
+    out: list[tuple[tuple[int, ...], Reference]] = []
+    for part, rows in zip(parts, masks, strict=True):
+        own = Reference.from_arrays(
+            whole.feature_names, matrix[rows],
+            None if scores is None else np.asarray(scores)[rows],
+            flags=None if flags is None else np.asarray(flags, dtype=bool)[rows],
+            source=source, levels=levels, seasonal=False)
+        features = tuple(
+            _part_distribution(matrix[:, c], rows, mine, theirs, levels) if cyclic[c] else theirs
+            for c, (mine, theirs) in enumerate(zip(own.features, whole.features, strict=True)))
+        score = own.scores if scores is not None and cyclic[d] else whole.scores
+        anomaly = whole.anomaly_rate
+        if own.anomaly_rate is not None and anomaly is not None and cyclic[-1]:
+            # A part's flags are few (2% of a few hundred rows): its rate is shrunk towards
+            # the whole's by RATE_PRIOR_RECORDS pseudo-records, so that a rate it never saw
+            # flagged is not read as "never" (and its CUSUM's threshold stays finite).
+            anomaly = Rate(own.anomaly_rate.events + RATE_PRIOR_RECORDS * anomaly.rate,
+                           own.anomaly_rate.n + RATE_PRIOR_RECORDS, own.anomaly_rate.source)
+        out.append((part, dataclasses.replace(own, features=features, scores=score,
+                                              anomaly_rate=anomaly)))
+    return tuple(out)
+
+
+def _part_distribution(values: FloatArray, rows: NDArray[np.bool_], own: Distribution | None,
+                       whole: Distribution | None, levels: int) -> Distribution | None:
+    """A cyclic column's distribution in one part. When one value holds most of the column
+    (0: "this line carries no signal") and only how often it occurs follows the day, not the
+    other values (the signals reported), the part gets its own share of that value and the
+    whole reference's other values: their distribution is then known from every row."""
+    if own is None or whole is None:
+        return own
+    finite = values[np.isfinite(values)]
+    common, counts = np.unique(finite, return_counts=True)
+    mode = common[int(np.argmax(counts))]
+    if counts.max() < 0.5 * finite.size or counts.max() == finite.size:
+        return own
+    others = finite[finite != mode]
+    inside = values[rows & np.isfinite(values)]
+    outside = values[~rows & np.isfinite(values)]
+    carried, elsewhere = inside[inside != mode], outside[outside != mode]
+    part_of = np.concatenate([np.zeros(elsewhere.size, dtype=int),
+                              np.ones(carried.size, dtype=int)])
+    if carried.size == 0 or _cyclic(np.concatenate([elsewhere, carried]), part_of, 2):
+        return own
+    mode_copies = round((inside.size - carried.size) * others.size / carried.size)
+    sample = np.concatenate([np.full(mode_copies, mode), others])
+    built = Distribution.from_sample(sample, levels=levels, source=own.source)
+    return None if built is None else dataclasses.replace(built, share_rows=int(inside.size))
+
+
+def _cyclic(values: FloatArray, part_of: NDArray[np.int_], parts: int) -> bool:
+    """Whether ``values`` differ across the parts of the day (chi-square, 5%): their distinct
+    values when there are few, else their deciles."""
+    keep = np.isfinite(values) & (part_of >= 0)
+    values, part_of = values[keep], part_of[keep]
+    distinct, codes = np.unique(values, return_inverse=True)
+    if distinct.size > 20:
+        edges = np.unique(np.quantile(values, np.linspace(0.1, 0.9, 9)))
+        codes = np.searchsorted(edges, values, side="right")
+    table = np.zeros((parts, int(codes.max()) + 1 if codes.size else 1))
+    np.add.at(table, (part_of, codes), 1.0)
+    table = table[table.sum(axis=1) > 0][:, table.sum(axis=0) > 0]
+    if table.shape[0] < 2 or table.shape[1] < 2:
+        return False
+    return bool(stats.chi2_contingency(table).pvalue < 0.05)
 
 
 def _correlation_from_rows(reference: Reference, matrix: FloatArray, levels: int,

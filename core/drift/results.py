@@ -11,7 +11,14 @@ from modeld.core.drift.arrays import json_float
 
 @dataclass(frozen=True, slots=True)
 class DriftAlarm:
-    """One alarm: a signal left its reference. Raised once per change (see cooldown)."""
+    """One alarm: the start of one episode of change (see ``DriftDetector``).
+
+    ``signal`` is the first signal that left its reference; ``signals`` every signal that
+    moved with it (in the same scored batch, or the same evaluation), ``signal`` first.
+    ``detail`` says, in each signal's own units, what changed, over which records and time
+    span, against which reference, by which test and with which false-alarm budget.
+    ``episode`` numbers the detector's episodes from 1.
+    """
 
     signal: str
     kind: str
@@ -20,18 +27,22 @@ class DriftAlarm:
     record: int
     statistic: float
     detail: str
+    signals: tuple[str, ...] = ()
+    episode: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {"signal": self.signal, "kind": self.kind, "detector": self.detector,
                 "at": self.at, "record": self.record, "statistic": json_float(self.statistic),
-                "detail": self.detail}
+                "detail": self.detail, "signals": list(self.signals or (self.signal,)),
+                "episode": self.episode}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DriftAlarm:
         stat = data.get("statistic")
         return cls(str(data["signal"]), str(data["kind"]), str(data["detector"]),
                    float(data["at"]), int(data["record"]),
-                   float("nan") if stat is None else float(stat), str(data.get("detail", "")))
+                   float("nan") if stat is None else float(stat), str(data.get("detail", "")),
+                   tuple(str(s) for s in data.get("signals", ())), int(data.get("episode", 0)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +86,8 @@ class DriftReport:
 
     ``alarms`` are the alarms raised since the previous evaluation (streaming and windowed).
     ``status`` is ``drift`` when any data signal drifts (latency never counts as drift).
+    ``episode`` is the latest episode of change (``number``, ``opened_at``, ``opened_record``,
+    ``open``, ``signals`` with what each said when it joined), or None before the first.
     """
 
     evaluated_at: float
@@ -87,6 +100,7 @@ class DriftReport:
     signals: tuple[SignalResult, ...]
     alarms: tuple[DriftAlarm, ...]
     last_alarm_at: float | None
+    episode: Mapping[str, Any] | None = None
 
     def signal(self, name: str) -> SignalResult:
         for result in self.signals:
@@ -107,6 +121,7 @@ class DriftReport:
             "signals": [s.to_dict() for s in self.signals],
             "alarms": [a.to_dict() for a in self.alarms],
             "last_alarm_at": self.last_alarm_at,
+            "episode": None if self.episode is None else dict(self.episode),
         }
 
 

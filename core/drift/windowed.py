@@ -88,10 +88,12 @@ def distribution_test(name: str, kind: str, signal: str, dist: Distribution | No
 
 
 def rate_test(name: str, ref: Rate | None, events: int, n: int, config: DriftConfig,
-              no_reference: str) -> TestOutcome:
+              no_reference: str, *, kind: str | None = None,
+              signal: str | None = None) -> TestOutcome:
     """Fisher's exact test of ``events`` out of ``n`` against the reference rate; the effect
-    size is the change of rate over the reference rate's standard deviation."""
-    r = _base_result(name, name, "fisher_exact", name)
+    size is the change of rate over the reference rate's standard deviation. Judges the rate
+    signal ``name`` unless ``kind`` and ``signal`` say otherwise (a 0/1 feature)."""
+    r = _base_result(name, kind or name, "fisher_exact", signal or name)
     if ref is None:
         r["detail"] = no_reference
         return r
@@ -111,6 +113,16 @@ def rate_test(name: str, ref: Rate | None, events: int, n: int, config: DriftCon
              psi=_stability_index(np.asarray([rate, 1.0 - rate]),
                                   np.asarray([ref.rate, 1.0 - ref.rate])),
              detail=f"window rate {rate:.4g}, reference {ref.rate:.4g}")
+    return r
+
+
+def seasonal_key_result(name: str, signal: str, dist: Distribution | None, window_size: int,
+                        detail: str) -> TestOutcome:
+    """A clock feature's line in the report: it is the seasonal key, not tested as data."""
+    r = _base_result(name, "feature", "seasonal", signal)
+    r.update(window_size=window_size, detail=detail)
+    if dist is not None:
+        r.update(reference_size=dist.n, reference_source=dist.source)
     return r
 
 
@@ -201,4 +213,4 @@ def _psi(grid: FloatArray, values: FloatArray, bins: int = 10) -> float:
 
 
 __all__ = ["correlation_test", "distribution_test", "holm", "ks_test", "latency_test",
-           "rate_test"]
+           "rate_test", "seasonal_key_result"]

@@ -60,7 +60,9 @@ def artifact_reference(folder: Path, metadata: dict[str, Any],
                 features = np.asarray(data["features"], dtype=np.float64)
                 scores = (np.asarray(data["scores"], dtype=np.float64)
                           if "scores" in data.files else None)
-            return Reference.from_arrays(feature_names, features, scores=scores,
+                flags = (np.asarray(data["flags"], dtype=bool)
+                         if "flags" in data.files else None)
+            return Reference.from_arrays(feature_names, features, scores=scores, flags=flags,
                                          source="artifact", levels=levels)
         except (OSError, KeyError, ValueError) as exc:
             log.warning("reference_unusable", path=str(path), reason=str(exc))

@@ -16,7 +16,9 @@ The child is forked from a zygote (``python -m modeld.daemon.jobs.sandbox --zygo
 interpreter, started with ``subprocess``, that has imported numpy and scikit-learn and forks
 one fresh child per artifact, so a canary costs a load, not an interpreter's start. The
 multithreaded daemon itself never forks. The child answers with a small JSON file, never a
-pickle, so nothing it says is ever unpickled by the daemon.
+pickle, and writes the artifact's servable bundle (``core/bundle.py``: ``.npy`` arrays and
+JSON), so nothing it says is ever unpickled by the daemon, and the daemon serves from the
+bundle without unpickling the artifact at all.
 
 This contains faults (hangs, segfaults, memory exhaustion, NaN scores); it is not a security
 boundary: the child runs as the daemon's user with its filesystem and network access. What
@@ -48,6 +50,7 @@ from typing import Any
 
 import structlog
 
+from modeld.core.bundle import write_bundle
 from modeld.core.errors import (
     ArtifactInvalid,
     ArtifactUntrusted,
@@ -61,7 +64,7 @@ from modeld.core.source import sha256_file
 log = structlog.get_logger("modeld.sandbox")
 
 MAX_RESULT_BYTES = 4 * 1024 * 1024
-MAX_CHILD_WRITE_BYTES = 64 * 1024 * 1024
+MAX_CHILD_WRITE_BYTES = 1024 * 1024 * 1024  # per file: a bundle's largest array
 LOG_TAIL_BYTES = 64 * 1024
 _ONE_THREAD = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
@@ -91,6 +94,7 @@ def canary_load(
     sample_rows: int = 16,
     expected_digests: Mapping[str, str] | None = None,
     zygote: Zygote | None = None,
+    bundle_to: Path | None = None,
 ) -> CanaryResult:
     """Load and canary-score the artifact in ``folder`` (the staged copy) in a child process.
 
@@ -101,6 +105,9 @@ def canary_load(
     rows are the metadata's ``warmup`` records when there are any, else ``sample_rows`` random
     rows of the model's width (around the scaler's mean when there is one): the Loader stage's
     :func:`~modeld.core.loader.warmup_rows`.
+
+    With ``bundle_to``, the child then writes the artifact's servable bundle there
+    (``core/bundle.py``): the daemon serves from that and never unpickles the artifact itself.
 
     With ``expected_digests`` (the sha256 of each staged file, as computed while staging), the
     folder is checked afterwards to be exactly as it was, so that what the daemon loads next is
@@ -128,6 +135,7 @@ def canary_load(
         "sample_rows": sample_rows,
         "time_limit": time_limit,
         "memory_limit_bytes": memory_limit_bytes,
+        "bundle": None if bundle_to is None else str(bundle_to.resolve()),
     }
     own = zygote is None
     zygote = zygote or Zygote()
@@ -358,8 +366,9 @@ def _set_limits(time_limit: float, memory_limit: int) -> None:
     signal.alarm(seconds)  # the default action ends the process, should the parent be gone
 
 
-def _canary(folder: Path, policy: LoadPolicy, count: int) -> dict[str, Any]:
-    """Run the Loader stage in this (child) process, load and warmup; the answer to write back."""
+def _canary(folder: Path, policy: LoadPolicy, count: int, bundle: Path | None) -> dict[str, Any]:
+    """Run the Loader stage in this (child) process, load and warmup, then write the bundle
+    (when asked); the answer to write back."""
     import warnings
 
     from modeld.core.features import FeatureExtractor
@@ -385,7 +394,10 @@ def _canary(folder: Path, policy: LoadPolicy, count: int) -> dict[str, Any]:
         meta = None
     scaler_width = getattr(scaler, "n_features_in_", width)
     if not callable(getattr(model, "score_samples", None)) or not width or scaler_width != width:
-        # Nothing to exercise; what is wrong with it is validation's to say, in its words.
+        # Nothing to exercise; what is wrong with it is validation's to say, in its words (the
+        # bundle holds the facts it judges).
+        if bundle is not None:
+            write_bundle(loaded, folder, bundle, None, count)
         return {"status": "ok", "model_type": loaded.model_type, "scores": [], "rows": 0}
     extractor = None if meta is None else FeatureExtractor(meta.feature_names)
     try:
@@ -393,6 +405,8 @@ def _canary(folder: Path, policy: LoadPolicy, count: int) -> dict[str, Any]:
             warnings.simplefilter("ignore")
             warmed = warm(loaded, folder.name, width, extractor,
                           () if meta is None else meta.warmup, count)
+            if bundle is not None:
+                write_bundle(loaded, folder, bundle, meta, count)
     except WarmupNonFinite as exc:
         return {"status": "nonfinite", "detail": f"{exc.bad} of {exc.rows} sample rows"}
     except ModelLoadFailed as exc:
@@ -415,6 +429,7 @@ def _preimport() -> None:
     import sklearn.neighbors
     import sklearn.preprocessing  # noqa: F401
 
+    import modeld.core.bundle
     import modeld.core.features
     import modeld.core.loader
     import modeld.core.validate  # noqa: F401
@@ -426,8 +441,9 @@ def _serve(request: Mapping[str, Any]) -> None:
     result_path = work / "result.json"
     _set_limits(float(request["time_limit"]), int(request["memory_limit_bytes"]))
     try:
+        bundle = request.get("bundle")
         answer = _canary(Path(request["folder"]), LoadPolicy.from_dict(request["policy"]),
-                         int(request["sample_rows"]))
+                         int(request["sample_rows"]), None if bundle is None else Path(bundle))
     except MemoryError:
         answer = {"status": "oom"}
     except ArtifactInvalid as exc:

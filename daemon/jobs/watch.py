@@ -1,5 +1,10 @@
-"""Finding artifacts: a watchdog observer whose events only ask for a rescan, and the one
-worker thread that runs the scans.
+"""Finding artifacts: a watchdog observer whose events only ask for a rescan, the one
+worker thread that runs the scans, and the few threads that import what the scans find.
+
+The scan thread only discovers and dispatches (listings and stats); each ready folder's
+staging (copy and hash), checks, validation and commit run on one of ``IMPORT_THREADS``
+import threads, so a big or slow artifact holds no other folder back, nor the next scan. A
+folder is dispatched once at a time: the scans skip it while its import is under way.
 
 The observer falls back to polling when inotify cannot be used (watch or instance limit,
 network filesystem) and says so in the log. A missing models folder is waited for: the worker
@@ -10,6 +15,7 @@ after it was deleted and recreated.
 from __future__ import annotations
 
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -22,8 +28,15 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from modeld.core.manager import ModelManager
+from modeld.core.source import ArtifactFolder
 
 log = structlog.get_logger("modeld.watch")
+
+# Imports at once: enough that one slow artifact leaves a thread for the others, few enough
+# that staging and validating (a copy and a loaded model each) stay bounded in disk and memory.
+IMPORT_THREADS = 2
+# After a failed scan or import, the next try.
+RETRY_SECONDS = 5.0
 
 NETWORK_FILESYSTEMS = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "9p",
                                  "ceph", "glusterfs", "fuse.gcsfuse", "fuse.s3fs", "afs"})
@@ -66,11 +79,11 @@ class _Hint(FileSystemEventHandler):
 
 
 class PollWorker:
-    """The one thread that scans and imports; requests coalesce into the next scan.
+    """The one thread that scans, and the import threads; requests coalesce into the next scan.
 
     ``request()`` is called from the observer thread, the scheduler, SIGHUP handling and the
-    API; it never blocks. A scan that raises is logged, reported to ``on_failure`` once per
-    streak of failures, and retried in 5 s.
+    API; it never blocks. A scan or an import that raises is logged, reported to
+    ``on_failure`` once per streak of failures (scans and imports each), and retried in 5 s.
     """
 
     def __init__(
@@ -83,23 +96,31 @@ class PollWorker:
     ) -> None:
         self.manager = manager
         # the daemon's alerting: a scan that keeps failing must reach an operator, not only
-        # the log (called once per streak of failures, on this worker's thread)
+        # the log (called once per streak of failures, on the failing thread)
         self.on_failure = on_failure
-        self._failing = False
+        self._failing = {"scan": False, "import": False}
         self.enabled = enabled  # integration.auto_import: off means operators import by hand
         self.force_polling = force_polling
         self.polling_interval = polling_interval
         self._wake = threading.Condition()
         self._requested = False
         self._moved_in: list[str] = []
-        self._deadline: float | None = None
+        self._deadline: float | None = None  # the scans' own next look
+        self._retry: float | None = None  # an import's: incomplete, or failed
         self._stopping = False
+        self._in_flight: set[str] = set()  # folder names dispatched and not done
+        self._ready: queue.SimpleQueue[ArtifactFolder | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="modeld-poll", daemon=True)
+        self._importers = [threading.Thread(target=self._import_loop, daemon=True,
+                                            name=f"modeld-import-{i}")
+                           for i in range(IMPORT_THREADS)]
         self._observer: BaseObserver | None = None
         self._watched: tuple[int, int] | None = None
         self._missing_logged = False
 
     def start(self) -> None:
+        for importer in self._importers:
+            importer.start()
         self._thread.start()
         self.request()
 
@@ -112,30 +133,45 @@ class PollWorker:
 
     def alive(self) -> bool:
         observer_ok = self._observer is None or self._observer.is_alive()
-        return self._thread.is_alive() and observer_ok
+        importers_ok = all(i.is_alive() for i in self._importers)
+        return self._thread.is_alive() and importers_ok and observer_ok
 
     def stop(self, timeout: float) -> None:
+        """Stop scanning and dispatching; an import under way finishes (its commit is one
+        transaction), none queued starts."""
+        deadline = time.monotonic() + timeout
         with self._wake:
             self._stopping = True
             self._wake.notify()
         self._thread.join(timeout)
         if self._thread.is_alive():
             log.error("poll_worker_stop_timed_out", timeout=timeout)
+        for _ in self._importers:
+            self._ready.put(None)
+        for importer in self._importers:
+            importer.join(max(0.0, deadline - time.monotonic()))
+            if importer.is_alive():
+                log.error("import_thread_stop_timed_out", thread=importer.name,
+                          timeout=timeout)
         self._unwatch()
 
     def _run(self) -> None:
         while True:
             with self._wake:
                 while not self._requested and not self._stopping:
+                    wake_at = min((t for t in (self._deadline, self._retry) if t is not None),
+                                  default=None)
                     timeout = None
-                    if self._deadline is not None:
-                        timeout = max(0.0, self._deadline - time.time())
+                    if wake_at is not None:
+                        timeout = max(0.0, wake_at - time.time())
                         if timeout == 0.0:
                             break
                     self._wake.wait(timeout)
                 if self._stopping:
                     return
                 self._requested = False
+                if self._retry is not None and self._retry <= time.time():
+                    self._retry = None
                 moved_in, self._moved_in = self._moved_in, []
             if not self.enabled:
                 self._deadline = None
@@ -145,18 +181,48 @@ class PollWorker:
                 self.manager.note_moved_in(name)
             try:
                 self._ensure_watch()
-                result = self.manager.poll_once()
+                scan = self.manager.discover()
             except Exception as exc:
-                log.exception("scan_failed", path=str(self.manager.models_dir))
-                if not self._failing:
-                    self._failing = True
-                    self.on_failure(f"{self.manager.models_dir}: {type(exc).__name__}: {exc}")
-                self._deadline = time.time() + 5
+                self._failed("scan", exc)
+                self._deadline = time.time() + RETRY_SECONDS
                 continue
-            self._failing = False
-            self._deadline = result.next_check
-            if result.folder_missing:  # nothing to watch yet: look again soon
+            self._failing["scan"] = False
+            self._deadline = scan.next_check
+            if scan.folder_missing:  # nothing to watch yet: look again soon
                 self._deadline = time.time() + self.polling_interval
+            with self._wake:
+                for folder in scan.ready:
+                    if folder.name not in self._in_flight:
+                        self._in_flight.add(folder.name)
+                        self._ready.put(folder)
+
+    def _import_loop(self) -> None:
+        while (folder := self._ready.get()) is not None:
+            retry = None
+            try:
+                if not self._stopping:
+                    outcome = self.manager.import_ready(folder)
+                    with self._wake:
+                        self._failing["import"] = False
+                    if outcome.status == "incomplete":
+                        retry = self.manager.retry_at()
+            except Exception as exc:  # the daemon's own disk or database
+                self._failed("import", exc, str(folder.path))
+                retry = time.time() + RETRY_SECONDS
+            finally:
+                with self._wake:
+                    self._in_flight.discard(folder.name)
+                    if retry is not None:
+                        self._retry = min(self._retry or retry, retry)
+                        self._wake.notify()
+
+    def _failed(self, what: str, exc: Exception, path: str | None = None) -> None:
+        where = path or str(self.manager.models_dir)
+        log.exception(f"{what}_failed", path=where)
+        with self._wake:  # two import threads may fail at once: one alert
+            first, self._failing[what] = not self._failing[what], True
+        if first:
+            self.on_failure(f"{where}: {type(exc).__name__}: {exc}")
 
     # the observer -------------------------------------------------------------------------
 

@@ -333,6 +333,9 @@ class SecuritySettings(_Section):
     allow_pickle: bool = True
     trusted_types: tuple[str, ...] = DEFAULT_TRUSTED_TYPES
     isolate_first_load: bool = True
+    # a model type without a servable bundle form (core/bundle.py) may be unpickled in the
+    # daemon to serve it; logged unbundled_estimator_served
+    allow_unbundled_estimators: bool = False
     canary_time_limit: float = Field(60, gt=0)
     canary_memory_limit: int = 4 * 1024**3
 

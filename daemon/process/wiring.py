@@ -25,6 +25,7 @@ from modeld.core.manager import (
 from modeld.core.registry import Registry
 from modeld.core.serving import ServingSlot
 from modeld.core.store import ModelStore
+from modeld.core.validate import bundle_folder
 from modeld.daemon.jobs.alerting import Alerter
 from modeld.daemon.jobs.monitoring import Monitors
 from modeld.daemon.jobs.sandbox import Zygote, canary_load
@@ -47,6 +48,7 @@ def manager_policy(settings: Settings) -> ManagerPolicy:
         trust=TrustPolicy(settings.security.require_manifest, settings.security.verify_key),
         validate_imports=settings.integration.validate_imports,
         compress_stored=settings.storage.compression,
+        allow_unbundled=settings.security.allow_unbundled_estimators,
     )
 
 
@@ -143,16 +145,18 @@ def apply_settings(runtime: Runtime, new: Settings, token: str | None) -> None:
 def _canary(runtime: Runtime, zygote: Zygote) -> FirstLoad:
     """The first load of every artifact, in a limited child process (``security``)."""
 
-    def first_load(folder: Path, digests: Mapping[str, str]) -> None:
+    def first_load(folder: Path, digests: Mapping[str, str], out: Path) -> None:
         settings = runtime.settings  # the current one: a reload may change it
         security = settings.security
-        if not security.isolate_first_load:
+        if not security.isolate_first_load:  # the daemon unpickles it itself, as configured
+            bundle_folder(folder, out, security.load_policy().loader(),
+                          settings.model.warmup_rows)
             return
         canary_load(folder, time_limit=security.canary_time_limit,
                     memory_limit_bytes=security.canary_memory_limit,
                     loader_spec=security.load_policy(),
                     sample_rows=settings.model.warmup_rows,
-                    expected_digests=digests, zygote=zygote)
+                    expected_digests=digests, zygote=zygote, bundle_to=out)
 
     return first_load
 

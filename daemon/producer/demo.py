@@ -377,7 +377,9 @@ class Demo:
     def _simulate_and_train(self, workspace: Path, models_dir: Path, name: str,
                             start: datetime, model_type: str, seed: int, now: datetime
                             ) -> TrainedArtifact:
-        records = simulate_wifi_logs(3000, start, seed, anomaly_burst=True)
+        # a week of the campus (one line every 70 s on average), ending in an attack
+        records = simulate_wifi_logs(6000, start, seed, anomaly_burst=True, mean_gap_seconds=70.0,
+                                     burst_fraction=0.06, site_seed=self.seed)
         logs = workspace / "logs" / f"{name}.jsonl"
         write_jsonl(logs, records)
         attacks = sum(1 for r in records if r.get("label") == "anomaly")
@@ -398,10 +400,12 @@ class Demo:
         """Traffic to replay, in random order (so each batch looks like a whole day)."""
         start = datetime.now(UTC) - timedelta(days=6)
         rng = random.Random(self.seed)
-        normal = simulate_wifi_logs(6000, start, self.seed + 10, anomaly_burst=False)
+        normal = simulate_wifi_logs(6000, start, self.seed + 10, anomaly_burst=False,
+                                    site_seed=self.seed)
         attack = simulate_wifi_logs(1500, start, self.seed + 11, anomaly_burst=True,
-                                    burst_fraction=1.0)
-        shifted = simulate_wifi_logs(6000, start, self.seed + 12, anomaly_burst=False, shift=1.0)
+                                    burst_fraction=1.0, site_seed=self.seed)
+        shifted = simulate_wifi_logs(6000, start, self.seed + 12, anomaly_burst=False,
+                                     scenario="radio_degrading", site_seed=self.seed)
         for pool in (normal, attack, shifted):
             rng.shuffle(pool)
         return {"normal": normal, "attack": attack, "shifted": shifted}
@@ -484,8 +488,8 @@ class Demo:
                       "phase: the attack is over; ordinary traffic again",
             "attack": "phase: ATTACK: a deauthentication flood against one access point and "
                       "password guessing, mixed into ordinary traffic",
-            "shifted": "phase: the traffic shifts (clients pushed to 2.4 GHz: weaker signal, "
-                       "more roaming and disconnections); drift monitoring should notice",
+            "shifted": "phase: the radio environment degrades (signals about 10 dB weaker, "
+                       "twice the disconnections); drift monitoring should notice",
         }[phase]
         self.term.line(text, "phase")
 
@@ -599,6 +603,8 @@ class Demo:
         detector = f" ({alarm['detector']})" if alarm.get("detector") else ""
         self.term.line(f"DRIFT ALARM on {version}: {alarm.get('signal')}{detector}{stat}",
                        "drift")
+        if alarm.get("detail"):
+            self.term.line(f"  {alarm['detail']}", "dim", stamp=False)
 
 
 class DemoFailed(Exception):

@@ -80,7 +80,7 @@ continuous features; on log lines, where many rows are identical, it flags a fif
 traffic on the simulated logs, which no operator would keep watching."""
 
 HOLDOUT_FRACTION: Final = 0.3
-REFERENCE_ROWS: Final = 5000
+REFERENCE_ROWS: Final = 20_000
 WARMUP_RECORDS: Final = 16
 MIN_LABELLED_CLASS: Final = 2
 
@@ -281,7 +281,11 @@ def train_artifact(
     files: dict[str, bytes] = {model_file: _dump(estimator, fmt)}
     if scaler is not None:
         files[f"scaler.{fmt}"] = _dump(scaler, fmt)
-    files["reference.npz"] = _npz(features=reference_rows, scores=score(reference_rows))
+    # the flags are the model's decisions on the reference rows: the drift monitor's reference
+    # anomaly rate, per part of the day like the rest (core/drift/seasonal.py)
+    reference_scores = score(reference_rows)
+    files["reference.npz"] = _npz(features=reference_rows, scores=reference_scores,
+                                  flags=reference_scores > threshold)
 
     if version is None:
         digest = hashlib.sha256(files[model_file]).hexdigest()[:6]
