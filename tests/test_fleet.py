@@ -145,9 +145,14 @@ def test_the_importer_killed_mid_import_is_replaced_and_the_import_completes_onc
     b.wait_deployed("v1", 60)
     assert fleet.sql("SELECT version, status FROM versions") == [("v1", "available")]
     assert fleet.sql("SELECT COUNT(*) FROM transfers WHERE status = 'completed'") == [(1,)]
-    # its files, whole: model.joblib and metadata.json
-    assert fleet.sql("SELECT path FROM version_files WHERE version = 'v1' ORDER BY path") == [
-        ("versions/v1/metadata.json",), ("versions/v1/model.joblib",)]
+    # its files, whole: model.joblib and metadata.json, and its bundle (one digest's folder)
+    paths = [p for (p,) in fleet.sql("SELECT path FROM version_files WHERE version = 'v1'")]
+    assert sorted(p for p in paths if p.startswith("versions/")) == [
+        "versions/v1/metadata.json", "versions/v1/model.joblib"]
+    bundle = {p.split("/")[1] for p in paths if p.startswith("bundles/")}
+    [digest] = fleet.sql("SELECT digest FROM bundles WHERE version = 'v1'")[0]
+    assert bundle == {digest}
+    assert f"bundles/{digest}/bundle.json" in paths
     # the daemon that died comes back as a follower of what b imported
     a.env.pop("MODELD_TEST_CRASH_AT")
     a.start()
