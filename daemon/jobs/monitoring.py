@@ -266,9 +266,10 @@ class Monitors:
             self._alarm(item.version, alarm)
 
     def _alarm(self, version: str, alarm: DriftAlarm) -> None:
-        log.warning("drift_alarm", version=version, signal=alarm.signal, kind=alarm.kind,
-                    detector=alarm.detector, statistic=alarm.statistic, record=alarm.record,
-                    reason=alarm.detail)
+        signals = list(alarm.signals or (alarm.signal,))
+        log.warning("drift_alarm", version=version, signal=alarm.signal, signals=signals,
+                    episode=alarm.episode, kind=alarm.kind, detector=alarm.detector,
+                    statistic=alarm.statistic, record=alarm.record, reason=alarm.detail)
         self.metrics.drift_alarms.labels(alarm.signal).inc()
         try:
             self.registry.add_event("drift_alarm", version, iso(utc_now()), alarm.to_dict())
@@ -276,10 +277,10 @@ class Monitors:
             log.warning("drift_alarm_not_recorded", version=version,
                         reason=str(exc).strip() or type(exc).__name__)
         self.alerter.send(Alert(
-            kind="drift_alarm", title=f"drift in {alarm.signal} of {version}",
+            kind="drift_alarm", title=f"drift in {', '.join(signals)} of {version}",
             detail=alarm.detail, version=version,
-            fields={"signal": alarm.signal, "detector": alarm.detector,
-                    "statistic": alarm.statistic},
+            fields={"signal": alarm.signal, "signals": ", ".join(signals), "episode": alarm.episode,
+                    "detector": alarm.detector, "statistic": alarm.statistic},
         ))
 
     # scheduled ----------------------------------------------------------------------------

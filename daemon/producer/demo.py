@@ -192,6 +192,8 @@ def drift_alarms(data: Any, version_hint: str | None = None) -> Iterator[dict[st
             yield {**data, "version": data.get("version") or version}
             return
         for key, value in data.items():
+            if key == "episode":  # the signals that joined an alarm's episode: not alarms
+                continue
             hint = key if isinstance(value, dict | list) and version is None and key not in (
                 "alarms", "signals", "history", "reports", "versions") else version
             yield from drift_alarms(value, hint)
@@ -592,8 +594,11 @@ class Demo:
 
     def _alarm(self, alarm: Mapping[str, Any]) -> None:
         version = alarm.get("version") or self.serving
-        # the same alarm arrives from the daemon's log and from its drift API
-        key = (version, alarm.get("signal"), alarm.get("record"))
+        # the same alarm arrives from the daemon's log and from its drift API; one episode of
+        # change is one alarm, whichever of its signals crossed first
+        episode = alarm.get("episode")
+        key = ((version, "episode", episode) if episode
+               else (version, alarm.get("signal"), alarm.get("record")))
         if key in self.seen_alarms:
             return
         self.seen_alarms.add(key)
@@ -601,8 +606,9 @@ class Demo:
         statistic = alarm.get("statistic")
         stat = f", statistic {statistic:.3g}" if isinstance(statistic, int | float) else ""
         detector = f" ({alarm['detector']})" if alarm.get("detector") else ""
-        self.term.line(f"DRIFT ALARM on {version}: {alarm.get('signal')}{detector}{stat}",
-                       "drift")
+        signals = alarm.get("signals") or [alarm.get("signal")]
+        self.term.line(f"DRIFT ALARM on {version}: {', '.join(map(str, signals))}{detector}"
+                       f"{stat}", "drift")
         if alarm.get("detail"):
             self.term.line(f"  {alarm['detail']}", "dim", stamp=False)
 
