@@ -66,8 +66,10 @@ IntArray = npt.NDArray[np.intp]
 # Records explained together (see ForestExplainer.path_contributions).
 _RECORDS_PER_CHUNK = 8
 # Leaves with at most this many distinct features on their path get a pattern table (see
-# ForestExplainer): 2**7 * 7 floats (7 KiB) per leaf at most.
-_TABLE_SLOTS = 7
+# ForestExplainer): 2**9 * 8 floats (32 KiB) per sibling pair at most. 8 covers every leaf of
+# a forest grown on 256 samples (depth <= 8), so the per-record integration of wider leaves,
+# a few dozen leaves that cost as much as all the tables, is left to deeper forests.
+_TABLE_SLOTS = 8
 
 # Features whose names say they count in dBm, and their unit in words.
 _UNITS = {"dbm": "dBm", "rssi": "dBm", "signal": "dBm", "_ms": "ms", "seconds": "s"}
@@ -406,7 +408,7 @@ class _PathTests:
 
     node: IntArray  # (test, leaf)
     goes_right: npt.NDArray[np.uint8]  # (test, leaf)
-    bit: npt.NDArray[np.uint8] | npt.NDArray[np.int64]  # (test, leaf): 1 << the test's slot
+    bit: npt.NDArray[np.uint8] | npt.NDArray[np.uint16]  # (test, leaf): 1 << the test's slot
 
     @classmethod
     def build(cls, paths: Sequence[tuple[tuple[int, bool, int], ...]], bits: int
@@ -415,7 +417,7 @@ class _PathTests:
         depth = max(len(tests) for tests in paths)
         node = np.zeros((depth, len(paths)), dtype=np.intp)
         goes_right = np.zeros((depth, len(paths)), dtype=np.uint8)
-        bit = np.zeros((depth, len(paths)), dtype=np.uint8 if bits <= 8 else np.int64)
+        bit = np.zeros((depth, len(paths)), dtype=np.uint8 if bits <= 8 else np.uint16)
         for row, tests in enumerate(paths):
             for i, (at, right, index) in enumerate(tests):
                 node[i, row], goes_right[i, row], bit[i, row] = at, right, 1 << index
@@ -462,7 +464,7 @@ class _PatternTable:
 
     Entry e (a twig's slot) owns ``2**bits`` values from ``start[e]``: for bits b, its value
     is ``values[start[e] + b]``. Entries are sorted by feature, so that one reduceat sums
-    each feature's. At most ``slots * 2**slots`` floats per leaf: 6 MB for 100 default trees
+    each feature's. At most ``slots * 2**slots`` floats per leaf: 9 MB for 100 default trees
     on 12 features.
     """
 
@@ -513,7 +515,7 @@ class _PatternTable:
     def add(self, right: npt.NDArray[np.uint8], per_feature: FloatArray) -> None:
         """Adds these leaves' values to ``per_feature`` (record, feature), given which way
         each record goes at every internal node."""
-        looked_up = self.values[self.start + self.paths.missed(right)[:, self.twig]]
+        looked_up = self.values.take(self.start + self.paths.missed(right).take(self.twig, axis=1))
         per_feature[:, self.features] += np.add.reduceat(looked_up, self.feature_start, axis=1)
 
 
