@@ -30,11 +30,16 @@ class DriftAlarm:
     signals: tuple[str, ...] = ()
     episode: int = 0
 
+    @property
+    def moved(self) -> tuple[str, ...]:
+        """Every signal of the alarm, ``signal`` first (an alarm built without ``signals``
+        names its one)."""
+        return self.signals or (self.signal,)
+
     def to_dict(self) -> dict[str, Any]:
         return {"signal": self.signal, "kind": self.kind, "detector": self.detector,
                 "at": self.at, "record": self.record, "statistic": json_float(self.statistic),
-                "detail": self.detail, "signals": list(self.signals or (self.signal,)),
-                "episode": self.episode}
+                "detail": self.detail, "signals": list(self.moved), "episode": self.episode}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DriftAlarm:

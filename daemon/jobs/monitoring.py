@@ -266,7 +266,7 @@ class Monitors:
             self._alarm(item.version, alarm)
 
     def _alarm(self, version: str, alarm: DriftAlarm) -> None:
-        signals = list(alarm.signals or (alarm.signal,))
+        signals = list(alarm.moved)
         log.warning("drift_alarm", version=version, signal=alarm.signal, signals=signals,
                     episode=alarm.episode, kind=alarm.kind, detector=alarm.detector,
                     statistic=alarm.statistic, record=alarm.record, reason=alarm.detail)
