@@ -113,8 +113,17 @@ def _kv(data: dict[str, Any]) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from modeld.daemon.process.main import Daemon
+    from modeld.daemon.process.workers import WORKER_ENV
 
     settings = _settings(args)
+    part = os.environ.get(WORKER_ENV)
+    if part is not None:  # started by a control process (api.workers): one serving worker
+        from modeld.daemon.process.worker import serve_as_worker
+
+        serve_as_worker(_config_path(args), settings, json.loads(part))
+    if args.workers is not None:
+        settings = settings.model_copy(
+            update={"api": settings.api.model_copy(update={"workers": args.workers})})
     return Daemon(_config_path(args), settings).run()
 
 
@@ -440,6 +449,13 @@ def cmd_registry_restore(args: argparse.Namespace) -> int:
 # the parser -----------------------------------------------------------------------------
 
 
+def _worker_count(text: str) -> int:
+    count = int(text)
+    if not 1 <= count <= 64:
+        raise argparse.ArgumentTypeError(f"{text} is not a number of workers from 1 to 64")
+    return count
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     # SUPPRESS: a subcommand's defaults must not overwrite what was given before it
@@ -452,8 +468,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      parents=[common])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("run", parents=[common], help="run the daemon in the foreground"
-                   ).set_defaults(func=cmd_run)
+    run = sub.add_parser("run", parents=[common], help="run the daemon in the foreground")
+    run.add_argument("--workers", type=_worker_count, default=None,
+                     help="serving processes on the one port (default: api.workers, 1)")
+    run.set_defaults(func=cmd_run)
     sub.add_parser("status", parents=[common], help="what serves now").set_defaults(
         func=cmd_status)
     sub.add_parser("fleet", parents=[common], help="every daemon on this registry: who "

@@ -1,0 +1,156 @@
+"""Workers on one host (``api.workers``, ``modeld run --workers N``): real processes.
+
+A control process and two serving workers on one port (SO_REUSEPORT): both serve, a deploy
+through either reaches both, drift and /metrics count what both scored, a killed worker is
+restarted while the other keeps the port, a reload reaches every worker, SIGTERM stops all.
+Each new HTTP connection is one the kernel hands to either worker (by its source port), so
+asking often enough over fresh connections reaches both.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.helpers import DaemonProcess, artifact_files, records, stamp, write_renamed
+
+pytestmark = pytest.mark.e2e
+
+WORKERS = 2
+START = 180  # seconds: three processes import the daemon on a loaded machine
+
+
+def _healthz_pids(daemon: DaemonProcess, tries: int = 60) -> dict[int, dict[str, Any]]:
+    """/healthz of each worker that answered one of ``tries`` fresh connections."""
+    seen: dict[int, dict[str, Any]] = {}
+    for _ in range(tries):
+        answer = daemon.get("/healthz").json()
+        seen[answer["pid"]] = answer
+        if len(seen) == WORKERS:
+            break
+    return seen
+
+
+def _workers(daemon: DaemonProcess) -> list[dict[str, Any]]:
+    workers: list[dict[str, Any]] = daemon.status()["workers"]
+    return workers
+
+
+def _serving(daemon: DaemonProcess, version: str) -> bool:
+    workers = _workers(daemon)
+    return len(workers) == WORKERS and all(
+        w["ready"] and w["alive"] and w.get("deployed_version") == version for w in workers)
+
+
+def _metric(text: str, line_start: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(line_start))
+
+
+def _score(daemon: DaemonProcess, n: int) -> dict[str, Any]:
+    answer = daemon.post("/api/v1/score", {"records": records(n)})
+    assert answer.status_code == 200, answer.text
+    body: dict[str, Any] = answer.json()
+    return body
+
+
+@pytest.fixture
+def pool(tmp_path: Path) -> Any:
+    daemon = DaemonProcess(tmp_path, {"monitoring": {"drift_interval": 3600}})
+    daemon.models_dir.mkdir(parents=True)
+    yield daemon
+    if daemon.proc is not None:
+        daemon.stop()
+
+
+def test_workers_share_the_port_follow_deploys_and_are_counted_together(
+        pool: DaemonProcess) -> None:
+    pool.start(args=["--workers", str(WORKERS)])
+    pool.wait_for(lambda: len(_healthz_pids(pool)) == WORKERS, START, "both workers to answer")
+    control = pool.proc
+    assert control is not None
+    pids = {w["pid"] for w in _workers(pool)}
+    assert len(pids) == WORKERS and control.pid not in pids
+    assert set(_healthz_pids(pool)) == pids  # they, not the control process, hold the port
+
+    write_renamed(pool.models_dir, "first", artifact_files("v1", created_at=stamp(1)))
+    pool.wait_for(lambda: _serving(pool, "v1"), 60, "every worker to serve v1 (imported once)")
+    write_renamed(pool.models_dir, "second", artifact_files("v2", seed=2, created_at=stamp(2)))
+    pool.wait_for(lambda: any(m["version"] == "v2" for m in pool.get("/api/v1/models").json()),
+                  60, "v2 imported (older: not deployed)")
+
+    # a deploy through whichever worker answers acts once, on the control process
+    answer = pool.post("/api/v1/models/v2/deploy")
+    assert answer.status_code == 200, answer.text
+    pool.wait_for(lambda: _serving(pool, "v2"), 10, "every worker to follow the deploy")
+    operator = [d for d in pool.get("/api/v1/deployments").json() if d["actor"] == "operator"]
+    assert [(d["from_version"], d["to_version"]) for d in operator] == [("v1", "v2")]
+    assert all(w["fallback_version"] == "v1" for w in _workers(pool))
+    for _ in range(20):
+        assert pool.get("/readyz").json()["deployed_version"] == "v2"
+    assert len(pool.events("model_imported")) == 2  # the control process imports, once each
+
+    # scored by both workers (fresh connections), seen by the control's monitors and metrics
+    requests, per_request = 40, 3
+    for _ in range(requests):
+        assert _score(pool, per_request)["model_version"] == "v2"
+
+    def counted() -> bool:
+        text = pool.get("/metrics").text
+        return (_metric(text, 'modeld_score_requests_total{outcome="ok"}') == requests
+                and _metric(text, 'modeld_records_scored_total{version="v2"}')
+                == requests * per_request)
+
+    pool.wait_for(counted, 10, "/metrics to count every worker's requests")
+    text = pool.get("/metrics").text
+    for index in range(WORKERS):  # each process's own gauges, by worker
+        assert f'process_start_time_seconds{{worker="{index}"}}' in text
+    pool.wait_for(lambda: pool.get("/api/v1/drift").json()["reports"]["v2"]["records_seen"]
+                  == requests * per_request, 10, "drift to see every worker's records")
+
+
+def test_a_killed_worker_comes_back_a_reload_reaches_all_and_sigterm_stops_all(
+        pool: DaemonProcess) -> None:
+    pool.start(args=["--workers", str(WORKERS)])
+    pool.wait_for(lambda: len(_healthz_pids(pool)) == WORKERS, START, "both workers to answer")
+    write_renamed(pool.models_dir, "first", artifact_files("v1", created_at=stamp(1)))
+    pool.wait_for(lambda: _serving(pool, "v1"), 60, "every worker to serve v1")
+
+    victim = _workers(pool)[0]
+    os.kill(victim["pid"], signal.SIGKILL)
+    pool.wait_for(lambda: not _workers(pool)[0]["alive"], 10, "the control to see it gone")
+    for _ in range(30):  # the other worker holds the port meanwhile
+        assert _score(pool, 2)["model_version"] == "v1"
+    pool.wait_for(lambda: _serving(pool, "v1") and _workers(pool)[0]["restarts"] == 1, START,
+                  "the killed worker to be restarted and serve v1")
+    assert _workers(pool)[0]["pid"] != victim["pid"]
+    exited = pool.events("worker_exited")
+    assert [(e["worker"], e["pid"], e["reason"]) for e in exited] == [
+        (0, victim["pid"], "killed by SIGKILL")]
+
+    # SIGHUP to the control process: it reloads, then every worker does
+    config = pool.config()
+    config["model"] = {"anomaly_threshold": 0.9}
+    pool.write_config(config)
+    pool.signal(signal.SIGHUP)
+    pool.wait_for(lambda: all(w.get("config_generation") == 2 for w in _workers(pool)), 20,
+                  "every worker to reload")
+    answers = _healthz_pids(pool)
+    assert len(answers) == WORKERS
+    assert {a["config_generation"] for a in answers.values()} == {2}
+
+    pids = [w["pid"] for w in _workers(pool)]
+    assert pool.stop() == 0
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert pool.events("workers_stopped")[0]["count"] == WORKERS
+    assert not pool.events("worker_stop_timed_out")
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(pool.base + "/healthz", timeout=5)
