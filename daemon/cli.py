@@ -115,12 +115,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from modeld.daemon.process.main import Daemon
     from modeld.daemon.process.workers import WORKER_ENV
 
-    settings = _settings(args)
     part = os.environ.get(WORKER_ENV)
     if part is not None:  # started by a control process (api.workers): one serving worker
         from modeld.daemon.process.worker import serve_as_worker
 
-        serve_as_worker(_config_path(args), settings, json.loads(part))
+        serve_as_worker(json.loads(part))
+    settings = _settings(args)
     if args.workers is not None:
         settings = settings.model_copy(
             update={"api": settings.api.model_copy(update={"workers": args.workers})})
@@ -166,9 +166,21 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     return 0
 
 
+WORKER_COLUMNS = ("index", "pid", "alive", "ready", "restarts", "deployed_version",
+                  "fallback_version", "config_generation")
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     data = Client(_settings(args)).call("GET", "/api/v1/status")
-    _print(args, data, _kv)
+
+    def render(d: dict[str, Any]) -> str:
+        workers = d.get("workers")
+        if not workers:
+            return _kv(d)
+        return (_kv({k: v for k, v in d.items() if k != "workers"}) + "\nworkers:\n"
+                + _table(workers, WORKER_COLUMNS))
+
+    _print(args, data, render)
     return 0
 
 

@@ -9,8 +9,11 @@ asking often enough over fresh connections reaches both.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +80,11 @@ def test_workers_share_the_port_follow_deploys_and_are_counted_together(
     pids = {w["pid"] for w in _workers(pool)}
     assert len(pids) == WORKERS and control.pid not in pids
     assert set(_healthz_pids(pool)) == pids  # they, not the control process, hold the port
+    # READY (and the "ready" line beside it) once every worker serves, not before
+    lines = [json.loads(line) for line in pool.logs().splitlines() if line.startswith("{")]
+    order = [e["event"] for e in lines if e["event"] == "worker_serving"
+             or (e["event"] == "ready" and e["logger"] == "modeld.main")]
+    assert order == ["worker_serving"] * WORKERS + ["ready"]
 
     write_renamed(pool.models_dir, "first", artifact_files("v1", created_at=stamp(1)))
     pool.wait_for(lambda: _serving(pool, "v1"), 60, "every worker to serve v1 (imported once)")
@@ -113,6 +121,12 @@ def test_workers_share_the_port_follow_deploys_and_are_counted_together(
     pool.wait_for(lambda: pool.get("/api/v1/drift").json()["reports"]["v2"]["records_seen"]
                   == requests * per_request, 10, "drift to see every worker's records")
 
+    shown = subprocess.run([sys.executable, "-m", "modeld.daemon.cli", "status", "--config",
+                            str(pool.config_path)], capture_output=True, text=True, check=True)
+    table = shown.stdout.partition("workers:\n")[2].splitlines()
+    assert table[0].split()[:3] == ["INDEX", "PID", "ALIVE"]
+    assert {int(row.split()[1]) for row in table[1:]} == pids
+
 
 def test_a_killed_worker_comes_back_a_reload_reaches_all_and_sigterm_stops_all(
         pool: DaemonProcess) -> None:
@@ -123,7 +137,7 @@ def test_a_killed_worker_comes_back_a_reload_reaches_all_and_sigterm_stops_all(
 
     victim = _workers(pool)[0]
     os.kill(victim["pid"], signal.SIGKILL)
-    pool.wait_for(lambda: not _workers(pool)[0]["alive"], 10, "the control to see it gone")
+    pool.wait_for(lambda: pool.events("worker_exited"), 10, "the control to see it gone")
     for _ in range(30):  # the other worker holds the port meanwhile
         assert _score(pool, 2)["model_version"] == "v1"
     pool.wait_for(lambda: _serving(pool, "v1") and _workers(pool)[0]["restarts"] == 1, START,

@@ -132,7 +132,7 @@ class Daemon:
         runtime = build_runtime(s, utc_now, crash_at=os.environ.get(CRASH_ENV))
         cleanups.append(("runtime", runtime.close))
         if s.api.workers > 1:
-            pool = self.pool = runtime.workers = WorkerPool(self.config_path, s.api)
+            pool = self.pool = runtime.workers = WorkerPool(s.api)
             cleanups.append(("worker pool", pool.close))
             runtime.manager.listener = both_listeners(runtime.manager.listener,
                                                       pool.on_manager_event)
@@ -393,7 +393,7 @@ class Daemon:
         runtime.last_reload = ReloadResult(generation, True, None, now)
         self.worker.request()
         if self.pool is not None:
-            self.pool.reload(generation)
+            self.pool.reload()
         log.info("reloaded", generation=generation, config=str(self.config_path))
         self.notifier.ready()
         self.notifier.status(self._status_line(runtime))

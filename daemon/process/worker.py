@@ -1,13 +1,13 @@
 """A serving worker: ``modeld run`` started by its control process with ``MODELD_WORKER``.
 
-It builds a follower's runtime (:func:`build_worker_runtime`), serves the API on its own
-SO_REUSEPORT socket of ``api.port`` (scoring here, the rest forwarded to the control process:
+It reads the settings its control process runs on from its link (the first message), builds
+a follower's runtime (:func:`build_worker_runtime`), serves the API on its own SO_REUSEPORT
+socket of ``api.port`` (scoring here, the rest forwarded to the control process:
 :mod:`modeld.daemon.http.forward`), says ``ready`` over its link, and then, on the main loop:
 
 - ``follow`` from the control process (a deploy, a rollback, a fallback): load what the
   registry says is deployed and swap, on the link's reader thread, within the swap's time;
-- ``reload``: read the configuration file again and apply it, with the control process's
-  generation;
+- ``settings`` again: the control process reloaded; apply them with its generation;
 - every ``fleet.reconcile_interval`` seconds: follow anyway (a message lost to a restart);
 - SIGTERM/SIGINT, or its link closing (the control process is gone): stop, in reverse order.
 
@@ -40,7 +40,7 @@ from modeld.daemon.process.inbox import SignalInbox
 from modeld.daemon.process.logs import configure_logging
 from modeld.daemon.process.main import serve_http
 from modeld.daemon.process.runtime import ReloadResult, Runtime
-from modeld.daemon.process.settings import Settings, load_settings
+from modeld.daemon.process.settings import Settings
 from modeld.daemon.process.wiring import apply_settings, build_worker_runtime
 from modeld.daemon.process.workers import reuseport_socket
 
@@ -52,14 +52,13 @@ class Worker:
     ``part`` is what its control process put in ``MODELD_WORKER``: its index, the file
     descriptor of its link, the port, the control process's API socket."""
 
-    def __init__(self, config_path: Path | None, settings: Settings, part: dict[str, Any]
-                 ) -> None:
-        self.config_path = config_path
-        self.settings = settings
+    def __init__(self, part: dict[str, Any], link: Connection, first: dict[str, Any]) -> None:
         self.index = int(part["index"])
         self.port = int(part["port"])
         self.control_socket = Path(part["control"])
-        self.link = Connection(int(part["link"]))  # its own now: closed at the end
+        self.link = link
+        self.settings = Settings.model_validate(first["settings"])
+        self.generation = int(first["generation"])
         self._send_lock = threading.Lock()
         self.inbox = SignalInbox()
         self._told: deque[tuple[str, dict[str, Any]]] = deque()  # reloads, the link's end
@@ -76,6 +75,7 @@ class Worker:
         try:
             runtime = build_worker_runtime(self.settings, self.send, self.status)
             cleanups.append(("runtime", runtime.close))
+            runtime.config_generation = self.generation
             self._serve(runtime, cleanups)
             threading.Thread(target=self._listen, args=(runtime,), name="modeld-link",
                              daemon=True).start()
@@ -148,18 +148,19 @@ class Worker:
                     log.warning("stopping", worker=self.index,
                                 reason="the control process closed the link")
                     return
-                if kind == "reload":
-                    self._reload(runtime, int(meta["generation"]))
+                if kind == "settings":
+                    self._reload(runtime, meta)
             if time.monotonic() >= next_reconcile:
                 self._follow(runtime)
                 next_reconcile = time.monotonic() + interval
 
-    def _reload(self, runtime: Runtime, generation: int) -> None:
-        """The configuration the control process reloaded (it checked it), applied here."""
+    def _reload(self, runtime: Runtime, meta: dict[str, Any]) -> None:
+        """The settings the control process reloaded (it checked them), applied here."""
+        generation = int(meta["generation"])
         try:
-            new = load_settings(self.config_path)
+            new = Settings.model_validate(meta["settings"])
             token = new.api_token()
-        except ConfigError as exc:  # changed again since the control process read it
+        except ConfigError as exc:  # api.token_file unreadable here
             log.error("reload_refused", worker=self.index, key=exc.key, reason=str(exc),
                       kept_generation=runtime.config_generation)
             return
@@ -173,12 +174,20 @@ class Worker:
 
 
 
-def serve_as_worker(config_path: Path | None, settings: Settings, part: dict[str, Any]
-                    ) -> NoReturn:
+def serve_as_worker(part: dict[str, Any]) -> NoReturn:
     """Run one worker and end the process with its status. Once its runtime is closed
     nothing is left but the interpreter's heap, whose finalization took seconds measured
     on a loaded machine (past the control process's stop budget): it is skipped."""
-    code = Worker(config_path, settings, part).run()
+    link = Connection(int(part["link"]))  # this process's own: closed by the worker
+    try:
+        kind, first, _arrays = unpack(link.recv_bytes())
+    except (EOFError, OSError, ValueError) as exc:
+        kind, first = f"nothing readable ({exc})", {}
+    if kind != "settings":
+        log.error("startup_failed", worker=part.get("index"),
+                  reason=f"the control process sent {kind} before its settings")
+        os._exit(1)
+    code = Worker(part, link, first).run()
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

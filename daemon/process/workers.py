@@ -8,11 +8,12 @@ no public port: its API listens on a unix socket of its own, and :class:`WorkerP
 the kernel spreads connections over them.
 
 Each worker has a link to the control process (a socketpair, one message per
-``recv_bytes``; ``handoff.pack``): the control process says ``follow`` after every change of
-the deployed version (the worker loads it from the shared store and swaps, as a fleet's
-follower does on a notification; it also reconciles every ``fleet.reconcile_interval``) and
-``reload`` after it reloaded its configuration; the worker says ``ready`` once it serves and
-ships what it scored every ``handoff.BATCH_SECONDS`` (with its status and metrics).
+``recv_bytes``; ``handoff.pack``): the control process sends its ``settings`` first and again
+after each reload (a worker never reads the configuration file: it runs on what the control
+process runs on), and ``follow`` after every change of the deployed version (the worker
+loads it from the shared store and swaps, as a fleet's follower does on a notification; it
+also reconciles every ``fleet.reconcile_interval``); the worker says ``ready`` once it serves
+and ships what it scored every ``handoff.BATCH_SECONDS`` (with its status and metrics).
 
 The pool's supervisor thread restarts a worker that exits (the others keep the port), at most
 once a second per worker, and logs both. ``stop`` sends SIGTERM to every worker and waits.
@@ -75,14 +76,15 @@ class WorkerPool:
     starts (``control_socket`` and ``port`` are then known), started once its runtime is
     complete; ``on_manager_event`` is chained to the manager's listener."""
 
-    def __init__(self, config_path: Path | None, api: ApiSettings) -> None:
-        self.config_path = config_path
+    def __init__(self, api: ApiSettings) -> None:
         self.count = api.workers
         self._dir = Path(tempfile.mkdtemp(prefix="modeld-control-"))  # 0700: only us
         self.control_socket = self._dir / "api.sock"
         # Bound, never listening: the port is this pool's while workers come and go (and
         # port 0 becomes one port for all of them); only listening sockets get connections.
-        self._reserved = reuseport_socket(api.host, api.port)
+        # Taken without SO_REUSEPORT first, so that a port anything else holds is refused
+        # instead of shared.
+        self._reserved = reuseport_socket(api.host, free_port_of(api.host, api.port))
         self.port = int(self._reserved.getsockname()[1])
         self.host = api.host
         self._lock = threading.Lock()
@@ -156,9 +158,17 @@ class WorkerPool:
         if isinstance(event, RETIRING_EVENTS):
             self._tell("follow", {})
 
-    def reload(self, generation: int) -> None:
-        """The control process reloaded its configuration: every worker reads it again."""
-        self._tell("reload", {"generation": generation})
+    def reload(self) -> None:
+        """The control process reloaded its configuration: every worker applies it."""
+        self._tell("settings", self._settings())
+
+    def _settings(self) -> dict[str, Any]:
+        """What a worker runs on: the control process's settings now (not the file, which
+        may have changed since, or be one the control process refused) and generation."""
+        runtime = self._runtime
+        assert runtime is not None
+        return {"settings": json.loads(runtime.settings.model_dump_json()),
+                "generation": runtime.config_generation}
 
     def _tell(self, kind: str, meta: dict[str, Any]) -> None:
         message = pack(kind, meta)
@@ -218,14 +228,18 @@ class WorkerPool:
                 "control": str(self.control_socket)}
         env = {k: v for k, v in os.environ.items() if k not in NOT_INHERITED}
         env[WORKER_ENV] = json.dumps(part)
-        command = [sys.executable, "-m", "modeld.daemon.cli", "run"]
-        if self.config_path is not None:
-            command += ["--config", str(self.config_path)]
+        link = Connection(ours.detach())
         try:
-            proc = subprocess.Popen(command, env=env, pass_fds=(theirs.fileno(),))
+            proc = subprocess.Popen([sys.executable, "-m", "modeld.daemon.cli", "run"], env=env,
+                                    pass_fds=(theirs.fileno(),))
+        except OSError:
+            link.close()
+            raise
         finally:
             theirs.close()
-        worker = _Worker(index, proc, Connection(ours.detach()), time.time(), restarts)
+        worker = _Worker(index, proc, link, time.time(), restarts)
+        with worker.send_lock:  # the first message: what it runs on
+            link.send_bytes(pack("settings", self._settings()))
         with self._lock:
             self._workers[index] = worker
         threading.Thread(target=self._read, args=(worker,), name=f"modeld-worker-{index}",
@@ -246,13 +260,27 @@ class WorkerPool:
                                   else f"exit status {code}"),
                           restarting=True)
                 w.link.close()
-                self._spawn(w.index, w.restarts + 1)
+                try:
+                    self._spawn(w.index, w.restarts + 1)
+                except OSError as exc:  # no process to be had now: the next round tries again
+                    log.error("worker_start_failed", worker=w.index, reason=str(exc))
+
+
+def free_port_of(host: str, port: int) -> int:
+    """``port`` (or, for 0, a free port) after checking nothing holds it: binding it without
+    SO_REUSEPORT fails (OSError, EADDRINUSE) where another process listens or is bound."""
+    with socket.socket(_family(host), socket.SOCK_STREAM) as probe:
+        probe.bind((host, port))
+        return int(probe.getsockname()[1])
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
 def reuseport_socket(host: str, port: int) -> socket.socket:
     """A TCP socket bound to ``host:port`` with SO_REUSEPORT (not listening yet)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(_family(host), socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
