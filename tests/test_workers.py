@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
+from prometheus_client import generate_latest
 
+from modeld.daemon.jobs.handoff import pack, unpack
+from modeld.daemon.process.metrics import DaemonMetrics
 from tests.helpers import DaemonProcess, artifact_files, records, stamp, write_renamed
-
-pytestmark = pytest.mark.e2e
 
 WORKERS = 2
 START = 180  # seconds: three processes import the daemon on a loaded machine
@@ -71,6 +73,38 @@ def pool(tmp_path: Path) -> Any:
         daemon.stop()
 
 
+def test_a_handed_message_keeps_its_arrays_and_refuses_other_dtypes() -> None:
+    features = np.arange(12, dtype=np.float64).reshape(3, 4)
+    flags = np.array([True, False, True])
+    kind, meta, arrays = unpack(pack("batch", {"n": 3}, [features, flags]))
+    assert (kind, meta) == ("batch", {"n": 3})
+    assert np.array_equal(arrays[0], features) and np.array_equal(arrays[1], flags)
+    with pytest.raises(ValueError, match="dtype object"):
+        unpack(pack("batch", {}, [np.array(["x"], dtype=object)]))
+    with pytest.raises(ValueError, match="cut short"):
+        unpack(pack("batch", {}, [features])[:-8])
+    with pytest.raises(ValueError, match="holds"):
+        unpack(pack("batch", {}, [features]) + b"\0")
+
+
+def test_metrics_of_workers_sum_counters_and_keep_gauges_per_worker() -> None:
+    control, worker = DaemonMetrics(), DaemonMetrics()
+    control.requests.labels("ok").inc(2)
+    worker.requests.labels("ok").inc(5)
+    worker.latency.observe(0.001)
+    control.set_deployed("v2", "v1")
+    worker.set_deployed("v2", "v1")
+    text = control.exposition([("0", generate_latest(worker.registry).decode())]).decode()
+    lines = text.splitlines()
+    assert 'modeld_score_requests_total{outcome="ok"} 7.0' in lines
+    assert "modeld_score_request_seconds_count 1.0" in lines
+    assert 'modeld_deployed_model_info{fallback="v1",version="v2"} 1.0' in lines
+    assert 'modeld_deployed_model_info{fallback="v1",version="v2",worker="0"} 1.0' in lines
+    assert not [line for line in lines if "_created" in line]
+    assert sum(line.startswith("# TYPE modeld_score_requests_total ") for line in lines) == 1
+
+
+@pytest.mark.e2e
 def test_workers_share_the_port_follow_deploys_and_are_counted_together(
         pool: DaemonProcess) -> None:
     pool.start(args=["--workers", str(WORKERS)])
@@ -128,6 +162,7 @@ def test_workers_share_the_port_follow_deploys_and_are_counted_together(
     assert {int(row.split()[1]) for row in table[1:]} == pids
 
 
+@pytest.mark.e2e
 def test_a_killed_worker_comes_back_a_reload_reaches_all_and_sigterm_stops_all(
         pool: DaemonProcess) -> None:
     pool.start(args=["--workers", str(WORKERS)])

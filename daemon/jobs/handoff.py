@@ -54,6 +54,8 @@ def unpack(data: bytes) -> tuple[str, dict[str, Any], list[np.ndarray]]:
         if dtype not in DTYPES:
             raise ValueError(f"a handed array of dtype {dtype} (only float64 and bool)")
         count = int(np.prod(shape, dtype=np.int64))
+        if offset + count * dtype.itemsize > len(data):
+            raise ValueError(f"a handed message of {len(data)} bytes is cut short")
         arrays.append(np.frombuffer(data, dtype, count, offset).reshape(shape))
         offset += count * dtype.itemsize
     if offset != len(data):
