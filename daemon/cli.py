@@ -120,11 +120,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         from modeld.daemon.process.worker import serve_as_worker
 
         serve_as_worker(json.loads(part))
-    settings = _settings(args)
-    if args.workers is not None:
-        settings = settings.model_copy(
-            update={"api": settings.api.model_copy(update={"workers": args.workers})})
-    return Daemon(_config_path(args), settings).run()
+    if args.workers is not None:  # as the environment beats the file, reloads included
+        os.environ["MODELD_API__WORKERS"] = str(args.workers)
+    return Daemon(_config_path(args), _settings(args)).run()
 
 
 SECRET_KEYS = frozenset({"token", "smtp_password", "webhook_url"})

@@ -16,6 +16,7 @@ SIGHUP is ignored here: a reload goes through the control process, which tells e
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -80,6 +81,7 @@ class Worker:
             threading.Thread(target=self._listen, args=(runtime,), name="modeld-link",
                              daemon=True).start()
             deployed = runtime.status()["deployed_version"]
+            gc.freeze()  # as the daemon's main does: full collections never walk the startup heap
             self.send(pack("ready", {"pid": os.getpid(), "deployed_version": deployed}))
             log.info("worker_ready", worker=self.index, pid=os.getpid(), port=self.port,
                      deployed=deployed)
