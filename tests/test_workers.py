@@ -155,6 +155,12 @@ def test_workers_share_the_port_follow_deploys_and_are_counted_together(
     pool.wait_for(lambda: pool.get("/api/v1/drift").json()["reports"]["v2"]["records_seen"]
                   == requests * per_request, 10, "drift to see every worker's records")
 
+    answer = pool.post("/api/v1/models/rollback")  # acted once too, followed by both
+    assert answer.status_code == 200, answer.text
+    pool.wait_for(lambda: _serving(pool, "v1"), 10, "every worker to follow the rollback")
+    assert [d["to_version"] for d in pool.get("/api/v1/deployments").json()
+            if d["actor"] == "rollback"] == ["v1"]
+
     shown = subprocess.run([sys.executable, "-m", "modeld.daemon.cli", "status", "--config",
                             str(pool.config_path)], capture_output=True, text=True, check=True)
     table = shown.stdout.partition("workers:\n")[2].splitlines()
