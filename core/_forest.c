@@ -1,5 +1,6 @@
 /*
- * modeld.core._forest: the IsolationForest tree walk, compiled ahead of time.
+ * modeld.core._forest: the IsolationForest tree walk, and the TreeSHAP table lookups that
+ * explain its scores, compiled ahead of time.
  *
  * core/forest.py compiles a fitted forest into flat node arrays (the servable bundle's form)
  * and hands them to Forest(); scoring then asks Forest.path_length_sums for each record's
@@ -18,14 +19,19 @@
  *
  * Only the Python C API and the buffer protocol are used, so building needs no numpy headers.
  * Sections, one per function: buffer checks, building a Forest, the walk, path_length_sums,
- * the type and the module.
+ * TreeSHAP patterns (core/explain.py's Patterns: its own checks, table and pass), the types
+ * and the module.
  */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
 
 /* How many walks run side by side: enough independent load chains to hide the latency of
  * each, few enough that their state stays in registers. */
@@ -482,6 +488,434 @@ Forest_path_length_sums(ForestObject *forest, PyObject *const *args, Py_ssize_t 
     Py_RETURN_NONE;
 }
 
+/* ------------------------------------------------------------------ TreeSHAP patterns */
+
+/* core/explain.py's exact TreeSHAP: the Shapley values of a leaf (or of a sibling pair, a
+ * "twig") depend on a record only through a bit pattern, which of the distinct features on
+ * its path ("slots") the record disagrees with, so the explainer tabulates them for every
+ * pattern when it is built. Explaining a record is then, for each twig, its path's tests
+ * giving the pattern and one row of the table: the twig's value for each slot at that
+ * pattern, added to the slot's feature. In numpy that was half a dozen gathers of ~20,000
+ * elements per record; here it is one pass with no scratch.
+ *
+ * The rows of a record are scattered over a table of megabytes, so the pass is bound by
+ * memory, not arithmetic: Patterns() copies the table into its own allocation with every
+ * row on one cache line (rows padded to a power of two of doubles, the table aligned to its
+ * size) and huge pages where the kernel gives them (one TLB entry per 2 MiB instead of per
+ * 4 KiB), and add() prefetches each twig's row as soon as its pattern is known. */
+
+/* A test on a twig's path, 8 bytes: the record's test list streams through the cache once. */
+typedef struct {
+    float threshold;  /* largest float32 <= scikit-learn's threshold, as in Node */
+    uint16_t feature; /* input column tested */
+    uint8_t bit;      /* the pattern bit a record that disagrees with the path sets */
+    uint8_t flags;    /* TEST_PATH_RIGHT | TEST_NAN_RIGHT */
+} Test;
+
+#define TEST_PATH_RIGHT 1 /* the path goes right here */
+#define TEST_NAN_RIGHT 2  /* a NaN value goes right */
+
+/* A twig, 8 bytes; its tests and slots follow the previous twig's. */
+typedef struct {
+    uint32_t row;   /* where its pattern-0 row starts in the table, in doubles */
+    uint16_t tests; /* how many tests on its path */
+    uint8_t slots;  /* how many values a row holds: its slots */
+    uint8_t shift;  /* a row is 1 << shift doubles: the power of two >= slots */
+} Twig;
+
+/* core/explain.py's tables have at most 8 slots and 9 pattern bits (8 slots and the pair's
+ * own); a row of 8 doubles is one 64-byte cache line. */
+#define MAX_SLOTS 8
+#define PATTERN_BITS 16
+#define HUGE_PAGE ((size_t)2 << 20)
+
+typedef struct {
+    PyObject_HEAD
+    Test *tests;
+    Twig *twigs;
+    uint16_t *slot_feature; /* each twig's slots' features, twig after twig */
+    double *table;          /* rows as laid out by build_table; free() */
+    Py_ssize_t n_twigs;
+    Py_ssize_t n_features;
+} PatternsObject;
+
+/* Check an offsets array (n_twigs + 1 entries rising from 0 to `total`, by at most `limit`)
+ * and write each twig's count of tests (or, with `slots`, of slots). Returns 0, or -1 with
+ * a ValueError. */
+static int
+check_offsets(const Py_buffer *view, const char *name, Py_ssize_t total, int64_t limit,
+              Twig *twigs, int slots)
+{
+    const Py_ssize_t n = view->shape[0];
+    int64_t before = 0;
+    for (Py_ssize_t t = 0; t < n; t++) {
+        const int64_t at = index_at(view, t);
+        if (at < before || at > total || (t == 0 && at != 0) || (t == n - 1 && at != total) ||
+            (t > 0 && at - before > limit)) {
+            PyErr_Format(PyExc_ValueError,
+                         "%s[%zd] = %lld: offsets must rise from 0 to %zd, by at most %lld",
+                         name, t, (long long)at, total, (long long)limit);
+            return -1;
+        }
+        if (t > 0) {
+            if (slots) {
+                twigs[t - 1].slots = (uint8_t)(at - before);
+            }
+            else {
+                twigs[t - 1].tests = (uint16_t)(at - before);
+            }
+        }
+        before = at;
+    }
+    return 0;
+}
+
+/* A feature index, checked against the record width. */
+static int
+check_feature(const Py_buffer *view, Py_ssize_t i, Py_ssize_t n_features, const char *name,
+              uint16_t *into)
+{
+    const int64_t column = index_at(view, i);
+    if (column < 0 || column >= n_features) {
+        PyErr_Format(PyExc_ValueError, "%s[%zd] = %lld is not a column of the %zd features",
+                     name, i, (long long)column, n_features);
+        return -1;
+    }
+    *into = (uint16_t)column;
+    return 0;
+}
+
+/* Fill the packed arrays from the checked buffers, checking every index (add() trusts
+ * them), and copy the table into rows of a power of two of doubles. Returns 0, or -1 with
+ * a ValueError naming the array and the entry (or MemoryError). */
+static int
+build_patterns(PatternsObject *p, const Py_buffer *feature, const Py_buffer *threshold,
+               const Py_buffer *nan_right, const Py_buffer *goes_right, const Py_buffer *bit,
+               const Py_buffer *twig_tests, const Py_buffer *slot_feature,
+               const Py_buffer *twig_slots, const Py_buffer *twig_values,
+               const Py_buffer *values)
+{
+    const Py_ssize_t n_tests = feature->shape[0], n_slots = slot_feature->shape[0];
+    const float *thresholds = (const float *)threshold->buf;
+    const uint8_t *nan = (const uint8_t *)nan_right->buf;
+    const uint8_t *right = (const uint8_t *)goes_right->buf;
+    for (Py_ssize_t i = 0; i < n_tests; i++) {
+        const int64_t b = index_at(bit, i);
+        if (check_feature(feature, i, p->n_features, "test_feature", &p->tests[i].feature)) {
+            return -1;
+        }
+        if (b < 0 || b >= PATTERN_BITS) {
+            PyErr_Format(PyExc_ValueError, "test_bit[%zd] = %lld is not a bit below %d", i,
+                         (long long)b, PATTERN_BITS);
+            return -1;
+        }
+        p->tests[i].threshold = thresholds[i];
+        p->tests[i].bit = (uint8_t)b;
+        p->tests[i].flags = (right[i] ? TEST_PATH_RIGHT : 0) | (nan[i] ? TEST_NAN_RIGHT : 0);
+    }
+    for (Py_ssize_t s = 0; s < n_slots; s++) {
+        if (check_feature(slot_feature, s, p->n_features, "slot_feature",
+                          &p->slot_feature[s])) {
+            return -1;
+        }
+    }
+    if (check_offsets(twig_tests, "twig_tests", n_tests, UINT16_MAX, p->twigs, 0) != 0 ||
+        check_offsets(twig_slots, "twig_slots", n_slots, MAX_SLOTS, p->twigs, 1) != 0) {
+        return -1;
+    }
+    /* Every pattern a record can make sets only bits of its twig's tests: at most `bits`,
+     * so each twig's values must hold (bits + 1) rows. */
+    const double *source = (const double *)values->buf;
+    const Py_ssize_t n_values = values->shape[0];
+    uint32_t *bits = PyMem_Malloc((size_t)(p->n_twigs ? p->n_twigs : 1) * sizeof(uint32_t));
+    if (bits == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    const Test *test = p->tests;
+    uint64_t size = 0;
+    int result = -1;
+    for (Py_ssize_t t = 0; t < p->n_twigs; t++) {
+        Twig *twig = &p->twigs[t];
+        bits[t] = 0;
+        for (int k = 0; k < twig->tests; k++, test++) {
+            bits[t] |= 1u << test->bit;
+        }
+        const int64_t offset = index_at(twig_values, t);
+        if (offset < 0 || offset + ((int64_t)bits[t] + 1) * twig->slots > n_values) {
+            PyErr_Format(PyExc_ValueError,
+                         "twig_values[%zd] = %lld: %lld rows of %d values from there pass "
+                         "the %zd values",
+                         t, (long long)offset, (long long)bits[t] + 1, twig->slots, n_values);
+            goto done;
+        }
+        twig->shift = 0;
+        while ((1 << twig->shift) < twig->slots) {
+            twig->shift++;
+        }
+        size += ((uint64_t)bits[t] + 1) << twig->shift;
+    }
+    if (size > UINT32_MAX) {
+        PyErr_Format(PyExc_ValueError, "a table of %llu values is too large",
+                     (unsigned long long)size);
+        goto done;
+    }
+    /* Place the twigs' blocks widest rows first, so that every row starts at a multiple of
+     * its own width from the (cache-line aligned) start. */
+    uint64_t at = 0;
+    for (int shift = 3; shift >= 0; shift--) {
+        for (Py_ssize_t t = 0; t < p->n_twigs; t++) {
+            if (p->twigs[t].shift == shift) {
+                p->twigs[t].row = (uint32_t)at;
+                at += ((uint64_t)bits[t] + 1) << shift;
+            }
+        }
+    }
+    const size_t bytes = (size_t)(size ? size : 1) * sizeof(double);
+    const size_t alignment = bytes >= HUGE_PAGE ? HUGE_PAGE : 64;
+    void *table = NULL;
+    if (posix_memalign(&table, alignment, (bytes + alignment - 1) / alignment * alignment)) {
+        PyErr_NoMemory();
+        goto done;
+    }
+#ifdef MADV_HUGEPAGE
+    if (alignment == HUGE_PAGE) {
+        (void)madvise(table, (bytes + alignment - 1) / alignment * alignment, MADV_HUGEPAGE);
+    }
+#endif
+    p->table = table;
+    memset(p->table, 0, bytes);
+    for (Py_ssize_t t = 0; t < p->n_twigs; t++) {
+        const Twig *twig = &p->twigs[t];
+        const double *from = source + index_at(twig_values, t);
+        for (uint32_t m = 0; m <= bits[t]; m++) {
+            memcpy(p->table + twig->row + ((uint64_t)m << twig->shift), from + m * twig->slots,
+                   twig->slots * sizeof(double));
+        }
+    }
+    result = 0;
+done:
+    PyMem_Free(bits);
+    return result;
+}
+
+static PyObject *
+Patterns_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"test_feature", "test_threshold", "test_nan_right",
+                               "test_goes_right", "test_bit", "twig_tests", "slot_feature",
+                               "twig_slots", "twig_values", "values", "n_features", NULL};
+    PyObject *objects[10];
+    Py_ssize_t n_features;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOOOOOn:Patterns", keywords,
+                                     &objects[0], &objects[1], &objects[2], &objects[3],
+                                     &objects[4], &objects[5], &objects[6], &objects[7],
+                                     &objects[8], &objects[9], &n_features)) {
+        return NULL;
+    }
+    if (n_features < 0 || n_features > UINT16_MAX) {
+        PyErr_Format(PyExc_ValueError, "n_features (%zd) must be 0 to %d", n_features,
+                     UINT16_MAX);
+        return NULL;
+    }
+    PatternsObject *p = (PatternsObject *)type->tp_alloc(type, 0);
+    if (p == NULL) {
+        return NULL;
+    }
+    p->n_features = n_features;
+    Py_buffer feature = {0}, threshold = {0}, nan_right = {0}, goes_right = {0}, bit = {0},
+              twig_tests = {0}, slot_feature = {0}, twig_slots = {0}, twig_values = {0},
+              values = {0};
+    int ok =
+        get_index_buffer(objects[0], &feature, "test_feature") == 0 &&
+        get_buffer(objects[1], &threshold, "test_threshold", 1, "f", 4, 0, "float32") == 0 &&
+        get_buffer(objects[2], &nan_right, "test_nan_right", 1, "?", 1, 0, "bool") == 0 &&
+        get_buffer(objects[3], &goes_right, "test_goes_right", 1, "?", 1, 0, "bool") == 0 &&
+        get_index_buffer(objects[4], &bit, "test_bit") == 0 &&
+        get_index_buffer(objects[5], &twig_tests, "twig_tests") == 0 &&
+        get_index_buffer(objects[6], &slot_feature, "slot_feature") == 0 &&
+        get_index_buffer(objects[7], &twig_slots, "twig_slots") == 0 &&
+        get_index_buffer(objects[8], &twig_values, "twig_values") == 0 &&
+        get_buffer(objects[9], &values, "values", 1, "d", 8, 0, "float64") == 0;
+    if (ok) {
+        const Py_ssize_t n_tests = feature.shape[0];
+        p->n_twigs = twig_values.shape[0];
+        if (threshold.shape[0] != n_tests || nan_right.shape[0] != n_tests ||
+            goes_right.shape[0] != n_tests || bit.shape[0] != n_tests) {
+            PyErr_Format(PyExc_ValueError,
+                         "test arrays differ in length: test_feature %zd, test_threshold %zd, "
+                         "test_nan_right %zd, test_goes_right %zd, test_bit %zd",
+                         n_tests, threshold.shape[0], nan_right.shape[0],
+                         goes_right.shape[0], bit.shape[0]);
+            ok = 0;
+        }
+        else if (twig_tests.shape[0] != p->n_twigs + 1 ||
+                 twig_slots.shape[0] != p->n_twigs + 1) {
+            PyErr_Format(PyExc_ValueError,
+                         "twig_tests (%zd) and twig_slots (%zd) need one more entry than the "
+                         "%zd twig_values",
+                         twig_tests.shape[0], twig_slots.shape[0], p->n_twigs);
+            ok = 0;
+        }
+    }
+    if (ok) {
+        p->tests = PyMem_Malloc((size_t)(feature.shape[0] ? feature.shape[0] : 1) * sizeof(Test));
+        p->twigs = PyMem_Malloc((size_t)(p->n_twigs ? p->n_twigs : 1) * sizeof(Twig));
+        p->slot_feature = PyMem_Malloc(
+            (size_t)(slot_feature.shape[0] ? slot_feature.shape[0] : 1) * sizeof(uint16_t));
+        if (p->tests == NULL || p->twigs == NULL || p->slot_feature == NULL) {
+            PyErr_NoMemory();
+            ok = 0;
+        }
+    }
+    if (ok) {
+        ok = build_patterns(p, &feature, &threshold, &nan_right, &goes_right, &bit,
+                            &twig_tests, &slot_feature, &twig_slots, &twig_values,
+                            &values) == 0;
+    }
+    Py_buffer *used[] = {&feature, &threshold, &nan_right, &goes_right, &bit, &twig_tests,
+                         &slot_feature, &twig_slots, &twig_values, &values};
+    for (size_t i = 0; i < sizeof(used) / sizeof(used[0]); i++) {
+        if (used[i]->obj != NULL) {
+            PyBuffer_Release(used[i]);
+        }
+    }
+    if (!ok) {
+        Py_DECREF(p);
+        return NULL;
+    }
+    return (PyObject *)p;
+}
+
+static void
+Patterns_dealloc(PatternsObject *p)
+{
+    PyMem_Free(p->tests);
+    PyMem_Free(p->twigs);
+    PyMem_Free(p->slot_feature);
+    free(p->table);
+    Py_TYPE(p)->tp_free((PyObject *)p);
+}
+
+/* Twigs whose rows are fetched ahead of their sums: each row is prefetched as soon as its
+ * pattern is known and added AHEAD twigs later, with that many misses in flight. */
+#define AHEAD 16
+
+/* Add one record's values to its row of `out`. `check_nan` is a constant at both call sites,
+ * so the record without NaN (nearly all) gets a loop without the NaN test. */
+static inline __attribute__((always_inline)) void
+add_record(const PatternsObject *p, const float *x, double *out, const int check_nan)
+{
+    const Test *test = p->tests;
+    const uint16_t *feature = p->slot_feature;
+    const double *row[AHEAD];
+    const uint16_t *row_feature[AHEAD];
+    int row_slots[AHEAD];
+    for (Py_ssize_t t = 0; t < p->n_twigs + AHEAD; t++) {
+        const int ring = (int)(t % AHEAD);
+        if (t >= AHEAD) {
+            for (int s = 0; s < row_slots[ring]; s++) {
+                out[row_feature[ring][s]] += row[ring][s];
+            }
+        }
+        if (t < p->n_twigs) {
+            const Twig *twig = &p->twigs[t];
+            uint32_t pattern = 0;
+            for (int k = 0; k < twig->tests; k++, test++) {
+                const float value = x[test->feature];
+                /* The walk's comparison (see walk): NaN fails it and goes where the node
+                 * says. */
+                uint32_t right = value > test->threshold;
+                if (check_nan) {
+                    right |= (value != value) & (test->flags >> 1);
+                }
+                pattern |= (right ^ (test->flags & TEST_PATH_RIGHT)) << test->bit;
+            }
+            row[ring] = p->table + twig->row + ((uint64_t)pattern << twig->shift);
+            __builtin_prefetch(row[ring]);
+            row_feature[ring] = feature;
+            row_slots[ring] = twig->slots;
+            feature += twig->slots;
+        }
+    }
+}
+
+PyDoc_STRVAR(Patterns_add_doc,
+"add(x, out)\n--\n\n"
+"Add to `out` (float64, records x features) each record's tabulated Shapley values, one per\n"
+"(twig, slot), onto the slot's feature. `x` is a C-contiguous float32 matrix with one\n"
+"column per feature. Releases the GIL; raises TypeError/ValueError for other inputs.");
+
+static PyObject *
+Patterns_add(PatternsObject *p, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "add() takes 2 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    Py_buffer x, out;
+    if (get_buffer(args[0], &x, "x", 2, "f", 4, 0, "float32") != 0) {
+        return NULL;
+    }
+    if (get_buffer(args[1], &out, "out", 2, "d", 8, 1, "float64") != 0) {
+        PyBuffer_Release(&x);
+        return NULL;
+    }
+    if (x.shape[1] != p->n_features || out.shape[0] != x.shape[0] ||
+        out.shape[1] != p->n_features) {
+        PyErr_Format(PyExc_ValueError,
+                     "expected x and out of %zd feature columns and as many rows, got shapes "
+                     "(%zd, %zd) and (%zd, %zd)",
+                     p->n_features, x.shape[0], x.shape[1], out.shape[0], out.shape[1]);
+        PyBuffer_Release(&out);
+        PyBuffer_Release(&x);
+        return NULL;
+    }
+    const float *rows = (const float *)x.buf;
+    double *sums = (double *)out.buf;
+    const Py_ssize_t width = p->n_features;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t r = 0; r < x.shape[0]; r++) {
+        if (any_nan(rows + r * width, width)) {
+            add_record(p, rows + r * width, sums + r * width, 1);
+        }
+        else {
+            add_record(p, rows + r * width, sums + r * width, 0);
+        }
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&out);
+    PyBuffer_Release(&x);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef Patterns_methods[] = {
+    {"add", (PyCFunction)(void (*)(void))Patterns_add, METH_FASTCALL, Patterns_add_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+PyDoc_STRVAR(Patterns_doc,
+"Patterns(test_feature, test_threshold, test_nan_right, test_goes_right, test_bit,\n"
+"         twig_tests, slot_feature, twig_slots, twig_values, values, n_features)\n--\n\n"
+"core/explain.py's TreeSHAP tables, checked and packed: twig t's path tests are entries\n"
+"twig_tests[t] to twig_tests[t + 1] of the test_ arrays (a record that disagrees with one\n"
+"sets bit test_bit of its pattern), its slots' features are slot_feature[twig_slots[t]:\n"
+"twig_slots[t + 1]] (at most 8), and its value for slot s at pattern m is\n"
+"values[twig_values[t] + m * slots + s]. The table is copied: `values` can go. Immutable;\n"
+"safe to use from several threads at once. Raises TypeError for an array of the wrong type\n"
+"and ValueError for an index out of range.");
+
+static PyTypeObject PatternsType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "modeld.core._forest.Patterns",
+    .tp_basicsize = sizeof(PatternsObject),
+    .tp_dealloc = (destructor)Patterns_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = Patterns_doc,
+    .tp_methods = Patterns_methods,
+    .tp_new = Patterns_new,
+};
+
 /* ------------------------------------------------------------------ the type and the module */
 
 static PyObject *
@@ -530,14 +964,15 @@ static PyTypeObject ForestType = {
 static struct PyModuleDef forest_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "modeld.core._forest",
-    .m_doc = "The IsolationForest tree walk, compiled ahead of time (see core/forest.py).",
+    .m_doc = "The IsolationForest tree walk and the TreeSHAP table lookups, compiled ahead of "
+             "time (see core/forest.py and core/explain.py).",
     .m_size = -1,
 };
 
 PyMODINIT_FUNC
 PyInit__forest(void)
 {
-    if (PyType_Ready(&ForestType) < 0) {
+    if (PyType_Ready(&ForestType) < 0 || PyType_Ready(&PatternsType) < 0) {
         return NULL;
     }
     PyObject *module = PyModule_Create(&forest_module);
@@ -547,6 +982,12 @@ PyInit__forest(void)
     Py_INCREF(&ForestType);
     if (PyModule_AddObject(module, "Forest", (PyObject *)&ForestType) < 0) {
         Py_DECREF(&ForestType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    Py_INCREF(&PatternsType);
+    if (PyModule_AddObject(module, "Patterns", (PyObject *)&PatternsType) < 0) {
+        Py_DECREF(&PatternsType);
         Py_DECREF(module);
         return NULL;
     }
