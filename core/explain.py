@@ -130,6 +130,7 @@ class ReferenceWords:
     def __init__(self, feature_names: Sequence[str],
                  quantiles: Sequence[FloatArray | None]) -> None:
         self.feature_names = tuple(feature_names)
+        self._units = tuple(_unit(name) for name in self.feature_names)
         self._cuts = tuple(_cuts(q) for q in quantiles)
         self._binary = tuple(_is_binary(c) for c in self._cuts)
 
@@ -140,15 +141,15 @@ class ReferenceWords:
                    [None if d is None else d.quantiles for d in reference.features])
 
     def text(self, index: int, value: float) -> str:
-        return _describe(self.feature_names[index], value, self._cuts[index],
-                         self._binary[index])
+        return _describe(self.feature_names[index], self._units[index], value,
+                         self._cuts[index], self._binary[index])
 
 
 def describe_value(name: str, value: float, quantiles: FloatArray | None) -> str:
     """``signal_dbm -84 dBm (below the reference's 1st percentile)``, or for a 0/1 feature
     ``is_eap_failure = 1 (0.9% of reference records)``."""
     cuts = _cuts(quantiles)
-    return _describe(name, value, cuts, _is_binary(cuts))
+    return _describe(name, _unit(name), value, cuts, _is_binary(cuts))
 
 
 def _cuts(quantiles: FloatArray | None) -> list[float] | None:
@@ -161,10 +162,15 @@ def _is_binary(cuts: list[float] | None) -> bool:
     return cuts is not None and all(v in (0.0, 1.0) for v in cuts)
 
 
-def _describe(name: str, value: float, cuts: list[float] | None, binary: bool) -> str:
+def _unit(name: str) -> str | None:
+    """The unit a feature's name says it counts in, if any."""
+    return next((u for key, u in _UNITS.items() if key in name.lower()), None)
+
+
+def _describe(name: str, unit: str | None, value: float, cuts: list[float] | None,
+              binary: bool) -> str:
     if not math.isfinite(value):
         return f"{name} missing"
-    unit = next((u for key, u in _UNITS.items() if key in name.lower()), None)
     shown = f"{name} {_number(value)} {unit}" if unit else f"{name} = {_number(value)}"
     if cuts is None:
         return shown
