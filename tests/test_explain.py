@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -169,6 +170,19 @@ def test_words_against_the_reference() -> None:
     assert describe_value("signal_dbm", -60.0, signal).endswith("percentile)")
     assert describe_value("message_length", 30.0, None) == "message_length = 30"
     assert describe_value("signal_dbm", float("nan"), signal) == "signal_dbm missing"
+
+
+def test_explainer_shared_by_threads_gives_each_its_own_answer(wifi: dict[str, Any]) -> None:
+    """The compiled pass runs without the GIL and keeps no scratch in the explainer."""
+    explainer, rows = wifi["explainer"], wifi["matrix"][:64]
+    alone = [explainer.path_contributions(rows[i::4])[0] for i in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(5):
+            together = list(pool.map(lambda i: explainer.path_contributions(rows[i::4])[0],
+                                     range(4)))
+            for mine, expected in zip(together, alone, strict=True):
+                np.testing.assert_array_equal(mine, expected)
+    assert explainer.path_contributions(rows[:0])[0].shape == (0, rows.shape[1])
 
 
 def test_wrong_width_is_a_clear_error(wifi: dict[str, Any]) -> None:
