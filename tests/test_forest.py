@@ -8,6 +8,9 @@ just beside, and far outside the split thresholds.
 
 from __future__ import annotations
 
+import sys
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -350,11 +353,15 @@ def test_node_arrays_that_are_not_a_forest_are_refused(
         CompiledIsolationForest.from_arrays(arrays)
 
 
-def test_the_walk_refuses_records_it_cannot_read() -> None:
-    arrays = small_forest_arrays()
-    walk = Forest(arrays["feature"], arrays["threshold"], arrays["left_child"],
+def walk_of(arrays: dict[str, np.ndarray]) -> Forest:
+    """The compiled walk of a forest's arrays, called directly (no numpy around it)."""
+    return Forest(arrays["feature"], arrays["threshold"], arrays["left_child"],
                   arrays["nan_goes_right"], arrays["leaf_path_length"], arrays["roots"],
-                  int(arrays["n_levels"]), 4)
+                  int(arrays["n_levels"]), int(arrays["n_features_in_"]))
+
+
+def test_the_walk_refuses_records_it_cannot_read() -> None:
+    walk = walk_of(small_forest_arrays())
     x = np.zeros((3, 4), dtype=np.float32)
     out = np.empty(3)
     walk.path_length_sums(x, out)
@@ -370,3 +377,46 @@ def test_the_walk_refuses_records_it_cannot_read() -> None:
     out.setflags(write=False)
     with pytest.raises(TypeError, match="out must be a C-contiguous writable array"):
         walk.path_length_sums(x, out)
+
+
+def test_a_large_batch_lets_other_threads_run_and_a_small_one_does_not() -> None:
+    # With a switch interval far longer than the test, another Python thread runs only when
+    # this one gives up the GIL: a large batch's walk does (an HTTP thread is not held up
+    # behind it), a small one keeps it (giving it up could cost a switch interval to get
+    # it back). The other thread counts its wake-ups from short sleeps.
+    rng = np.random.default_rng(5)
+    model = IsolationForest(n_estimators=100, random_state=0).fit(rng.normal(size=(600, 6)))
+    walk = walk_of(compile_isolation_forest(model).to_arrays())
+    small = np.zeros((100, 6), dtype=np.float32)  # 10,000 walks: under the 16,384
+    large = rng.normal(size=(20_000, 6)).astype(np.float32)
+    out_small, out_large = np.empty(100), np.empty(20_000)
+    wakeups = [0]
+    stop = threading.Event()
+
+    def sleeper() -> None:
+        while not stop.is_set():
+            time.sleep(0.0002)
+            wakeups[0] += 1
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1000.0)
+    thread = threading.Thread(target=sleeper, name="sleeper")
+    try:
+        thread.start()
+        for _ in range(20):
+            before = wakeups[0]
+            walk.path_length_sums(small, out_small)
+            assert wakeups[0] == before
+        # Each large walk takes tens of milliseconds; the sleeper needs to be scheduled once.
+        ran_during_walk = False
+        for _ in range(200):
+            before = wakeups[0]
+            walk.path_length_sums(large, out_large)
+            if wakeups[0] != before:
+                ran_during_walk = True
+                break
+        assert ran_during_walk
+    finally:
+        stop.set()
+        sys.setswitchinterval(interval)
+        thread.join()
