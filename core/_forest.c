@@ -801,6 +801,10 @@ Patterns_dealloc(PatternsObject *p)
  * pattern is known and added AHEAD twigs later, with that many misses in flight. */
 #define AHEAD 16
 
+/* Twig lookups (records x twigs) from which add() releases the GIL: about 150 us of work, three
+ * records of 100 default trees; see RELEASE_GIL_WALKS for why not below. */
+#define RELEASE_GIL_TWIGS 8192
+
 /* Add one record's values to its row of `out`. `check_nan` is a constant at both call sites,
  * so the record without NaN (nearly all) gets a loop without the NaN test. */
 static inline __attribute__((always_inline)) void
@@ -840,11 +844,27 @@ add_record(const PatternsObject *p, const float *x, double *out, const int check
     }
 }
 
+/* Every record's values, added to its row of `out`; may run without the GIL. */
+static void
+add_records(const PatternsObject *p, const float *rows, Py_ssize_t n_records, double *out)
+{
+    const Py_ssize_t width = p->n_features;
+    for (Py_ssize_t r = 0; r < n_records; r++) {
+        if (any_nan(rows + r * width, width)) {
+            add_record(p, rows + r * width, out + r * width, 1);
+        }
+        else {
+            add_record(p, rows + r * width, out + r * width, 0);
+        }
+    }
+}
+
 PyDoc_STRVAR(Patterns_add_doc,
 "add(x, out)\n--\n\n"
 "Add to `out` (float64, records x features) each record's tabulated Shapley values, one per\n"
 "(twig, slot), onto the slot's feature. `x` is a C-contiguous float32 matrix with one\n"
-"column per feature. Releases the GIL; raises TypeError/ValueError for other inputs.");
+"column per feature. Releases the GIL for a few records or more (as path_length_sums does\n"
+"for a large batch); raises TypeError/ValueError for other inputs.");
 
 static PyObject *
 Patterns_add(PatternsObject *p, PyObject *const *args, Py_ssize_t nargs)
@@ -873,17 +893,14 @@ Patterns_add(PatternsObject *p, PyObject *const *args, Py_ssize_t nargs)
     }
     const float *rows = (const float *)x.buf;
     double *sums = (double *)out.buf;
-    const Py_ssize_t width = p->n_features;
-    Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t r = 0; r < x.shape[0]; r++) {
-        if (any_nan(rows + r * width, width)) {
-            add_record(p, rows + r * width, sums + r * width, 1);
-        }
-        else {
-            add_record(p, rows + r * width, sums + r * width, 0);
-        }
+    if (x.shape[0] * p->n_twigs >= RELEASE_GIL_TWIGS) {
+        Py_BEGIN_ALLOW_THREADS
+        add_records(p, rows, x.shape[0], sums);
+        Py_END_ALLOW_THREADS
     }
-    Py_END_ALLOW_THREADS
+    else {
+        add_records(p, rows, x.shape[0], sums);
+    }
     PyBuffer_Release(&out);
     PyBuffer_Release(&x);
     Py_RETURN_NONE;

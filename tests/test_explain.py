@@ -173,7 +173,8 @@ def test_words_against_the_reference() -> None:
 
 
 def test_explainer_shared_by_threads_gives_each_its_own_answer(wifi: dict[str, Any]) -> None:
-    """The compiled pass runs without the GIL and keeps no scratch in the explainer."""
+    """The compiled pass of a few records runs without the GIL and keeps no scratch in the
+    explainer."""
     explainer, rows = wifi["explainer"], wifi["matrix"][:64]
     alone = [explainer.path_contributions(rows[i::4])[0] for i in range(4)]
     with ThreadPoolExecutor(4) as pool:
