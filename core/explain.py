@@ -464,9 +464,9 @@ def _tabulate(leaves: list[_LeafPath], forest: CompiledIsolationForest) -> Patte
     packed for ``_forest.Patterns`` (core/_forest.c), which explains a record in one pass.
 
     A twig's values are one block, pattern-major: for pattern m, its slots' values are
-    contiguous from ``m * slots``, so a record reads one cache line or two per twig. At most
-    ``slots * 2**(slots + 1)`` floats per sibling pair: 9 MB for 100 default trees on 12
-    features.
+    contiguous from ``m * slots``, one row; Patterns copies the blocks into rows of one cache
+    line each, so a record reads one line per twig. At most ``slots * 2**(slots + 1)`` floats
+    per sibling pair: 9 MB for 100 default trees on 12 features (11 MiB once padded).
     """
     siblings: dict[int, list[_LeafPath]] = {}
     for leaf in leaves:  # a pair's left leaf (lower id) comes first
