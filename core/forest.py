@@ -126,7 +126,8 @@ class CompiledIsolationForest:
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> CompiledIsolationForest:
         """Rebuild a forest from :meth:`to_arrays`' output (memory-mapped arrays are kept as
-        they are, read-only). Raises ValueError naming a missing or unexpected array."""
+        they are, read-only). Raises ValueError naming a missing or unexpected array, and the
+        walk's ValueError/TypeError (see ``__post_init__``) for arrays that are not a forest."""
         names = {f.name: f for f in fields(cls) if f.init}
         if set(arrays) != set(names):
             raise ValueError(f"forest arrays {sorted(arrays)} are not {sorted(names)}")
