@@ -133,6 +133,9 @@ def test_workers_share_the_port_follow_deploys_and_are_counted_together(
     operator = [d for d in pool.get("/api/v1/deployments").json() if d["actor"] == "operator"]
     assert [(d["from_version"], d["to_version"]) for d in operator] == [("v1", "v2")]
     assert all(w["fallback_version"] == "v1" for w in _workers(pool))
+    # one swap in the control process, one in each worker, each line saying which
+    assert sorted(str(e.get("worker")) for e in pool.events("model_swapped")
+                  if e["new"] == "v2") == ["0", "1", "None"]
     for _ in range(20):
         assert pool.get("/readyz").json()["deployed_version"] == "v2"
     assert len(pool.events("model_imported")) == 2  # the control process imports, once each

@@ -69,7 +69,7 @@ class Worker:
             self.link.send_bytes(message)
 
     def run(self) -> int:
-        configure_logging(self.settings.logging)
+        configure_logging(self.settings.logging, fields={"worker": self.index})
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         self.inbox.install((signal.SIGTERM, signal.SIGINT))
         cleanups: list[tuple[str, Callable[[], None]]] = []
@@ -83,16 +83,16 @@ class Worker:
             deployed = runtime.status()["deployed_version"]
             gc.freeze()  # as the daemon's main does: full collections never walk the startup heap
             self.send(pack("ready", {"pid": os.getpid(), "deployed_version": deployed}))
-            log.info("worker_ready", worker=self.index, pid=os.getpid(), port=self.port,
+            log.info("worker_ready", pid=os.getpid(), port=self.port,
                      deployed=deployed)
             self._loop(runtime)
         except (ModeldError, OSError, *DATABASE_ERRORS) as exc:  # type: ignore[misc]
-            log.error("startup_failed", worker=self.index, reason=str(exc))
+            log.error("startup_failed", reason=str(exc))
             return 1
         finally:
             Runtime.run_closers(cleanups)
             self.link.close()
-            log.info("stopped", worker=self.index)
+            log.info("stopped")
         return 0
 
     def _serve(self, runtime: Runtime, cleanups: list[tuple[str, Callable[[], None]]]) -> None:
@@ -120,7 +120,7 @@ class Worker:
                 self.inbox.wake()
                 return
             except ValueError as exc:
-                log.error("control_message_invalid", worker=self.index, reason=str(exc))
+                log.error("control_message_invalid", reason=str(exc))
                 continue
             if kind == "follow":
                 self._follow(runtime)
@@ -132,8 +132,7 @@ class Worker:
         try:
             runtime.manager.follow()
         except DATABASE_ERRORS as exc:
-            log.error("follow_failed", worker=self.index,
-                      reason=f"the registry cannot be read: {exc}")
+            log.error("follow_failed", reason=f"the registry cannot be read: {exc}")
 
     def _loop(self, runtime: Runtime) -> None:
         interval = self.settings.fleet.reconcile_interval
@@ -141,14 +140,12 @@ class Worker:
         while True:
             received = self.inbox.wait(min(1.0, interval))
             if received & {signal.SIGTERM, signal.SIGINT}:
-                log.info("stopping", worker=self.index,
-                         signal=signal.Signals(min(received)).name)
+                log.info("stopping", signal=signal.Signals(min(received)).name)
                 return
             while self._told:
                 kind, meta = self._told.popleft()
                 if kind == "closed":
-                    log.warning("stopping", worker=self.index,
-                                reason="the control process closed the link")
+                    log.warning("stopping", reason="the control process closed the link")
                     return
                 if kind == "settings":
                     self._reload(runtime, meta)
@@ -163,16 +160,16 @@ class Worker:
             new = Settings.model_validate(meta["settings"])
             token = new.api_token()
         except ConfigError as exc:  # api.token_file unreadable here
-            log.error("reload_refused", worker=self.index, key=exc.key, reason=str(exc),
+            log.error("reload_refused", key=exc.key, reason=str(exc),
                       kept_generation=runtime.config_generation)
             return
         if new.logging != self.settings.logging:
-            configure_logging(new.logging)
+            configure_logging(new.logging, fields={"worker": self.index})
         apply_settings(runtime, new, token)
         self.settings = new
         runtime.config_generation = generation
         runtime.last_reload = ReloadResult(generation, True, None, iso(utc_now()))
-        log.info("reloaded", worker=self.index, generation=generation)
+        log.info("reloaded", generation=generation)
 
 
 
