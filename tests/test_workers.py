@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -211,3 +212,17 @@ def test_a_killed_worker_comes_back_a_reload_reaches_all_and_sigterm_stops_all(
     assert not pool.events("worker_stop_timed_out")
     with pytest.raises(httpx.ConnectError):
         httpx.get(pool.base + "/healthz", timeout=5)
+
+
+@pytest.mark.e2e
+def test_a_port_something_else_holds_is_refused_not_shared(pool: DaemonProcess) -> None:
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", pool.port))
+        other.listen()
+        pool.start(wait_ready=False, args=["--workers", str(WORKERS)])
+        assert pool.proc is not None
+        pool.proc.wait(120)
+    assert pool.stop() == 1
+    failed = pool.events("startup_failed")
+    assert len(failed) == 1 and "in use" in failed[0]["reason"]
+    assert not pool.events("worker_started")

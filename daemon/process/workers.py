@@ -126,7 +126,8 @@ class WorkerPool:
     def stop(self, timeout: float) -> None:
         """SIGTERM every worker, wait up to ``timeout`` for all, SIGKILL what is left."""
         self._stopping.set()
-        self._supervisor.join(timeout)
+        if self._supervisor.ident is not None:  # a start that failed never started it
+            self._supervisor.join(timeout)
         with self._lock:
             workers = list(self._workers.values())
         for w in workers:
