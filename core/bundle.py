@@ -34,7 +34,7 @@ import hashlib
 import json
 import os
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -45,6 +45,7 @@ from modeld.core.errors import (
     BundleInvalid,
     EstimatorUnbundled,
     ModelLoadFailed,
+    RecordInvalid,
     WarmupNonFinite,
 )
 from modeld.core.explain import Explainer, ForestExplainer, LazyExplainer, NeighbourExplainer
@@ -68,8 +69,11 @@ __all__ = [
     "BUNDLE_FORMAT",
     "WARMUP_TOLERANCE",
     "Bundle",
+    "Durable",
     "EstimatorFacts",
     "bundle_digest",
+    "fsync_each",
+    "fsync_path",
     "read_bundle",
     "servable_from_bundle",
     "write_bundle",
@@ -82,6 +86,9 @@ WARMUP_TOLERANCE: Final = 1e-9
 """How far a bundle's score of a warmup row may be from scikit-learn's (absolute)."""
 
 _WARMUP_ROWS, _WARMUP_SCORES, _REFERENCE = "warmup_rows", "warmup_scores", "reference_scores"
+Durable = Callable[[Sequence[Path]], None]
+"""Makes files and folders durable (fsyncs each) and returns when all of them are: how a
+bundle's files reach the disk before the daemon commits it."""
 # what a rebuilt scorer needs besides its arrays: a JSON-safe scalar, list or mapping
 _Params = dict[str, Any]
 _Arrays = Mapping[str, np.ndarray]
@@ -332,15 +339,18 @@ def write_bundle(
     out: Path,
     spec: ServableSpec | None,
     warmup_row_count: int,
-) -> None:
+    durable: Durable | None = None,
+) -> np.ndarray | None:
     """Write the bundle of the artifact in ``folder`` (already loaded as ``loaded``) to ``out``.
 
     Called where unpickling is allowed: the canary child after its warmup passed, or the
     daemon's own import thread when ``security.isolate_first_load`` is off. ``spec`` is the
     artifact's metadata.json (None when it is unreadable; when it is, or when it disagrees
     with the model, the bundle holds the facts only, and validation says what is wrong). Warmup and reference rows are scored with scikit-learn itself, so the
-    daemon can check its rebuilt scorer against them. Raises WarmupNonFinite or
-    ModelLoadFailed when scikit-learn cannot score the warmup rows.
+    daemon can check its rebuilt scorer against them. Returns those warmup scores (None when
+    the bundle holds the facts only). ``durable`` fsyncs the written files and ``out``
+    (:func:`fsync_each` when None; the canary child syncs them all at once). Raises
+    WarmupNonFinite or ModelLoadFailed when scikit-learn cannot score the warmup rows.
     """
     facts = EstimatorFacts.of(loaded)
     out.mkdir(parents=True)
@@ -369,8 +379,12 @@ def write_bundle(
                 scaler_part = {"kind": "standard"}
                 arrays.update({"scaler.mean": mean, "scaler.scale": scale})
             extractor = FeatureExtractor(feature_names)
-            rows = warmup_rows(extractor, warmup_records, loaded.scaler, width,
-                               warmup_row_count)
+            try:
+                rows = warmup_rows(extractor, warmup_records, loaded.scaler, width,
+                                   warmup_row_count)
+            except RecordInvalid as exc:  # as the Loader stage's warm() says it
+                raise ModelLoadFailed(folder.name, f"warmup record {exc.index}: "
+                                      f"{exc.problem}") from exc
             scores = _sklearn_scores(loaded, rows, folder.name)
             bad = int(np.count_nonzero(~np.isfinite(scores)))
             if bad:
@@ -393,12 +407,17 @@ def write_bundle(
         "arrays": sorted(arrays),
     }
     (out / MANIFEST).write_text(json.dumps(manifest, sort_keys=True), encoding="utf-8")
-    for path in out.iterdir():
-        _fsync(path)
-    _fsync(out)
+    (durable or fsync_each)([*out.iterdir(), out])
+    return arrays.get(_WARMUP_SCORES)
 
 
-def _fsync(path: Path) -> None:
+def fsync_each(paths: Sequence[Path]) -> None:
+    """fsync every file and folder of ``paths``, one after the other."""
+    for path in paths:
+        fsync_path(path)
+
+
+def fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
