@@ -32,9 +32,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -64,16 +63,14 @@ from modeld.core.loader import (
     standard_transform,
     warmup_rows,
 )
+from modeld.core.store import Durable, fsync_each
 
 __all__ = [
     "BUNDLE_FORMAT",
     "WARMUP_TOLERANCE",
     "Bundle",
-    "Durable",
     "EstimatorFacts",
     "bundle_digest",
-    "fsync_each",
-    "fsync_path",
     "read_bundle",
     "servable_from_bundle",
     "write_bundle",
@@ -86,9 +83,6 @@ WARMUP_TOLERANCE: Final = 1e-9
 """How far a bundle's score of a warmup row may be from scikit-learn's (absolute)."""
 
 _WARMUP_ROWS, _WARMUP_SCORES, _REFERENCE = "warmup_rows", "warmup_scores", "reference_scores"
-Durable = Callable[[Sequence[Path]], None]
-"""Makes files and folders durable (fsyncs each) and returns when all of them are: how a
-bundle's files reach the disk before the daemon commits it."""
 # what a rebuilt scorer needs besides its arrays: a JSON-safe scalar, list or mapping
 _Params = dict[str, Any]
 _Arrays = Mapping[str, np.ndarray]
@@ -409,20 +403,6 @@ def write_bundle(
     (out / MANIFEST).write_text(json.dumps(manifest, sort_keys=True), encoding="utf-8")
     (durable or fsync_each)([*out.iterdir(), out])
     return arrays.get(_WARMUP_SCORES)
-
-
-def fsync_each(paths: Sequence[Path]) -> None:
-    """fsync every file and folder of ``paths``, one after the other."""
-    for path in paths:
-        fsync_path(path)
-
-
-def fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _standard_scaler(scaler: Any, width: int) -> bool:
