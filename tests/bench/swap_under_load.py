@@ -89,6 +89,12 @@ def bundle_bytes(store: Path) -> int:
     return sum(f.stat().st_size for f in bundle.iterdir())
 
 
+def registry_bytes(state: Path) -> int:
+    """The SQLite registry's size with its write-ahead log (its page cache, up to SQLite's
+    2 MiB default, grows with it)."""
+    return sum(p.stat().st_size for p in state.glob("registry.sqlite3*"))
+
+
 class StatusPoller:
     """Asks the daemon which version it deploys every ``interval`` seconds over one
     keep-alive connection, in a thread of this process; runs through both phases, so that
@@ -153,7 +159,7 @@ def main() -> int:
             steady_from = time.time()
             time.sleep(args.steady)
             swaps_from = time.time()
-            to_serve, after_swap = [], []
+            to_serve, after_swap, registry = [], [], []
             for i in range(1, args.versions + 1):
                 version = f"v{i:03d}"
                 write_renamed(daemon.models_dir, version, artifacts[i])
@@ -162,6 +168,7 @@ def main() -> int:
                     time.sleep(0.002)
                 to_serve.append(time.time() - complete)
                 after_swap.append(rss_bytes(pid))
+                registry.append(registry_bytes(daemon.root / "state"))
             swaps_to = time.time()
             rss["two"], rss["after"] = after_swap[0], rss_bytes(pid)
         finally:
@@ -183,13 +190,16 @@ def main() -> int:
     mib = 1 << 20
     later = after_swap[10:]
     slope = float(np.polyfit(np.arange(len(later)), later, 1)[0]) if len(later) > 2 else 0.0
+    db_slope = (float(np.polyfit(np.arange(len(later)), registry[10:], 1)[0])
+                if len(later) > 2 else 0.0)
     print(f"resident memory: no version {rss['none'] / mib:.1f} MiB, one {rss['one'] / mib:.1f}"
           f" MiB, two {rss['two'] / mib:.1f} MiB, after {args.versions} swaps "
           f"{rss['after'] / mib:.1f} MiB")
     print(f"a version's bundle {size / mib:.2f} MiB; second version's resident cost "
           f"{(rss['two'] - rss['one']) / mib:.2f} MiB = {(rss['two'] - rss['one']) / size:.1f}x;"
           f" growth over {args.versions - 1} swaps {(rss['after'] - rss['two']) / mib:.2f} MiB,"
-          f" per swap after the first 10: {slope / 1024:.1f} KiB")
+          f" per swap after the first 10: {slope / 1024:.1f} KiB (the registry file: "
+          f"{db_slope / 1024:.1f} KiB per swap)")
     return 0
 
 
