@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -179,8 +180,20 @@ def _forest_arrays(model: Any) -> tuple[_Params, dict[str, np.ndarray]]:
 def _forest_scorer(_params: _Params, arrays: _Arrays
                    ) -> tuple[Scorer, Flagger, Callable[[], Explainer | None]]:
     forest = CompiledIsolationForest.from_arrays(arrays)
+    _release_pages(arrays)  # the compiled walk packed its own copy of the nodes
     scorer, flagger = forest_rule(forest)
     return scorer, flagger, lambda: ForestExplainer(forest)
+
+
+def _release_pages(arrays: _Arrays) -> None:
+    """Take memory-mapped arrays' pages out of this process's resident set: they stay in the
+    page cache and come back on the next read (an explainer built later, ``to_arrays``).
+    Without it a loaded forest holds its nodes twice, the bundle's pages read while the walk
+    packed them and the packed copy."""
+    advice = getattr(mmap, "MADV_DONTNEED", None)
+    for array in arrays.values():
+        if advice is not None and isinstance(array.base, mmap.mmap):
+            array.base.madvise(advice)
 
 
 def _jsonable(value: Any) -> Any:
