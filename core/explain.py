@@ -140,6 +140,12 @@ class ReferenceWords:
         return cls(reference.feature_names,
                    [None if d is None else d.quantiles for d in reference.features])
 
+    @property
+    def cuts(self) -> tuple[list[float] | None, ...]:
+        """Each feature's sorted reference quantiles (None without one): all the words need,
+        so that a serving worker can be handed them (``ReferenceWords(names, cuts)``)."""
+        return self._cuts
+
     def text(self, index: int, value: float) -> str:
         return _describe(self.feature_names[index], self._units[index], value,
                          self._cuts[index], self._binary[index])

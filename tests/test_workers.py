@@ -2,7 +2,9 @@
 
 A control process and two serving workers on one port (SO_REUSEPORT): both serve, a deploy
 through either reaches both, drift and /metrics count what both scored, a killed worker is
-restarted while the other keeps the port, a reload reaches every worker, SIGTERM stops all.
+restarted while the other keeps the port, a reload reaches every worker, SIGTERM stops all;
+a worker's explanations carry the control process's reference words, and its fallback is
+alerted by the control process.
 Each new HTTP connection is one the kernel hands to either worker (by its source port), so
 asking often enough over fresh connections reaches both.
 """
@@ -23,9 +25,19 @@ import numpy as np
 import pytest
 from prometheus_client import generate_latest
 
-from modeld.daemon.jobs.handoff import pack, unpack
+from modeld.core.explain import ReferenceWords
+from modeld.daemon.jobs.handoff import pack, pack_words, unpack, unpack_words
 from modeld.daemon.process.metrics import DaemonMetrics
-from tests.helpers import DaemonProcess, artifact_files, records, stamp, write_renamed
+from tests.helpers import (
+    FEATURES,
+    DaemonProcess,
+    Receiver,
+    artifact_files,
+    records,
+    stamp,
+    train_forest,
+    write_renamed,
+)
 
 WORKERS = 2
 START = 180  # seconds: three processes import the daemon on a loaded machine
@@ -86,6 +98,19 @@ def test_a_handed_message_keeps_its_arrays_and_refuses_other_dtypes() -> None:
         unpack(pack("batch", {}, [features])[:-8])
     with pytest.raises(ValueError, match="holds"):
         unpack(pack("batch", {}, [features]) + b"\0")
+
+
+def test_handed_reference_words_say_what_the_control_process_would() -> None:
+    rng = np.random.default_rng(3)
+    words = ReferenceWords(FEATURES, [np.quantile(rng.normal(size=500), np.linspace(0, 1, 50)),
+                                      None, np.array([0.0, 0.0, 1.0]), None])
+    meta, arrays = pack_words({"v1": words})
+    _kind, meta, arrays = unpack(pack("follow", meta, arrays))  # as the link carries them
+    handed = unpack_words(meta, arrays)["v1"]
+    assert handed.feature_names == words.feature_names
+    for index, value in [(0, -3.0), (0, 0.1), (1, 2.0), (2, 1.0), (3, float("nan"))]:
+        assert handed.text(index, value) == words.text(index, value)
+    assert "below the reference's 1st percentile" in handed.text(0, -9.0)
 
 
 def test_metrics_of_workers_sum_counters_and_keep_gauges_per_worker() -> None:
@@ -226,3 +251,113 @@ def test_a_port_something_else_holds_is_refused_not_shared(pool: DaemonProcess) 
     failed = pool.events("startup_failed")
     assert len(failed) == 1 and "in use" in failed[0]["reason"]
     assert not pool.events("worker_started")
+
+
+def _explained_anomaly(daemon: DaemonProcess) -> dict[str, Any]:
+    record = {"host": "ap-odd", "features": dict.fromkeys(FEATURES, 6.0)}
+    answer = daemon.post("/api/v1/score", {"records": [record], "explain": True, "top": 4})
+    assert answer.status_code == 200, answer.text
+    result: dict[str, Any] = answer.json()["results"][0]
+    assert result["is_anomaly"]
+    return result
+
+
+@pytest.mark.e2e
+def test_a_workers_explanation_has_the_control_processs_reference_words(tmp_path: Path) -> None:
+    daemon = DaemonProcess(tmp_path, {"monitoring": {"drift_interval": 3600,
+                                                     "baseline_records": 200}})
+    daemon.models_dir.mkdir(parents=True)
+    daemon.start(args=["--workers", str(WORKERS)])
+    try:
+        daemon.wait_for(lambda: len(_healthz_pids(daemon)) == WORKERS, START,
+                        "both workers to answer")
+        write_renamed(daemon.models_dir, "first", artifact_files("v1", created_at=stamp(1)))
+        daemon.wait_for(lambda: _serving(daemon, "v1"), 60, "every worker to serve v1")
+        # no artifact reference: none while the baseline collects, in a worker as in one process
+        before = _explained_anomaly(daemon)["explanation"]["contributions"]
+        assert not any("reference" in c["text"] for c in before)
+        for _ in range(3):  # the baseline (200), collected by the control from both workers
+            _score(daemon, 100)
+        daemon.wait_for(lambda: all("reference" in c["text"] for c in
+                                    _explained_anomaly(daemon)["explanation"]["contributions"]),
+                        10, "the collected baseline's words to reach the workers")
+        for _ in range(10):  # fresh connections: whichever worker answers says the same
+            answered = _explained_anomaly(daemon)
+            texts = [c["text"] for c in answered["explanation"]["contributions"]]
+            assert all("reference's" in t and "percentile" in t for t in texts), texts
+        # the control process explains the same records it was handed with its own words
+        daemon.wait_for(lambda: any(a["host"] == "ap-odd" and "reference" in
+                                    a["explanation"]["summary"]
+                                    for a in daemon.get("/api/v1/anomalies").json()), 10,
+                        "the control process's recent anomalies")
+        kept = next(a for a in daemon.get("/api/v1/anomalies").json() if a["host"] == "ap-odd")
+        ours = answered["explanation"]
+        theirs = kept["explanation"]
+        shown = len(theirs["contributions"])
+        assert shown > 0
+        assert ([(c["feature"], c["text"]) for c in ours["contributions"][:shown]]
+                == [(c["feature"], c["text"]) for c in theirs["contributions"]])
+        assert ours["summary"] == theirs["summary"]
+    finally:
+        daemon.stop()
+
+
+class SentinelRaisingForest:
+    """A fault we cannot cause with a real estimator: a model that raises on one input (x0
+    above 100), after its import checks passed. Unpickled by the daemon's processes from this
+    module (``security.allow_unbundled_estimators``)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.n_features_in_ = inner.n_features_in_
+        self.offset_ = inner.offset_
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.inner.predict(self._checked(x))
+
+    def score_samples(self, x: np.ndarray) -> np.ndarray:
+        return self.inner.score_samples(self._checked(x))
+
+    @staticmethod
+    def _checked(x: np.ndarray) -> np.ndarray:
+        if (np.asarray(x)[:, 0] > 100).any():
+            raise FloatingPointError("boom")
+        return x
+
+
+@pytest.mark.e2e
+def test_a_workers_fallback_is_alerted_once_by_the_control_process(
+        tmp_path: Path, receiver: Receiver) -> None:
+    daemon = DaemonProcess(tmp_path, {
+        "monitoring": {"drift_interval": 3600,
+                       "alerting": {"webhook_url": receiver.url,
+                                    "backoff_initial_seconds": 0.05}},
+        "security": {"isolate_first_load": False, "allow_unbundled_estimators": True}})
+    daemon.models_dir.mkdir(parents=True)
+    daemon.start(args=["--workers", str(WORKERS)])
+    try:
+        daemon.wait_for(lambda: len(_healthz_pids(daemon)) == WORKERS, START,
+                        "both workers to answer")
+        write_renamed(daemon.models_dir, "first", artifact_files("v1", created_at=stamp(2)))
+        daemon.wait_for(lambda: _serving(daemon, "v1"), 60, "every worker to serve v1")
+        write_renamed(daemon.models_dir, "second", artifact_files(
+            "v2", model=SentinelRaisingForest(train_forest(seed=3)), created_at=stamp(1)))
+        daemon.wait_for(lambda: _serving(daemon, "v2"), 60, "every worker to serve v2")
+
+        poisoned = {"features": {**dict.fromkeys(FEATURES, 0.0), "x0": 1000.0}}
+        answer = daemon.post("/api/v1/score", {"records": [poisoned]})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["model_version"] == "v1"  # the worker's fallback answered
+
+        daemon.wait_for(lambda: _metric(daemon.get("/metrics").text,
+                                        "modeld_fallback_uses_total") == 1, 10,
+                        "the worker's shipment with its fallback")
+        daemon.wait_for(lambda: any(b.get("kind") == "fallback_used" for b in receiver.bodies),
+                        10, "the control process to alert the worker's fallback")
+        alerts = [b for b in receiver.bodies if b.get("kind") == "fallback_used"]
+        assert len(alerts) == 1
+        assert alerts[0]["version"] == "v2" and "boom" in alerts[0]["detail"]
+        logged = daemon.events("fallback_used")  # by the worker that fell back, once
+        assert len(logged) == 1 and logged[0].get("worker") in range(WORKERS)
+    finally:
+        daemon.stop()

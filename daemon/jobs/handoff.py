@@ -7,7 +7,14 @@ that they see every worker's traffic. The worker's scoring path calls the same
 same bounded queue (full: dropped and counted, scoring never waits), and every
 ``BATCH_SECONDS`` the thread sends whatever queued, in one message over the worker's link to
 the control process, with the worker's status and its metrics. The control process's reader
-hands each batch to its own monitors (:func:`deliver`).
+hands each batch to its own monitors (:func:`deliver`), and alerts each fallback the worker
+used (alerting is the control process's).
+
+The other way, the control process hands each worker the words of its loaded versions'
+drift references (:func:`pack_words`: each feature's reference quantiles, not the
+reference), with every ``follow`` and again when a reference changes (a baseline that
+finished collecting), so that an explanation a worker answers reads as the control
+process's: the worker's runtime asks its monitors' ``reference_words`` as a daemon's does.
 
 The message is a JSON header and raw arrays (``pack``/``unpack``): nothing is unpickled, and
 only the dtypes scoring produces are accepted.
@@ -24,7 +31,10 @@ from typing import Any
 import numpy as np
 import structlog
 
+from modeld.core.events import FallbackUsed, ManagerEvent
+from modeld.core.explain import ReferenceWords
 from modeld.core.loader import ServableModel
+from modeld.daemon.jobs.alerting import manager_alert
 from modeld.daemon.jobs.anomalies import RecentAnomalies
 from modeld.daemon.jobs.monitoring import Monitors, Observation
 
@@ -63,6 +73,25 @@ def unpack(data: bytes) -> tuple[str, dict[str, Any], list[np.ndarray]]:
     return str(header["kind"]), dict(header["meta"]), arrays
 
 
+def pack_words(words: dict[str, ReferenceWords]) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """The meta and arrays of versions' reference words: per version its feature names and
+    which have quantiles, and one float64 array per feature that has."""
+    meta, arrays = [], []
+    for version, of_version in words.items():
+        meta.append({"version": version, "features": list(of_version.feature_names),
+                     "quantiles": [c is not None for c in of_version.cuts]})
+        arrays += [np.asarray(c, dtype=np.float64) for c in of_version.cuts if c is not None]
+    return {"words": meta}, arrays
+
+
+def unpack_words(meta: dict[str, Any], arrays: list[np.ndarray]) -> dict[str, ReferenceWords]:
+    """What :func:`pack_words` packed, as each version's ReferenceWords."""
+    parts = iter(arrays)
+    return {str(item["version"]): ReferenceWords(
+                item["features"], [next(parts) if has else None for has in item["quantiles"]])
+            for item in meta["words"]}
+
+
 class _HandedAnomalies(RecentAnomalies):
     """A worker's flagged records: kept for the next shipment, explained and written by the
     control process (which holds the same versions loaded)."""
@@ -82,8 +111,10 @@ class HandoffMonitors(Monitors):
     """A worker's monitors: the scoring path's queue, shipped to the control process by the
     monitoring thread (``start``/``close`` as a daemon's). ``send`` writes one message to the
     link; ``status`` and ``metrics`` are the worker's own, sent with every shipment (the
-    control process's ``modeld status`` and aggregated /metrics). A shipment that cannot be
-    sent (the control process is gone) is logged; the worker stops when its link closes."""
+    control process's ``modeld status`` and aggregated /metrics), with the fallbacks used
+    since the last one (``keep_event``: the control process alerts them). A shipment that
+    cannot be sent (the control process is gone) is logged; the worker stops when its link
+    closes. ``reference_words`` are those the control process handed (``take_words``)."""
 
     def __init__(self, *args: Any, send: Callable[[bytes], None],
                  status: Callable[[], dict[str, Any]], metrics: Callable[[], str]) -> None:
@@ -95,9 +126,28 @@ class HandoffMonitors(Monitors):
         self._outgoing: list[Observation] = []
         self._flagged: list[tuple[str, list[object], np.ndarray, np.ndarray]] = []
         self._flagged_lock = threading.Lock()
+        self._fallbacks: list[FallbackUsed] = []
+        self._given: dict[str, ReferenceWords] = {}
 
     def prepare(self, version: str, feature_names: Sequence[str]) -> None:
         """Nothing: the control process builds every version's window and detector."""
+
+    def reference_words(self, version: str, feature_names: Sequence[str]) -> ReferenceWords:
+        """The words the control process handed for ``version`` (none before it did)."""
+        words = self._given.get(version)
+        if words is None:
+            return ReferenceWords(feature_names, [None] * len(feature_names))
+        return words
+
+    def take_words(self, words: dict[str, ReferenceWords]) -> None:
+        """The control process's words of every version it has loaded (replacing the last)."""
+        self._given = words
+
+    def keep_event(self, event: ManagerEvent) -> None:
+        """Chained to the worker's manager listener: a fallback used, for the next shipment."""
+        if isinstance(event, FallbackUsed):
+            with self._flagged_lock:
+                self._fallbacks.append(event)
 
     def keep_flagged(self, version: str, records: list[object], scores: np.ndarray,
                      features: np.ndarray) -> None:
@@ -121,6 +171,7 @@ class HandoffMonitors(Monitors):
         taken, self._outgoing = self._outgoing, []
         with self._flagged_lock:
             flagged, self._flagged = self._flagged, []
+            fallbacks, self._fallbacks = self._fallbacks, []
         observations, arrays = [], []
         for item in taken:
             observations.append({"version": item.version, "latency_s": item.latency_s,
@@ -132,6 +183,8 @@ class HandoffMonitors(Monitors):
             anomalies.append({"version": version, "records": records})
             arrays += [scores, features]
         message = pack("batch", {"observations": observations, "anomalies": anomalies,
+                                 "fallbacks": [{"version": e.version, "fallback": e.fallback,
+                                                "reason": e.reason} for e in fallbacks],
                                  "status": self._status(), "metrics": self._metrics()},
                        arrays)
         try:
@@ -145,7 +198,8 @@ def deliver(monitors: Monitors, servable: Callable[[str], ServableModel | None],
             meta: dict[str, Any], arrays: list[np.ndarray]) -> None:
     """Hand a worker's shipment to the control process's ``monitors`` (its reader thread):
     each batch to the monitoring queue as if scored here, each flagged record to the recent
-    anomalies (explained with the control process's own ``servable`` of its version)."""
+    anomalies (explained with the control process's own ``servable`` of its version), and
+    each fallback the worker used to the alerter, as the control process alerts its own."""
     parts = iter(arrays)
     for item in meta["observations"]:
         version = str(item["version"])
@@ -161,3 +215,8 @@ def deliver(monitors: Monitors, servable: Callable[[str], ServableModel | None],
         if model is not None:  # released here since: as a swap drops a daemon's buffer
             monitors.anomalies.add(model, item["records"], np.arange(len(scores)), scores,
                                    features)
+    for item in meta["fallbacks"]:
+        alert = manager_alert(FallbackUsed(str(item["version"]), item["fallback"],
+                                           str(item["reason"])))
+        if alert is not None:
+            monitors.alerter.send(alert)

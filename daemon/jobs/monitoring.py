@@ -22,7 +22,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -99,6 +99,9 @@ class Monitors:
     ``lock`` guards ``windows`` and ``detectors`` (the dashboard reads windows under it); it
     is held while one handed batch is observed, never on the scoring path. ``queue_records``
     (``monitoring.queue_records``) bounds what waits for the monitoring thread.
+    ``reference_changed``, when set, is called (on the monitoring thread) with a version whose
+    detector's reference changed (a baseline that finished collecting): a control process
+    hands its workers the new words (``api.workers``).
     """
 
     def __init__(self, settings: MonitoringSettings, registry: Registry, store_dir: Path,
@@ -126,6 +129,7 @@ class Monitors:
         self._work = threading.Lock()  # one worker at a time, in queue order
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self.reference_changed: Callable[[str], None] | None = None
 
     # the deploy path ----------------------------------------------------------------------
 
@@ -248,10 +252,13 @@ class Monitors:
         """One handed batch: its window, its detector, and the alarms they raise."""
         settings = self.settings
         alarms: tuple[DriftAlarm, ...] = ()
+        detector: DriftDetector | None = None
+        reference = None
         try:
             with self.lock:
                 window = self.windows.get(item.version)
                 detector = self.detectors.get(item.version)
+                reference = None if detector is None else detector.reference
                 if settings.performance_tracking and window is not None:
                     if item.features is None:
                         window.observe_invalid(1, item.at)
@@ -266,6 +273,9 @@ class Monitors:
             log.error("monitoring_failed", version=item.version, reason=str(exc))
         for alarm in alarms:
             self._alarm(item.version, alarm)
+        if (self.reference_changed is not None and detector is not None
+                and detector.reference is not reference):
+            self.reference_changed(item.version)
 
     def _alarm(self, version: str, alarm: DriftAlarm) -> None:
         signals = list(alarm.moved)

@@ -153,7 +153,7 @@ def build_worker_runtime(settings: Settings, send: Callable[[bytes], None],
                           monitors=monitors, token=s.api_token(), closers=closers)
         monitors.start()
         closers.append(("monitoring", monitors.close))
-        manager.listener = runtime.on_worker_event
+        manager.listener = both_listeners(runtime.on_worker_event, monitors.keep_event)
         manager.serve_registry()
         runtime.publish_deployed()
         return runtime

@@ -5,8 +5,9 @@ a follower's runtime (:func:`build_worker_runtime`), serves the API on its own S
 socket of ``api.port`` (scoring here, the rest forwarded to the control process:
 :mod:`modeld.daemon.http.forward`), says ``ready`` over its link, and then, on the main loop:
 
-- ``follow`` from the control process (a deploy, a rollback, a fallback): load what the
-  registry says is deployed and swap, on the link's reader thread, within the swap's time;
+- ``follow`` from the control process (a deploy, a rollback, a fallback): take the reference
+  words it carries, load what the registry says is deployed and swap, on the link's reader
+  thread, within the swap's time; ``words`` (a reference changed): take them;
 - ``settings`` again: the control process reloaded; apply them with its generation;
 - every ``fleet.reconcile_interval`` seconds: follow anyway (a message lost to a restart);
 - SIGTERM/SIGINT, or its link closing (the control process is gone): stop, in reverse order.
@@ -36,7 +37,7 @@ from modeld.core.errors import ConfigError, ModeldError
 from modeld.core.manager import iso, utc_now
 from modeld.daemon.http.app import create_app
 from modeld.daemon.http.forward import ControlForward
-from modeld.daemon.jobs.handoff import pack, unpack
+from modeld.daemon.jobs.handoff import HandoffMonitors, pack, unpack, unpack_words
 from modeld.daemon.process.inbox import SignalInbox
 from modeld.daemon.process.logs import configure_logging
 from modeld.daemon.process.main import serve_http
@@ -112,9 +113,11 @@ class Worker:
     def _listen(self, runtime: Runtime) -> None:
         """The control process's messages, on the link's own thread: a follow is done here
         (the manager's lock; requests go on), the rest is left to the main loop."""
+        monitors = runtime.monitors
+        assert isinstance(monitors, HandoffMonitors)  # build_worker_runtime's
         while True:
             try:
-                kind, meta, _arrays = unpack(self.link.recv_bytes())
+                kind, meta, arrays = unpack(self.link.recv_bytes())
             except (EOFError, OSError):
                 self._told.append(("closed", {}))
                 self.inbox.wake()
@@ -122,8 +125,10 @@ class Worker:
             except ValueError as exc:
                 log.error("control_message_invalid", reason=str(exc))
                 continue
-            if kind == "follow":
-                self._follow(runtime)
+            if kind in ("follow", "words"):
+                monitors.take_words(unpack_words(meta, arrays))  # before the swap uses them
+                if kind == "follow":
+                    self._follow(runtime)
             else:
                 self._told.append((kind, meta))
                 self.inbox.wake()

@@ -12,8 +12,11 @@ Each worker has a link to the control process (a socketpair, one message per
 after each reload (a worker never reads the configuration file: it runs on what the control
 process runs on), and ``follow`` after every change of the deployed version (the worker
 loads it from the shared store and swaps, as a fleet's follower does on a notification; it
-also reconciles every ``fleet.reconcile_interval``); the worker says ``ready`` once it serves
-and ships what it scored every ``handoff.BATCH_SECONDS`` (with its status and metrics).
+also reconciles every ``fleet.reconcile_interval``). ``follow`` carries the reference words
+of every version the control process has loaded (``handoff.pack_words``), sent again as
+``words`` when a reference changes, so that a worker's explanations read as the control
+process's. The worker says ``ready`` once it serves and ships what it scored every
+``handoff.BATCH_SECONDS`` (with its status, metrics and the fallbacks it used).
 
 The pool's supervisor thread restarts a worker that exits (the others keep the port), at most
 once a second per worker, and logs both. ``stop`` sends SIGTERM to every worker and waits.
@@ -32,15 +35,17 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import structlog
 
 from modeld.core.events import ManagerEvent
-from modeld.daemon.jobs.handoff import deliver, pack, unpack
+from modeld.daemon.jobs.handoff import deliver, pack, pack_words, unpack
 from modeld.daemon.process.crashpoints import CRASH_ENV
 from modeld.daemon.process.runtime import RETIRING_EVENTS, Runtime
 from modeld.daemon.process.settings import ApiSettings
@@ -100,6 +105,7 @@ class WorkerPool:
         """Start every worker and wait until each serves; raises OSError naming the first
         that exited or did not serve within START_TIMEOUT (its log says why)."""
         self._runtime = runtime
+        runtime.monitors.reference_changed = lambda version: self._tell("words", *self._words())
         for index in range(self.count):
             self._spawn(index, restarts=0)
         deadline = time.monotonic() + START_TIMEOUT
@@ -155,9 +161,9 @@ class WorkerPool:
     def on_manager_event(self, event: ManagerEvent) -> None:
         """Chained to the manager's listener: after a change of the deployed version, every
         worker follows the registry at once (the message only says "look again", so one that
-        arrives twice or late does no harm)."""
+        arrives twice or late does no harm), with the words of every version loaded now."""
         if isinstance(event, RETIRING_EVENTS):
-            self._tell("follow", {})
+            self._tell("follow", *self._words())
 
     def reload(self) -> None:
         """The control process reloaded its configuration: every worker applies it."""
@@ -171,8 +177,17 @@ class WorkerPool:
         return {"settings": json.loads(runtime.settings.model_dump_json()),
                 "generation": runtime.config_generation}
 
-    def _tell(self, kind: str, meta: dict[str, Any]) -> None:
-        message = pack(kind, meta)
+    def _words(self) -> tuple[dict[str, Any], list[np.ndarray]]:
+        """The reference words of every version the control process has loaded, packed."""
+        runtime = self._runtime
+        assert runtime is not None
+        return pack_words({s.version: runtime.monitors.reference_words(s.version,
+                                                                       s.feature_names)
+                           for s in runtime.slot.state.loaded()})
+
+    def _tell(self, kind: str, meta: dict[str, Any], arrays: Sequence[np.ndarray] = ()
+              ) -> None:
+        message = pack(kind, meta, arrays)
         with self._lock:
             workers = list(self._workers.values())
         for w in workers:
@@ -239,8 +254,9 @@ class WorkerPool:
         finally:
             theirs.close()
         worker = _Worker(index, proc, link, time.time(), restarts)
-        with worker.send_lock:  # the first message: what it runs on
+        with worker.send_lock:  # the first message: what it runs on; then what to serve
             link.send_bytes(pack("settings", self._settings()))
+            link.send_bytes(pack("follow", *self._words()))
         with self._lock:
             self._workers[index] = worker
         threading.Thread(target=self._read, args=(worker,), name=f"modeld-worker-{index}",
