@@ -271,6 +271,40 @@ class Engine:
             inc[bad.take(self.col1, axis=1) | bad.take(self.col2, axis=1)] = 0.0
         return inc
 
+    def stream_increments(self, values: FloatArray, finite: BoolArray, k: int) -> FloatArray:
+        """``increments(values, no flags, None, finite)[:, k]``, to the bit, computing stream
+        ``k``'s two statistics only: a crossing's description replays one stream over the
+        whole window, and the full matrix of every stream over 5,000 records was a handful
+        of numpy calls of several milliseconds each, each holding the interpreter lock."""
+        codes = self.transform.flat_codes(values)
+        inc = self._stat(codes, int(self.stat_index[k]))
+        inc *= self.coef_a[k]
+        inc += self._stat(codes, int(self.b_index[k])) * self.coef_b[k]
+        cols = codes.shape[1]
+        bad = np.zeros(codes.shape[0], dtype=bool)
+        for col in (int(self.col1[k]), int(self.col2[k])):
+            if col < cols:
+                bad |= ~finite[:, col]
+        inc[bad] = 0.0
+        return inc
+
+    def _stat(self, codes: IntArray, j: int) -> FloatArray:
+        """Column ``j`` of ``increments``' statistics of a record without flags (n,)."""
+        cols = codes.shape[1]
+        if j < cols:
+            return self.table.take(codes[:, j])
+        if j < 2 * cols:
+            y = self.table.take(codes[:, j - cols])
+            return np.multiply(y, y)
+        if j < self.carried_stat:
+            a, b = divmod(j - 2 * cols, cols)
+            return np.multiply(self.utable.take(codes[:, a]), self.utable.take(codes[:, b]))
+        if j < self.flag_stat:
+            return self.ctable.take(codes[:, j - self.carried_stat])
+        if j == self.n_stats - 1:
+            return np.ones(codes.shape[0])
+        return np.zeros(codes.shape[0])  # the flag and the missing mark
+
     def increments_one(self, values: FloatArray, flag: bool) -> FloatArray:
         """Increments (streams,) for one record of finite values (F,): the lean scoring path.
 
