@@ -1,14 +1,15 @@
-"""An IsolationForest compiled into flat arrays and scored with vectorised numpy.
+"""An IsolationForest compiled into flat arrays and scored by a compiled tree walk.
 
 scikit-learn's ``IsolationForest.score_samples`` validates its input, then walks every tree in
 turn through joblib and a lock; for one WiFi record that costs milliseconds, almost all of it
-overhead. At load time we flatten every tree of the forest into a few shared node arrays and
-then walk all trees for all records at once, one tree level per step, so the Python overhead
-is paid per level (about eight times) instead of per tree.
+overhead. At load time we flatten every tree of the forest into a few shared node arrays (the
+servable bundle's form of the model) and hand them to ``modeld.core._forest`` (``_forest.c``),
+which checks them once and walks several records (or, for a single record, several trees)
+side by side without the GIL. docs/performance.md has the measurements that chose it.
 
 The scores are scikit-learn's, not an approximation: the input is cast to float32 exactly as
-the trees see it, thresholds are compared the way the Cython tree compares them, and each
-leaf's path length is computed with scikit-learn's arithmetic, in its order of operations.
+the trees see it, thresholds are compared the way the Cython tree compares them, each leaf's
+path length is computed with scikit-learn's arithmetic, and the trees are added in its order.
 
 This module is pure: no threads, no I/O, no logging.
 """
@@ -23,6 +24,8 @@ import numpy as np
 import numpy.typing as npt
 from sklearn.ensemble import IsolationForest
 
+from modeld.core._forest import Forest
+
 __all__ = ["CompiledIsolationForest", "average_path_length", "compile_isolation_forest"]
 
 IntArray = npt.NDArray[np.intp]
@@ -31,12 +34,6 @@ _ArrayT = TypeVar("_ArrayT", bound="np.ndarray[Any, Any]")
 
 # scikit-learn's marker for "no child" in Tree.children_left / children_right.
 _TREE_LEAF = -1
-
-# How many (tree, record) cells one chunk of a batch walks at once. It bounds the scratch
-# memory of a call (a handful of arrays of at most 8 bytes per cell, about 1 MiB in all)
-# whatever the batch size, and keeps that scratch in the CPU caches: measured on 100 trees,
-# chunks of 128 to 650 records score 10,000 records about 1.5x faster than chunks of 2,000.
-_CHUNK_CELLS = 1 << 15
 
 
 def average_path_length(n_samples: npt.ArrayLike) -> FloatArray:
@@ -63,20 +60,24 @@ def average_path_length(n_samples: npt.ArrayLike) -> FloatArray:
 class CompiledIsolationForest:
     """A fitted IsolationForest flattened into shared node arrays, scored without scikit-learn.
 
-    Built once per model at load time by :func:`compile_isolation_forest`; the serving layer
-    then calls :meth:`score_samples` / :meth:`decision_function` from any number of request
-    threads at once: scoring only reads the (read-only) arrays and allocates its own scratch,
-    so there is no lock and nothing to reset. Input validation (finite-ness policy, dtype,
+    Built once per model at load time by :func:`compile_isolation_forest` (or from a bundle's
+    arrays by :meth:`from_arrays`); the serving layer then calls :meth:`score_samples` /
+    :meth:`decision_function` from any number of request threads at once: scoring only reads
+    the (read-only) arrays and allocates its own output, so there is no lock and nothing to
+    reset. Building checks every node index (the arrays may come from a bundle on disk) and
+    raises ValueError/TypeError naming the array and node that is wrong, so a bad bundle
+    cannot make the walk read out of bounds. Input validation (finite-ness policy, dtype,
     feature names) is the caller's job; the only check here is the matrix width, which raises
     ``ValueError`` naming the expected and the received width. Nothing else raises for a
     2-D numeric input.
 
     Node arrays are indexed by a global node id: the trees are concatenated, each renumbered
-    breadth-first so that a node's right child is always ``left_child + 1`` (one gather and
-    one add per level instead of a branch). A leaf is its own left child, tests feature 0
-    against +inf and never sends NaN right, so a record that reached a leaf stays there while
-    the other trees finish; that is what lets every tree be walked for the same number of
-    levels.
+    breadth-first so that a node's right child is always ``left_child + 1`` (no right-child
+    array to load) and every child follows its parent. A leaf is its own left child, so a
+    record that reached a leaf stays there while the other walks finish; that is what lets
+    every walk take the same number of steps. ``_forest.Forest`` packs these arrays into one
+    16-byte record per node for the walk; these arrays stay the model's description (the
+    bundle and the explainer read them).
     """
 
     feature: IntArray
@@ -100,19 +101,18 @@ class CompiledIsolationForest:
     n_features_in_: int
     """Width of the matrix the model was fitted on and expects."""
 
-    # Every record starts at the roots, so these are looked up once here rather than on every
-    # call, where they would add four numpy calls to the single-record path.
-    _root_feature: IntArray = field(init=False, repr=False)
-    _root_threshold: npt.NDArray[np.float32] = field(init=False, repr=False)
-    _root_left_child: IntArray = field(init=False, repr=False)
-    _root_nan_goes_right: npt.NDArray[np.bool_] = field(init=False, repr=False)
+    # The compiled walk over the same arrays: checked and packed once, here, for every call.
+    _walk: Forest = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        """Derive the root lookups (a frozen dataclass needs object.__setattr__ for that)."""
-        object.__setattr__(self, "_root_feature", _frozen(self.feature[self.roots]))
-        object.__setattr__(self, "_root_threshold", _frozen(self.threshold[self.roots]))
-        object.__setattr__(self, "_root_left_child", _frozen(self.left_child[self.roots]))
-        object.__setattr__(self, "_root_nan_goes_right", _frozen(self.nan_goes_right[self.roots]))
+        """Build the compiled walk (a frozen dataclass needs object.__setattr__ for that).
+
+        Raises ValueError/TypeError from ``_forest.Forest`` for arrays that do not describe
+        a forest: a child or feature index out of range, the wrong dtype, a wrong depth.
+        """
+        walk = Forest(self.feature, self.threshold, self.left_child, self.nan_goes_right,
+                      self.leaf_path_length, self.roots, self.n_levels, self.n_features_in_)
+        object.__setattr__(self, "_walk", walk)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Every constructor field as an array (scalars as 0-d arrays), for a servable bundle.
@@ -126,7 +126,8 @@ class CompiledIsolationForest:
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> CompiledIsolationForest:
         """Rebuild a forest from :meth:`to_arrays`' output (memory-mapped arrays are kept as
-        they are, read-only). Raises ValueError naming a missing or unexpected array."""
+        they are, read-only). Raises ValueError naming a missing or unexpected array, and the
+        walk's ValueError/TypeError (see ``__post_init__``) for arrays that are not a forest."""
         names = {f.name: f for f in fields(cls) if f.init}
         if set(arrays) != set(names):
             raise ValueError(f"forest arrays {sorted(arrays)} are not {sorted(names)}")
@@ -160,18 +161,8 @@ class CompiledIsolationForest:
         # overflow warning because that inf is the intended result, not an accident.
         with np.errstate(over="ignore"):
             x32 = np.ascontiguousarray(X, dtype=np.float32)
-        n_records = x32.shape[0]
-        rows_per_chunk = max(1, _CHUNK_CELLS // max(1, self.n_trees))
-        if n_records == 1:
-            path_sums = np.array([self._single_record_path_sum(x32[0])])
-        elif n_records <= rows_per_chunk:
-            path_sums = self._path_length_sums(x32, has_nan=bool(np.isnan(x32).any()))
-        else:
-            has_nan = bool(np.isnan(x32).any())
-            path_sums = np.empty(n_records, dtype=np.float64)
-            for start in range(0, n_records, rows_per_chunk):
-                stop = min(start + rows_per_chunk, n_records)
-                path_sums[start:stop] = self._path_length_sums(x32[start:stop], has_nan=has_nan)
+        path_sums = np.empty(x32.shape[0], dtype=np.float64)
+        self._walk.path_length_sums(x32, path_sums)
         # scikit-learn's np.divide(..., out=ones, where=denominator != 0): a forest of
         # one-sample trees scores every record as if the ratio were 1.
         ratio = np.ones_like(path_sums) if self.denominator == 0.0 else path_sums / self.denominator
@@ -185,67 +176,6 @@ class CompiledIsolationForest:
         """
         decision: FloatArray = self.score_samples(X) - self.offset_
         return decision
-
-    def _single_record_path_sum(self, x: npt.NDArray[np.float32]) -> float:
-        """Sum over trees of one record's leaf path length.
-
-        The batch walk minus everything a single record does not need (offsets, scratch
-        buffers, the transpose): at this size each numpy call costs far more than its work,
-        so the number of calls per level is what matters.
-        """
-        # count_nonzero is a plain C loop; on a short vector it costs half of .any(),
-        # which goes through the ufunc reduction machinery.
-        has_nan = bool(np.count_nonzero(np.isnan(x)))
-        values = x[self._root_feature]
-        goes_right = values > self._root_threshold
-        if has_nan:
-            goes_right |= np.isnan(values) & self._root_nan_goes_right
-        node = self._root_left_child + goes_right
-        for _ in range(self.n_levels - 1):
-            values = x[self.feature[node]]
-            goes_right = values > self.threshold[node]
-            if has_nan:
-                goes_right |= np.isnan(values) & self.nan_goes_right[node]
-            node = self.left_child[node] + goes_right
-        # cumsum adds the trees one after the other, in scikit-learn's order; a plain sum
-        # would add them pairwise and could differ in the last bit.
-        return float(np.cumsum(self.leaf_path_length[node])[-1])
-
-    def _path_length_sums(self, x32: npt.NDArray[np.float32], *, has_nan: bool) -> FloatArray:
-        """Sum over trees of each record's leaf path length, for one chunk of records.
-
-        Cells are laid out (tree, record) so that the final sum over axis 0 adds the trees
-        one after the other in ``estimators_`` order, as scikit-learn accumulates them.
-        """
-        n_records, n_features = x32.shape
-        # Level 0 is the same node (the root) for every record of a tree, so it needs no
-        # per-cell gathers: take whole feature rows of the transposed chunk instead.
-        columns = np.ascontiguousarray(x32.T)
-        values = columns.take(self._root_feature, axis=0)
-        goes_right = values > self._root_threshold[:, None]
-        if has_nan:
-            goes_right |= np.isnan(values) & self._root_nan_goes_right[:, None]
-        node = self._root_left_child[:, None] + goes_right
-        flat = x32.ravel()
-        row_start = np.arange(0, n_records * n_features, n_features, dtype=np.intp)
-        index = np.empty_like(node)
-        threshold = np.empty(node.shape, dtype=np.float32)
-        values = np.empty(node.shape, dtype=np.float32)
-        # Every step writes into the same few chunk-sized buffers, which stay in cache.
-        # mode="clip" is only a cheaper bounds policy: every id is valid by construction.
-        for _ in range(self.n_levels - 1):
-            self.feature.take(node, out=index, mode="clip")
-            index += row_start
-            flat.take(index, out=values, mode="clip")
-            self.threshold.take(node, out=threshold, mode="clip")
-            np.greater(values, threshold, out=goes_right)
-            if has_nan:
-                goes_right |= np.isnan(values) & self.nan_goes_right.take(node, mode="clip")
-            self.left_child.take(node, out=index, mode="clip")
-            node, index = index, node
-            node += goes_right
-        path_sums: FloatArray = self.leaf_path_length.take(node, mode="clip").sum(axis=0)
-        return path_sums
 
 
 def compile_isolation_forest(model: IsolationForest) -> CompiledIsolationForest:

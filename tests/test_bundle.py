@@ -215,6 +215,18 @@ def test_an_unknown_format_and_a_missing_array_are_named(tmp_path: Path) -> None
         read_bundle(path, "v")
 
 
+def test_a_forest_whose_nodes_point_outside_its_trees_is_refused(tmp_path: Path) -> None:
+    # The daemon walks a bundle's trees in C without bounds checks: a child index out of
+    # range must be refused when the forest is built, never followed.
+    path = written(tmp_path)
+    left = np.load(path / "model.left_child.npy")
+    internal = np.flatnonzero(left != np.arange(left.size))
+    left[internal[-1]] = left.size + 1000
+    np.save(path / "model.left_child.npy", left)
+    with pytest.raises(BundleInvalid, match=rf"left_child\[{internal[-1]}\] = {left.size + 1000}"):
+        servable_from_bundle(read_bundle(path, "v"), Spec("v", FEATURES))
+
+
 def city_block(a: np.ndarray, b: np.ndarray) -> float:
     """A callable metric: a LocalOutlierFactor with one has no bundle form."""
     return float(np.abs(a - b).sum())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 from sklearn.ensemble import IsolationForest
 from sklearn.neighbors import LocalOutlierFactor
 
+from modeld.core._forest import Patterns
 from modeld.core.explain import (
     ForestExplainer,
     NeighbourExplainer,
@@ -170,6 +172,20 @@ def test_words_against_the_reference() -> None:
     assert describe_value("signal_dbm", float("nan"), signal) == "signal_dbm missing"
 
 
+def test_explainer_shared_by_threads_gives_each_its_own_answer(wifi: dict[str, Any]) -> None:
+    """The compiled pass of a few records runs without the GIL and keeps no scratch in the
+    explainer."""
+    explainer, rows = wifi["explainer"], wifi["matrix"][:64]
+    alone = [explainer.path_contributions(rows[i::4])[0] for i in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(5):
+            together = list(pool.map(lambda i: explainer.path_contributions(rows[i::4])[0],
+                                     range(4)))
+            for mine, expected in zip(together, alone, strict=True):
+                np.testing.assert_array_equal(mine, expected)
+    assert explainer.path_contributions(rows[:0])[0].shape == (0, rows.shape[1])
+
+
 def test_wrong_width_is_a_clear_error(wifi: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="feature columns"):
         wifi["explainer"].path_contributions(np.zeros((1, 3)))
@@ -178,7 +194,9 @@ def test_wrong_width_is_a_clear_error(wifi: dict[str, Any]) -> None:
 def test_integrated_leaves_equal_the_tables(wifi: dict[str, Any]) -> None:
     """Leaves wider than a table holds are integrated per record: the same values, and on the
     enumerable forest the Shapley values themselves."""
-    rows = wifi["matrix"][:50]
+    rows = wifi["matrix"][:50].copy()
+    rows[::7, 2] = np.nan  # a missing value goes where each node says, in both
+    rows[::5, 0] = np.nan
     forest = compile_isolation_forest(wifi["model"])
     tabled, tabled_paths = ForestExplainer(forest).path_contributions(rows)
     integrated, integrated_paths = ForestExplainer(forest, table_slots=0).path_contributions(rows)
@@ -191,3 +209,51 @@ def test_integrated_leaves_equal_the_tables(wifi: dict[str, Any]) -> None:
     x = np.array([4.0, -3.0, 0.1, 0.0])
     np.testing.assert_allclose(mixed.path_contributions(x[None, :])[0][0],
                                _brute_force_shapley(model, x), atol=1e-10)
+
+
+def _patterns(**changed: Any) -> Patterns:
+    """One twig of two tests (feature 0 must go right, feature 1 left) and one slot, on
+    feature 1: pattern 0 (agrees with both) is worth 10, pattern 1 (disagrees) 20."""
+    arrays: dict[str, Any] = {
+        "test_feature": np.array([0, 1]), "test_threshold": np.array([0.5, 0.5], np.float32),
+        "test_nan_right": np.array([False, True]), "test_goes_right": np.array([True, False]),
+        "test_bit": np.array([0, 0]), "twig_tests": np.array([0, 2]),
+        "slot_feature": np.array([1]), "twig_slots": np.array([0, 1]),
+        "twig_values": np.array([0]), "values": np.array([10.0, 20.0]), "n_features": 2}
+    return Patterns(**(arrays | changed))
+
+
+def test_compiled_patterns_read_the_row_of_the_records_pattern() -> None:
+    out = np.zeros((4, 2))
+    x = np.array([[1.0, 0.0], [0.0, 0.0], [1.0, 1.0], [1.0, np.nan]], dtype=np.float32)
+    _patterns().add(x, out)
+    np.testing.assert_array_equal(out, [[0, 10], [0, 20], [0, 20], [0, 20]])
+
+
+@pytest.mark.parametrize(("changed", "error", "message"), [
+    ({"test_feature": np.array([0, 2])}, ValueError, r"test_feature\[1\] = 2 is not a column"),
+    ({"slot_feature": np.array([-1])}, ValueError, r"slot_feature\[0\] = -1"),
+    ({"test_bit": np.array([0, 16])}, ValueError, r"test_bit\[1\] = 16"),
+    ({"twig_tests": np.array([0, 3])}, ValueError, r"twig_tests\[1\] = 3"),
+    ({"twig_slots": np.array([1, 1])}, ValueError, r"twig_slots\[0\] = 1"),
+    ({"test_bit": np.array([0, 1])}, ValueError, r"twig_values\[0\] = 0: 4 rows"),
+    ({"twig_values": np.array([1])}, ValueError, r"twig_values\[0\] = 1"),
+    ({"test_threshold": np.array([0.5, 0.5])}, TypeError, "test_threshold must be an array of "
+                                                           "float32"),
+    ({"test_goes_right": np.array([True])}, ValueError, "test arrays differ in length"),
+    ({"twig_slots": np.array([0])}, ValueError, "need one more entry"),
+])
+def test_compiled_patterns_refuse_indices_they_cannot_trust(
+        changed: dict[str, Any], error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
+        _patterns(**changed)
+
+
+def test_compiled_patterns_refuse_a_matrix_of_another_shape() -> None:
+    patterns = _patterns()
+    with pytest.raises(ValueError, match="feature columns"):
+        patterns.add(np.zeros((1, 3), np.float32), np.zeros((1, 3)))
+    with pytest.raises(ValueError, match="as many rows"):
+        patterns.add(np.zeros((2, 2), np.float32), np.zeros((1, 2)))
+    with pytest.raises(TypeError, match="x must be an array of float32"):
+        patterns.add(np.zeros((1, 2)), np.zeros((1, 2)))

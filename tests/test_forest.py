@@ -8,6 +8,9 @@ just beside, and far outside the split thresholds.
 
 from __future__ import annotations
 
+import sys
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +23,7 @@ from sklearn.ensemble import IsolationForest
 from sklearn.ensemble._iforest import _average_path_length
 from sklearn.tree import ExtraTreeRegressor
 
+from modeld.core._forest import Forest
 from modeld.core.forest import (
     CompiledIsolationForest,
     average_path_length,
@@ -275,3 +279,144 @@ def test_compiled_arrays_are_read_only() -> None:
     compiled = compile_isolation_forest(model)
     with pytest.raises(ValueError, match="read-only"):
         compiled.threshold[0] = 0.0
+
+
+@pytest.mark.parametrize("n_records", [7, 8, 9, 255, 256, 257, 263, 520])
+def test_batches_around_the_lane_and_block_sizes_match_sklearn(n_records: int) -> None:
+    # The walk takes 8 records side by side in blocks of 256, a block of under 8 records one
+    # record at a time, and checks for NaN per block: a NaN only in the last record.
+    rng = np.random.default_rng(n_records)
+    training = rng.normal(size=(500, 5))
+    model = IsolationForest(n_estimators=13, random_state=1).fit(training)
+    queries = rng.normal(size=(n_records, 5)) * 2.0
+    queries[-1, 2] = np.nan
+    np.testing.assert_allclose(
+        compile_isolation_forest(model).score_samples(queries),
+        sklearn_scores(model, queries),
+        rtol=0,
+        atol=TOLERANCE,
+    )
+
+
+def small_forest_arrays() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    model = IsolationForest(n_estimators=3, random_state=0).fit(rng.normal(size=(40, 4)))
+    return {name: array.copy() for name, array in compile_isolation_forest(model).to_arrays().items()}
+
+
+def first_internal(arrays: dict[str, np.ndarray]) -> int:
+    left = arrays["left_child"]
+    return int(np.flatnonzero(left != np.arange(left.size))[0])
+
+
+def set_at(name: str, value: Any, where: Any = None) -> Any:
+    def damage(arrays: dict[str, np.ndarray]) -> None:
+        arrays[name][first_internal(arrays) if where is None else where] = value
+    return damage
+
+
+def replace(name: str, value: Any) -> Any:
+    def damage(arrays: dict[str, np.ndarray]) -> None:
+        arrays[name] = value(arrays[name])
+    return damage
+
+
+@pytest.mark.parametrize(
+    ("damage", "error", "message"),
+    [
+        (set_at("left_child", 10**6), ValueError, r"left_child\[0\] = 1000000: a child must follow"),
+        (set_at("left_child", -5), ValueError, r"left_child\[0\] = -5"),
+        # a child before its parent could make a cycle
+        (set_at("left_child", 0, where=1), ValueError, r"left_child\[1\] = 0"),
+        (set_at("feature", 4), ValueError, r"feature\[0\] = 4 is not a column of the 4"),
+        (set_at("feature", -1), ValueError, r"feature\[0\] = -1"),
+        (set_at("roots", 1, where=0), ValueError, r"roots must start at 0"),
+        (replace("roots", lambda roots: roots[::-1].copy()), ValueError, r"roots must"),
+        (replace("n_levels", lambda n: np.asarray(int(n) + 1)), ValueError,
+         r"n_levels is \d+ but the deepest leaf"),
+        (replace("threshold", lambda t: t.astype(np.float64)), TypeError,
+         r"threshold must be an array of float32"),
+        (replace("left_child", lambda c: c.astype(np.float64)), TypeError,
+         r"left_child must be an array of 32- or 64-bit integers"),
+        (replace("feature", lambda f: f[:-1].copy()), ValueError, r"node arrays differ in length"),
+        (replace("leaf_path_length", lambda p: np.repeat(p, 2)[::2]), TypeError,
+         r"leaf_path_length must be a C-contiguous array of float64"),
+    ],
+)
+def test_node_arrays_that_are_not_a_forest_are_refused(
+    damage: Any, error: type[Exception], message: str
+) -> None:
+    # A bundle's arrays come from disk; the compiled walk trusts them once they are built.
+    arrays = small_forest_arrays()
+    damage(arrays)
+    with pytest.raises(error, match=message):
+        CompiledIsolationForest.from_arrays(arrays)
+
+
+def walk_of(arrays: dict[str, np.ndarray]) -> Forest:
+    """The compiled walk of a forest's arrays, called directly (no numpy around it)."""
+    return Forest(arrays["feature"], arrays["threshold"], arrays["left_child"],
+                  arrays["nan_goes_right"], arrays["leaf_path_length"], arrays["roots"],
+                  int(arrays["n_levels"]), int(arrays["n_features_in_"]))
+
+
+def test_the_walk_refuses_records_it_cannot_read() -> None:
+    walk = walk_of(small_forest_arrays())
+    x = np.zeros((3, 4), dtype=np.float32)
+    out = np.empty(3)
+    walk.path_length_sums(x, out)
+    assert walk.n_trees == 3 and np.all(out > 0)
+    with pytest.raises(TypeError, match="x must be an array of float32"):
+        walk.path_length_sums(x.astype(np.float64), out)
+    with pytest.raises(TypeError, match="x must be a C-contiguous array"):
+        walk.path_length_sums(np.zeros((4, 3), dtype=np.float32).T, out)
+    with pytest.raises(ValueError, match=r"4 feature columns, got shape \(3, 5\)"):
+        walk.path_length_sums(np.zeros((3, 5), dtype=np.float32), out)
+    with pytest.raises(ValueError, match="out has 2 entries for 3 records"):
+        walk.path_length_sums(x, np.empty(2))
+    out.setflags(write=False)
+    with pytest.raises(TypeError, match="out must be a C-contiguous writable array"):
+        walk.path_length_sums(x, out)
+
+
+def test_a_large_batch_lets_other_threads_run_and_a_small_one_does_not() -> None:
+    # With a switch interval far longer than the test, another Python thread runs only when
+    # this one gives up the GIL: a large batch's walk does (an HTTP thread is not held up
+    # behind it), a small one keeps it (giving it up could cost a switch interval to get
+    # it back). The other thread counts its wake-ups from short sleeps.
+    rng = np.random.default_rng(5)
+    model = IsolationForest(n_estimators=100, random_state=0).fit(rng.normal(size=(600, 6)))
+    walk = walk_of(compile_isolation_forest(model).to_arrays())
+    small = np.zeros((100, 6), dtype=np.float32)  # 10,000 walks: under the 16,384
+    large = rng.normal(size=(20_000, 6)).astype(np.float32)
+    out_small, out_large = np.empty(100), np.empty(20_000)
+    wakeups = [0]
+    stop = threading.Event()
+
+    def sleeper() -> None:
+        while not stop.is_set():
+            time.sleep(0.0002)
+            wakeups[0] += 1
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1000.0)
+    thread = threading.Thread(target=sleeper, name="sleeper")
+    try:
+        thread.start()
+        for _ in range(20):
+            before = wakeups[0]
+            walk.path_length_sums(small, out_small)
+            assert wakeups[0] == before
+        # Each large walk takes tens of milliseconds; the sleeper needs to be scheduled once.
+        ran_during_walk = False
+        for _ in range(200):
+            before = wakeups[0]
+            walk.path_length_sums(large, out_large)
+            if wakeups[0] != before:
+                ran_during_walk = True
+                break
+        assert ran_during_walk
+    finally:
+        stop.set()
+        sys.setswitchinterval(interval)
+        thread.join()

@@ -7,6 +7,8 @@ at module level or inside functions), so a late import cannot hide a cycle.
 from __future__ import annotations
 
 import ast
+import importlib
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -71,6 +73,23 @@ def test_core_starts_no_thread_or_process_and_never_imports_the_daemon() -> None
             used = any(n == forbidden or n.startswith(forbidden + ".") for n in names) or (
                 "." in forbidden and top in names and forbidden in source)
             assert not used, f"{path.relative_to(REPO)} uses {forbidden}"
+
+
+def test_every_c_source_is_an_extension_named_by_its_path_with_a_stub() -> None:
+    # setuptools builds what pyproject's ext-modules lists (core/_forest.c is the tree walk);
+    # a C file it does not list would never run, and mypy sees a module only by its stub.
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())
+    extensions = config["tool"]["setuptools"]["ext-modules"]
+    sources = sorted(path.relative_to(REPO).as_posix()
+                     for root in ROOTS.values() for path in root.rglob("*.c"))
+    assert sorted(source for ext in extensions for source in ext["sources"]) == sources
+    for ext in extensions:
+        (source,) = ext["sources"]
+        path = REPO / source
+        package, root = next((p, r) for p, r in ROOTS.items() if path.is_relative_to(r))
+        assert ext["name"] == ".".join((package, *path.relative_to(root).with_suffix("").parts))
+        assert path.with_suffix(".pyi").is_file(), f"{source} has no type stub"
+        assert importlib.import_module(ext["name"]).__file__ is not None
 
 
 def test_no_import_cycle() -> None:
