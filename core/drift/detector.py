@@ -173,6 +173,14 @@ class DriftDetector:
         flags = np.asarray(flags, dtype=bool)
         if scores.shape != (n,) or flags.shape != (n,):
             raise ValueError("scores and flags must have one entry per row")
+        baseline = self._baseline
+        if baseline is not None and 0 < baseline.size - baseline.filled < n:
+            # the rows past the baseline's end are judged against it, as in a batch of their
+            # own: however requests are joined into batches, the same rows are watched
+            head = baseline.size - baseline.filled
+            return (self.observe(features[:head], scores[:head], flags[:head], now=now,
+                                 invalid_count=invalid_count, latency_s=latency_s)
+                    + self.observe(features[head:], scores[head:], flags[head:], now=now))
         crossings: list[_Crossing] = []
         if invalid_count:
             self._observe_invalid(int(invalid_count), now, crossings)

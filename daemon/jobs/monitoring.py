@@ -132,6 +132,7 @@ class Monitors:
         self._work = threading.Lock()  # one worker at a time, in queue order
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._idle = False  # the monitoring thread waits for a batch (under _queue_changed)
 
     # the deploy path ----------------------------------------------------------------------
 
@@ -199,7 +200,9 @@ class Monitors:
                 self._queue.append(item)
                 self._queued_records += item.records
                 self._handed += 1
-                self._queue_changed.notify()
+                if self._idle:  # only an idle thread is woken: a slice is not cut short
+                    self._idle = False
+                    self._queue_changed.notify()
         if dropped:
             self.metrics.monitoring_dropped.inc(item.records)
 
@@ -226,10 +229,12 @@ class Monitors:
         while True:
             with self._queue_changed:
                 while not self._queue and not self._stopping:
+                    self._idle = True
                     self._queue_changed.wait()
+                self._idle = False
                 if self._stopping:
                     return
-                # let the slice's batches queue up (close() still wakes it at once)
+                # let the slice's batches queue up: scoring does not wake it, close() does
                 self._queue_changed.wait(SLICE_SECONDS)
                 if self._stopping:
                     return
