@@ -350,6 +350,13 @@ class ModelManager:
             if self.leads:
                 self._consider_pending()
 
+    def serve_registry(self) -> None:
+        """A serving worker's start (the daemon's ``api.workers``): serve the registry's
+        deployed version and its fallback from the store its control process keeps, which
+        has recovered it (:meth:`start`); nothing is cleaned, removed or bundled here."""
+        with self.lock:
+            self._restore()
+
     def _consider_pending(self) -> None:
         """Decide on every imported version no decision was made for (an importer that
         stopped between the import and the decision)."""

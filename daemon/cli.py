@@ -113,9 +113,16 @@ def _kv(data: dict[str, Any]) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from modeld.daemon.process.main import Daemon
+    from modeld.daemon.process.workers import WORKER_ENV
 
-    settings = _settings(args)
-    return Daemon(_config_path(args), settings).run()
+    part = os.environ.get(WORKER_ENV)
+    if part is not None:  # started by a control process (api.workers): one serving worker
+        from modeld.daemon.process.worker import serve_as_worker
+
+        serve_as_worker(json.loads(part))
+    if args.workers is not None:  # as the environment beats the file, reloads included
+        os.environ["MODELD_API__WORKERS"] = str(args.workers)
+    return Daemon(_config_path(args), _settings(args)).run()
 
 
 SECRET_KEYS = frozenset({"token", "smtp_password", "webhook_url"})
@@ -157,9 +164,21 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     return 0
 
 
+WORKER_COLUMNS = ("index", "pid", "alive", "ready", "restarts", "deployed_version",
+                  "fallback_version", "config_generation")
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     data = Client(_settings(args)).call("GET", "/api/v1/status")
-    _print(args, data, _kv)
+
+    def render(d: dict[str, Any]) -> str:
+        workers = d.get("workers")
+        if not workers:
+            return _kv(d)
+        return (_kv({k: v for k, v in d.items() if k != "workers"}) + "\nworkers:\n"
+                + _table(workers, WORKER_COLUMNS))
+
+    _print(args, data, render)
     return 0
 
 
@@ -440,6 +459,13 @@ def cmd_registry_restore(args: argparse.Namespace) -> int:
 # the parser -----------------------------------------------------------------------------
 
 
+def _worker_count(text: str) -> int:
+    count = int(text)
+    if not 1 <= count <= 64:
+        raise argparse.ArgumentTypeError(f"{text} is not a number of workers from 1 to 64")
+    return count
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     # SUPPRESS: a subcommand's defaults must not overwrite what was given before it
@@ -452,8 +478,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      parents=[common])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("run", parents=[common], help="run the daemon in the foreground"
-                   ).set_defaults(func=cmd_run)
+    run = sub.add_parser("run", parents=[common], help="run the daemon in the foreground")
+    run.add_argument("--workers", type=_worker_count, default=None,
+                     help="serving processes on the one port (default: api.workers, 1)")
+    run.set_defaults(func=cmd_run)
     sub.add_parser("status", parents=[common], help="what serves now").set_defaults(
         func=cmd_status)
     sub.add_parser("fleet", parents=[common], help="every daemon on this registry: who "

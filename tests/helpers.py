@@ -179,10 +179,11 @@ class DaemonProcess:
     def config(self) -> dict[str, Any]:
         return yaml.safe_load(self.config_path.read_text())
 
-    def start(self, wait_ready: bool = True) -> DaemonProcess:
+    def start(self, wait_ready: bool = True, args: Sequence[str] = ()) -> DaemonProcess:
         self.log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "modeld.daemon.cli", "run", "--config", str(self.config_path)],
+            [sys.executable, "-m", "modeld.daemon.cli", "run", "--config", str(self.config_path),
+             *args],
             stdout=self.log, stderr=subprocess.STDOUT, env=self.env, cwd=self.cwd,
         )
         DaemonProcess.started.append(self)

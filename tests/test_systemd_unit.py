@@ -326,6 +326,18 @@ SANDBOXED_WORKLOAD = textwrap.dedent(
     serving.join()
     listener.close()
 
+    # api.workers: listeners sharing one port (SO_REUSEPORT), a worker's link (a socketpair)
+    from modeld.daemon.process.workers import reuseport_socket
+    first = reuseport_socket("127.0.0.1", 0)
+    second = reuseport_socket("127.0.0.1", first.getsockname()[1])
+    first.listen()
+    second.listen()
+    ours, theirs = socket.socketpair()
+    ours.sendall(b"follow")
+    assert theirs.recv(6) == b"follow"
+    for sock in (first, second, ours, theirs):
+        sock.close()
+
     # The canary child (limits set with setrlimit, a new session) inherits the filter.
     from modeld.core.loader import LoadPolicy
     from modeld.daemon.jobs.sandbox import canary_load

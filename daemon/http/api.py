@@ -8,12 +8,13 @@ run in the thread pool. core's errors propagate to the app's one translation int
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
@@ -102,7 +103,8 @@ def _probe_routes(router: APIRouter, runtime: Runtime) -> None:
     @router.get("/healthz", summary="The process is alive (and which configuration it runs)")
     async def healthz() -> dict[str, Any]:
         status = runtime.status()
-        return {"status": "alive", "config_generation": status["config_generation"],
+        return {"status": "alive", "pid": os.getpid(),
+                "config_generation": status["config_generation"],
                 "last_reload": status["last_reload"]}
 
     @router.get("/readyz", summary="200 only when a model is deployed and loaded")
@@ -131,8 +133,7 @@ def _probe_routes(router: APIRouter, runtime: Runtime) -> None:
 
     @router.get("/metrics", summary="Prometheus metrics", include_in_schema=True)
     async def metrics() -> Response:
-        return Response(generate_latest(runtime.metrics.registry),
-                        media_type=CONTENT_TYPE_LATEST)
+        return Response(runtime.metrics_exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 def _scoring_routes(router: APIRouter, runtime: Runtime) -> None:

@@ -184,14 +184,16 @@ class Monitors:
     def observe(self, version: str, features: np.ndarray, scores: np.ndarray,
                 flags: np.ndarray, latency_s: float) -> None:
         """Hand one scored batch to the monitoring thread (any request thread)."""
-        self._hand(Observation(version, features, scores, flags, latency_s, time.time()))
+        self.hand(Observation(version, features, scores, flags, latency_s, time.time()))
 
     def observe_invalid(self, version: str) -> None:
         """Hand one refused record of ``version`` to the monitoring thread."""
         empty = np.empty(0)
-        self._hand(Observation(version, None, empty, empty.astype(bool), 0.0, time.time()))
+        self.hand(Observation(version, None, empty, empty.astype(bool), 0.0, time.time()))
 
-    def _hand(self, item: Observation) -> None:
+    def hand(self, item: Observation) -> None:
+        """Put ``item`` on the queue, or drop and count it when the queue is full (observe,
+        and a worker's shipment arriving at the control process)."""
         with self._queue_changed:
             if self._queued_records + item.records > self.settings.queue_records:
                 dropped = True

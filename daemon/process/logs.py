@@ -11,7 +11,7 @@ import logging
 import logging.handlers
 import os
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -66,16 +66,30 @@ class _TextRenderer:
         return f"{text}\n{exception}" if exception else text
 
 
+def _with_fields(fields: Mapping[str, object]) -> Any:
+    def add(_logger: Any, _method: str, event: MutableMapping[str, Any]
+            ) -> MutableMapping[str, Any]:
+        for key, value in fields.items():
+            event.setdefault(key, value)
+        return event
+
+    return add
+
+
 def configure_logging(
     settings: LoggingSettings,
     stream: TextIO | None = None,
     environ: dict[str, str] | os._Environ[str] = os.environ,
+    fields: Mapping[str, object] | None = None,
 ) -> None:
-    """Route structlog and stdlib logging to stderr (and the rotated file when configured)."""
+    """Route structlog and stdlib logging to stderr (and the rotated file when configured).
+    ``fields`` are carried by every event of this process, on any thread (a serving worker's
+    index, so that its lines are told from its control process's in one journal)."""
     stream = stream or sys.stderr
     journal = stderr_is_journal(stream, environ)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        *([_with_fields(fields)] if fields else []),
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

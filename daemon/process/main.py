@@ -10,21 +10,19 @@ from __future__ import annotations
 
 import gc
 import os
-import select
 import signal
 import socket
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from datetime import UTC
 from pathlib import Path
-from types import FrameType
 
 import structlog
 import uvicorn
 from apscheduler.schedulers.background import BackgroundScheduler
+from starlette.types import ASGIApp
 
 from modeld.core.dialect import DATABASE_ERRORS
 from modeld.core.errors import ConfigError, RegistryDamaged, SchemaTooNew, StateDirectoryLocked
@@ -42,10 +40,12 @@ from modeld.daemon.jobs.alerting import Alert
 from modeld.daemon.jobs.fleet import FleetMember
 from modeld.daemon.jobs.watch import PollWorker
 from modeld.daemon.process.crashpoints import CRASH_ENV
+from modeld.daemon.process.inbox import SignalInbox
 from modeld.daemon.process.logs import configure_logging
 from modeld.daemon.process.runtime import ReloadResult, Runtime
 from modeld.daemon.process.sdnotify import SystemdNotifier
 from modeld.daemon.process.settings import (
+    ApiSettings,
     Settings,
     check_reload,
     config_sections,
@@ -53,7 +53,8 @@ from modeld.daemon.process.settings import (
     load_settings,
 )
 from modeld.daemon.process.statelock import hold_state_lock
-from modeld.daemon.process.wiring import apply_settings, build_runtime
+from modeld.daemon.process.wiring import apply_settings, both_listeners, build_runtime
+from modeld.daemon.process.workers import WorkerPool
 
 log = structlog.get_logger("modeld.main")
 
@@ -77,17 +78,11 @@ class Daemon:
         self.settings = settings
         # what the running file holds: a reload's file without one of these may be cut short
         self._sections = config_sections(config_path)
-        self._signals: deque[int] = deque()
-        # The handler must not take a lock (it may interrupt the main thread while that holds
-        # it): it appends to a deque, and Python writes the signal number to this pipe, which
-        # the main loop waits on.
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_w, False)
+        self.inbox = SignalInbox()
         self.notifier = SystemdNotifier.from_env(os.environ)
         self.http_port: int | None = None
-
-    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        self._signals.append(signum)
+        # the serving workers (api.workers > 1): this process is then their control process
+        self.pool: WorkerPool | None = None
 
     def run(self) -> int:
         settings = self.settings
@@ -95,9 +90,7 @@ class Daemon:
         # shorter switch interval hands it back to the request thread sooner (lower p99).
         sys.setswitchinterval(0.0005)
         configure_logging(settings.logging)
-        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
-        for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, self._on_signal)
+        self.inbox.install((signal.SIGHUP, signal.SIGTERM, signal.SIGINT))
         _log_config_warnings(settings)
         cleanups: list[tuple[str, Callable[[], None]]] = []
         try:
@@ -138,6 +131,11 @@ class Daemon:
                                  s.storage.directory / "store" / "versions")
         runtime = build_runtime(s, utc_now, crash_at=os.environ.get(CRASH_ENV))
         cleanups.append(("runtime", runtime.close))
+        if s.api.workers > 1:
+            pool = self.pool = runtime.workers = WorkerPool(s.api)
+            cleanups.append(("worker pool", pool.close))
+            runtime.manager.listener = both_listeners(runtime.manager.listener,
+                                                      pool.on_manager_event)
         log.info("starting", config=str(self.config_path), store=str(s.storage.directory),
                  models_dir=str(runtime.manager.models_dir),
                  deployed=runtime.status()["deployed_version"])
@@ -168,11 +166,19 @@ class Daemon:
         cleanups.append(("scheduler", lambda: scheduler.shutdown(wait=False)))
         cleanups.append(("flush monitors", runtime.monitors.flush))
         self.scheduler = scheduler
+        if self.pool is not None:  # last: they forward to this process's API
+            self._start_workers(self.pool, runtime, cleanups)
         # Everything imported and loaded so far lives as long as the process: out of the
         # collector's sight, a full collection no longer walks it. Those walks (160-770 ms
         # measured under load, over the interpreter's startup heap) were the scoring p99.
         gc.freeze()
         return runtime
+
+    @staticmethod
+    def _start_workers(pool: WorkerPool, runtime: Runtime,
+                       cleanups: list[tuple[str, Callable[[], None]]]) -> None:
+        cleanups.append(("workers", lambda: pool.stop(STOP_TIMEOUT)))
+        pool.start(runtime)
 
     def _fleet_id(self, port: int | None) -> str:
         return self.settings.fleet.id or f"{socket.gethostname()}:{port}"
@@ -241,36 +247,16 @@ class Daemon:
 
     def _start_http(self, runtime: Runtime,
                     cleanups: list[tuple[str, Callable[[], None]]]) -> threading.Thread:
-        """Serve the API on its own thread; raises OSError when it cannot listen."""
-        api = runtime.settings.api
-        server = uvicorn.Server(uvicorn.Config(
-            create_app(runtime), host=api.host, port=api.port, log_config=None,
-            access_log=False, lifespan="on", timeout_graceful_shutdown=STOP_TIMEOUT,
-            **server_limits(api),
-        ))
-        http = threading.Thread(target=server.run, name="modeld-http", daemon=True)
-        http.start()
-        deadline = time.monotonic() + 10
-        while not server.started:
-            if not http.is_alive() or time.monotonic() > deadline:
-                raise OSError(f"the HTTP server could not listen on {api.host}:{api.port}")
-            time.sleep(0.01)
-        self.http_port = self._bound_port(server)
-        log.info("http_listening", host=api.host, port=self.http_port)
-
-        def stop_http() -> None:
-            server.should_exit = True
-            http.join(STOP_TIMEOUT)
-
-        cleanups.append(("http", stop_http))
+        """Serve the API on its own thread (with workers, the control process serves it on a
+        unix socket for them to forward to); raises OSError when it cannot listen."""
+        if self.pool is None:
+            http, self.http_port = serve_http(create_app(runtime), runtime.settings.api,
+                                              cleanups)
+            return http
+        http, _ = serve_http(create_app(runtime), runtime.settings.api, cleanups,
+                             uds=self.pool.control_socket)
+        self.http_port = self.pool.port
         return http
-
-    @staticmethod
-    def _bound_port(server: uvicorn.Server) -> int | None:
-        for srv in getattr(server, "servers", []):
-            for sock in srv.sockets:
-                return int(sock.getsockname()[1])
-        return None
 
     def _schedule(self, scheduler: BackgroundScheduler, runtime: Runtime) -> None:
         s = runtime.settings
@@ -332,6 +318,8 @@ class Daemon:
             "http": self.http_thread.is_alive(),
             "shadow": runtime.shadow is not None and runtime.shadow.alive(),
         }
+        if self.pool is not None:
+            health["workers"] = self.pool.alive()
         runtime.health.update(health)
         return all(health.values())
 
@@ -351,11 +339,7 @@ class Daemon:
         log.info("ready", deployed=runtime.status()["deployed_version"])
         last_ping = 0.0
         while True:
-            if select.select([self._wake_r], [], [], tick)[0]:
-                os.read(self._wake_r, 4096)
-            received = set()
-            while self._signals:
-                received.add(self._signals.popleft())
+            received = self.inbox.wait(tick)
             stop = received & {signal.SIGTERM, signal.SIGINT}
             if stop:
                 log.info("stopping", signal=signal.Signals(min(stop)).name)
@@ -408,9 +392,52 @@ class Daemon:
         runtime.config_generation = generation
         runtime.last_reload = ReloadResult(generation, True, None, now)
         self.worker.request()
+        if self.pool is not None:
+            self.pool.reload()
         log.info("reloaded", generation=generation, config=str(self.config_path))
         self.notifier.ready()
         self.notifier.status(self._status_line(runtime))
+
+
+def serve_http(app: ASGIApp, api: ApiSettings, cleanups: list[tuple[str, Callable[[], None]]],
+               sock: socket.socket | None = None, uds: Path | None = None
+               ) -> tuple[threading.Thread, int | None]:
+    """Serve ``app`` on its own thread: on ``api.host:api.port``, on a listening ``sock``
+    (a worker's SO_REUSEPORT socket) or on the unix socket ``uds`` (the control process of
+    workers); returns the thread and the TCP port bound. Raises OSError when it cannot listen.
+    Its stop is appended to ``cleanups``."""
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=api.host, port=api.port, uds=None if uds is None else str(uds),
+        log_config=None, access_log=False, lifespan="on",
+        timeout_graceful_shutdown=STOP_TIMEOUT, **server_limits(api),
+    ))
+    sockets = None if sock is None else [sock]
+    http = threading.Thread(target=server.run, kwargs={"sockets": sockets}, name="modeld-http",
+                            daemon=True)
+    http.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if not http.is_alive() or time.monotonic() > deadline:
+            where = uds if uds is not None else f"{api.host}:{api.port}"
+            raise OSError(f"the HTTP server could not listen on {where}")
+        time.sleep(0.01)
+    port = _bound_port(server)
+    log.info("http_listening", host=api.host if uds is None else str(uds), port=port)
+
+    def stop_http() -> None:
+        server.should_exit = True
+        http.join(STOP_TIMEOUT)
+
+    cleanups.append(("http", stop_http))
+    return http, port
+
+
+def _bound_port(server: uvicorn.Server) -> int | None:
+    for srv in getattr(server, "servers", []):
+        for sock in srv.sockets:
+            name = sock.getsockname()
+            return int(name[1]) if isinstance(name, tuple) else None
+    return None
 
 
 def restart_keys(old: Settings, new: Settings) -> list[str]:
@@ -419,6 +446,7 @@ def restart_keys(old: Settings, new: Settings) -> list[str]:
         key for key, before, after in (
             ("api.host", old.api.host, new.api.host),
             ("api.port", old.api.port, new.api.port),
+            ("api.workers", old.api.workers, new.api.workers),
             ("storage.directory", old.storage.directory, new.storage.directory),
             ("storage.registry_url", old.storage.registry_url, new.storage.registry_url),
             ("fleet", old.fleet, new.fleet),

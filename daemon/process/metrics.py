@@ -7,6 +7,7 @@ thread-safe. Served at ``GET /metrics``.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable, Sequence
 
 from prometheus_client import (
     CollectorRegistry,
@@ -16,7 +17,10 @@ from prometheus_client import (
     Info,
     PlatformCollector,
     ProcessCollector,
+    generate_latest,
 )
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
 
 from modeld.core.events import (
     FallbackUsed,
@@ -29,6 +33,8 @@ from modeld.core.events import (
 )
 from modeld.core.shadow import GateVerdict, ShadowReport
 
+# families whose series add up across processes: a request served by any worker is one
+SUMMED_TYPES = frozenset({"counter", "histogram", "summary"})
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
@@ -147,3 +153,48 @@ class DaemonMetrics:
                 self.fallbacks.inc()
             case _:
                 pass  # not counted
+
+
+    def exposition(self, others: Sequence[tuple[str, str]] = ()) -> bytes:
+        """This process's metrics in the text format, with ``others`` (a control process's
+        workers: (worker, its metrics in the text format)) merged in: counters, histograms
+        and summaries summed series by series (their ``_created`` left out: it has no sum);
+        every other family's series (gauges: drift, resident memory, start time, the
+        deployed model) kept per process, a worker's labelled ``worker``."""
+        own = generate_latest(self.registry)
+        if not others:
+            return own
+        return generate_latest(_Merged([(None, own.decode()), *others]))
+
+
+class _Merged:
+    """The families of several processes' expositions, as ``DaemonMetrics.exposition``
+    merges them (an object with ``collect``, which is all ``generate_latest`` needs)."""
+
+    def __init__(self, texts: Sequence[tuple[str | None, str]]) -> None:
+        self.texts = texts
+
+    def collect(self) -> Iterable[Metric]:
+        families: dict[str, Metric] = {}
+        sums: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+        for worker, text in self.texts:
+            for family in text_string_to_metric_families(text):
+                if family.name.endswith("_created"):  # a counter's start: no sum, no use
+                    continue
+                merged = families.setdefault(
+                    family.name, Metric(family.name, family.documentation, family.type))
+                if family.type in SUMMED_TYPES:
+                    totals = sums.setdefault(family.name, {})
+                    for sample in family.samples:
+                        if not sample.name.endswith("_created"):
+                            key = (sample.name, tuple(sorted(sample.labels.items())))
+                            totals[key] = totals.get(key, 0.0) + sample.value
+                    continue
+                for sample in family.samples:
+                    labels = (sample.labels if worker is None
+                              else {**sample.labels, "worker": worker})
+                    merged.add_sample(sample.name, labels, sample.value)
+        for name, totals in sums.items():
+            for (sample_name, pairs), value in totals.items():
+                families[name].add_sample(sample_name, dict(pairs), value)
+        return list(families.values())

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import structlog
@@ -21,6 +21,7 @@ import structlog
 from modeld.core.errors import ModeldError, NoModelDeployed, RecordInvalid, VersionNotLoaded
 from modeld.core.events import (
     DeployedVersionUnusable,
+    FallbackUsed,
     ManagerEvent,
     ModelSwapped,
     ModelUnhealthy,
@@ -86,6 +87,14 @@ class CanaryScores:
 ScoredT = TypeVar("ScoredT", bound="Scores | CanaryScores")
 
 
+class WorkerView(Protocol):
+    """What a control process's pool of serving workers tells the API."""
+
+    def status(self) -> list[dict[str, Any]]: ...
+
+    def metrics(self) -> list[tuple[str, str]]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class ReloadResult:
     generation: int
@@ -110,6 +119,7 @@ class Runtime:
     token: str | None
     shadow: ShadowWorker | None = None  # the daemon's; in-process tests run without one
     fleet: FleetMember | None = None  # started by the daemon's main; in-process tests: none
+    workers: WorkerView | None = None  # a control process's serving workers (api.workers)
     started_at: float = field(default_factory=time.time)
     config_generation: int = 1
     last_reload: ReloadResult | None = None
@@ -152,15 +162,30 @@ class Runtime:
         self.publish_deployed()
         self.prepare_monitors()
         if isinstance(event, RETIRING_EVENTS):
-            state = self.slot.state
-            live = {m.version for m in state.loaded()}  # a candidate scores a canary
-            self.monitors.retire(live)
-            for version in set(self._counters) - live:
-                del self._counters[version]
-            return_freed_memory()
+            self.release_retired()
         alert = manager_alert(event)
         if alert is not None:
             self.alerter.send(alert)
+
+    def on_worker_event(self, event: ManagerEvent) -> None:
+        """A serving worker's listener (``api.workers``): its deployed-version info, its
+        fallback count, and releasing retired versions. Imports, swaps, monitors and alerts
+        are the control process's, which saw the same events first."""
+        if isinstance(event, FallbackUsed):
+            self.metrics.on_event(event)
+        self.publish_deployed()
+        if isinstance(event, RETIRING_EVENTS):
+            self.release_retired()
+
+    def release_retired(self) -> None:
+        """Release what versions no longer loaded (deployed, fallback, candidate: a candidate
+        scores a canary) held: their monitors, metric series and freed heap."""
+        live = {m.version for m in self.slot.state.loaded()}
+        self.monitors.retire(live)
+        for version in set(self._counters) - live:
+            del self._counters[version]
+            self.metrics.forget(version)
+        return_freed_memory()
 
     def prepare_monitors(self) -> None:
         """Build the window and drift detector of every loaded version (deployed, fallback,
@@ -420,4 +445,9 @@ class Runtime:
             "health": dict(self.health),
             "state_problems": dict(self.state_problems),
             "fleet": None if self.fleet is None else self.fleet.status(),
+            "workers": None if self.workers is None else self.workers.status(),
         }
+
+    def metrics_exposition(self) -> bytes:
+        """/metrics: this process's metrics, with its workers' merged in."""
+        return self.metrics.exposition(() if self.workers is None else self.workers.metrics())

@@ -344,6 +344,8 @@ class ApiSettings(_Section):
     keep_alive_timeout: float = Field(5.0, gt=0)
     max_header_bytes: int = Field(16 * 1024, ge=1024)
     max_headers: int = Field(100, ge=8)
+    # serving processes on api.port (README "Workers"); 1: the daemon serves in its own process
+    workers: int = Field(1, ge=1, le=64)
 
     @field_validator("max_request_bytes", "max_header_bytes", mode="before")
     @classmethod

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
+
+from prometheus_client import generate_latest
 
 from modeld.core.drift import DriftConfig
 from modeld.core.events import Listener, ManagerEvent
@@ -27,6 +30,7 @@ from modeld.core.serving import ServingSlot
 from modeld.core.store import ModelStore
 from modeld.core.validate import bundle_folder
 from modeld.daemon.jobs.alerting import Alerter
+from modeld.daemon.jobs.handoff import HandoffMonitors
 from modeld.daemon.jobs.monitoring import Monitors
 from modeld.daemon.jobs.sandbox import Zygote, canary_load
 from modeld.daemon.jobs.shadow import ShadowWorker
@@ -107,11 +111,54 @@ def _assemble(settings: Settings, clock: Clock, crash: CrashPoint | None,
     closers.append(("shadow worker", lambda: shadow.stop(SHADOW_STOP_TIMEOUT)))
     manager.first_load = _canary(runtime, zygote)
     manager.listener = (runtime.on_manager_event if crash is None
-                        else _both(runtime.on_manager_event, crash.on_event))
+                        else both_listeners(runtime.on_manager_event, crash.on_event))
     manager.start()
     runtime.publish_deployed()
     runtime.prepare_monitors()
     return runtime
+
+
+def build_worker_runtime(settings: Settings, send: Callable[[bytes], None],
+                         status: Callable[[Runtime], dict[str, Any]]) -> Runtime:
+    """A serving worker's runtime (``api.workers``): the registry and store its control
+    process keeps, a follower's manager (it imports, decides and cleans up nothing: the
+    control process does) serving what the registry says is deployed, and monitors that hand
+    what it scores to the control process (``send``, with ``status`` of it and its
+    metrics). Called once on the worker's main thread; raises as build_runtime does."""
+    s = settings
+    closers: list[tuple[str, Callable[[], None]]] = []
+    try:
+        store = ModelStore(s.storage.directory.resolve() / "store",
+                           s.security.max_artifact_bytes)
+        registry = Registry(s.storage.registry_location())
+        closers.append(("registry", registry.close))
+        metrics = DaemonMetrics(s.monitoring.resource_monitoring)
+
+        def fallback_used(deployed: str, fallback: str | None, reason: str) -> None:
+            manager.scoring_failed(deployed, fallback, reason)
+
+        slot = ServingSlot(on_fallback=fallback_used,
+                           anomaly_threshold=s.model.anomaly_threshold,
+                           confidence_threshold=s.model.confidence_threshold)
+        manager = ModelManager(registry=registry, store=store, slot=slot,
+                               models_dir=s.integration.models_dir.resolve(),
+                               policy=manager_policy(s), leads=False)
+        alerter = alerter_of(s, metrics)  # never started: alerts are the control process's
+        monitors = HandoffMonitors(
+            s.monitoring, registry, store.versions, metrics, alerter, send=send,
+            status=lambda: status(runtime),
+            metrics=lambda: generate_latest(metrics.registry).decode())
+        runtime = Runtime(settings=s, manager=manager, metrics=metrics, alerter=alerter,
+                          monitors=monitors, token=s.api_token(), closers=closers)
+        monitors.start()
+        closers.append(("monitoring", monitors.close))
+        manager.listener = runtime.on_worker_event
+        manager.serve_registry()
+        runtime.publish_deployed()
+        return runtime
+    except BaseException:
+        Runtime.run_closers(closers)
+        raise
 
 
 def alerter_of(settings: Settings, metrics: DaemonMetrics) -> Alerter:
@@ -162,7 +209,8 @@ def _canary(runtime: Runtime, zygote: Zygote) -> FirstLoad:
     return first_load
 
 
-def _both(first: Listener, second: Listener) -> Listener:
+def both_listeners(first: Listener, second: Listener) -> Listener:
+    """One listener that hands each event to ``first``, then to ``second``."""
     def listener(event: ManagerEvent) -> None:
         first(event)
         second(event)
