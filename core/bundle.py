@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+import mmap
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -45,6 +45,7 @@ from modeld.core.errors import (
     BundleInvalid,
     EstimatorUnbundled,
     ModelLoadFailed,
+    RecordInvalid,
     WarmupNonFinite,
 )
 from modeld.core.explain import Explainer, ForestExplainer, LazyExplainer, NeighbourExplainer
@@ -63,6 +64,7 @@ from modeld.core.loader import (
     standard_transform,
     warmup_rows,
 )
+from modeld.core.store import Durable, fsync_each
 
 __all__ = [
     "BUNDLE_FORMAT",
@@ -178,8 +180,20 @@ def _forest_arrays(model: Any) -> tuple[_Params, dict[str, np.ndarray]]:
 def _forest_scorer(_params: _Params, arrays: _Arrays
                    ) -> tuple[Scorer, Flagger, Callable[[], Explainer | None]]:
     forest = CompiledIsolationForest.from_arrays(arrays)
+    _release_pages(arrays)  # the compiled walk packed its own copy of the nodes
     scorer, flagger = forest_rule(forest)
     return scorer, flagger, lambda: ForestExplainer(forest)
+
+
+def _release_pages(arrays: _Arrays) -> None:
+    """Take memory-mapped arrays' pages out of this process's resident set: they stay in the
+    page cache and come back on the next read (an explainer built later, ``to_arrays``).
+    Without it a loaded forest holds its nodes twice, the bundle's pages read while the walk
+    packed them and the packed copy."""
+    advice = getattr(mmap, "MADV_DONTNEED", None)
+    for array in arrays.values():
+        if advice is not None and isinstance(array.base, mmap.mmap):
+            array.base.madvise(advice)
 
 
 def _jsonable(value: Any) -> Any:
@@ -332,15 +346,18 @@ def write_bundle(
     out: Path,
     spec: ServableSpec | None,
     warmup_row_count: int,
-) -> None:
+    durable: Durable | None = None,
+) -> np.ndarray | None:
     """Write the bundle of the artifact in ``folder`` (already loaded as ``loaded``) to ``out``.
 
     Called where unpickling is allowed: the canary child after its warmup passed, or the
     daemon's own import thread when ``security.isolate_first_load`` is off. ``spec`` is the
     artifact's metadata.json (None when it is unreadable; when it is, or when it disagrees
     with the model, the bundle holds the facts only, and validation says what is wrong). Warmup and reference rows are scored with scikit-learn itself, so the
-    daemon can check its rebuilt scorer against them. Raises WarmupNonFinite or
-    ModelLoadFailed when scikit-learn cannot score the warmup rows.
+    daemon can check its rebuilt scorer against them. Returns those warmup scores (None when
+    the bundle holds the facts only). ``durable`` fsyncs the written files and ``out``
+    (:func:`fsync_each` when None; the canary child syncs them all at once). Raises
+    WarmupNonFinite or ModelLoadFailed when scikit-learn cannot score the warmup rows.
     """
     facts = EstimatorFacts.of(loaded)
     out.mkdir(parents=True)
@@ -369,8 +386,12 @@ def write_bundle(
                 scaler_part = {"kind": "standard"}
                 arrays.update({"scaler.mean": mean, "scaler.scale": scale})
             extractor = FeatureExtractor(feature_names)
-            rows = warmup_rows(extractor, warmup_records, loaded.scaler, width,
-                               warmup_row_count)
+            try:
+                rows = warmup_rows(extractor, warmup_records, loaded.scaler, width,
+                                   warmup_row_count)
+            except RecordInvalid as exc:  # as the Loader stage's warm() says it
+                raise ModelLoadFailed(folder.name, f"warmup record {exc.index}: "
+                                      f"{exc.problem}") from exc
             scores = _sklearn_scores(loaded, rows, folder.name)
             bad = int(np.count_nonzero(~np.isfinite(scores)))
             if bad:
@@ -393,17 +414,8 @@ def write_bundle(
         "arrays": sorted(arrays),
     }
     (out / MANIFEST).write_text(json.dumps(manifest, sort_keys=True), encoding="utf-8")
-    for path in out.iterdir():
-        _fsync(path)
-    _fsync(out)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    (durable or fsync_each)([*out.iterdir(), out])
+    return arrays.get(_WARMUP_SCORES)
 
 
 def _standard_scaler(scaler: Any, width: int) -> bool:

@@ -11,8 +11,8 @@ Only what other parts react to is an event here; the manager's purely diagnostic
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Literal
 
 from modeld.core.registry import Actor
@@ -31,6 +31,10 @@ class ModelImported:
     quality_score: float | None
     warnings: Sequence[str]
     took_ms: float
+    # where ``took_ms`` went, in order: "stage" (copy and hash), "trust" (manifest,
+    # signature), "first_load" (the isolated child: load, canary, bundle), "validate"
+    # (judging the bundle, building and warming the servable), "commit" (store and registry)
+    stages_ms: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -300,6 +300,23 @@ class PollResult:
 
 
 @dataclass(slots=True)
+class _Stages:
+    """Where one import's time goes, stage by stage (``ModelImported.stages_ms``)."""
+
+    started: float = field(default_factory=time.perf_counter)
+    last: float = 0.0
+    ms: dict[str, float] = field(default_factory=dict)
+
+    def done(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.ms[stage] = round((now - (self.last or self.started)) * 1000, 2)
+        self.last = now
+
+    def took_ms(self) -> float:
+        return round((time.perf_counter() - self.started) * 1000, 2)
+
+
+@dataclass(slots=True)
 class ModelManager:
     """See the module docstring. One instance per daemon process."""
 
@@ -744,7 +761,7 @@ class ModelManager:
         self, folder: ArtifactFolder, quality_gate: bool, actor: Actor
     ) -> ImportOutcome:
         """Stage, check and validate without the lock; commit and deploy under it."""
-        started = time.perf_counter()
+        stages = _Stages()
         if folder.problem is not None:
             return self._reject(folder, folder.problem)
         try:
@@ -756,8 +773,9 @@ class ModelManager:
         except OSError as exc:
             self._emit(StagingFailed(str(folder.path), str(exc)))
             return ImportOutcome(str(folder.path), "failed", reason=f"staging failed: {exc}")
+        stages.done("stage")
         try:
-            return self._import_staged(folder, staged, quality_gate, actor, started)
+            return self._import_staged(folder, staged, quality_gate, actor, stages)
         finally:
             self.store.discard(staged)
 
@@ -767,7 +785,7 @@ class ModelManager:
         staged: StagedArtifact,
         quality_gate: bool,
         actor: Actor,
-        started: float,
+        stages: _Stages,
     ) -> ImportOutcome:
         try:
             after = inspect_folder(folder.path)
@@ -787,23 +805,26 @@ class ModelManager:
                                policy.trust.require_manifest, str(folder.path))
                 if policy.trust.verify_key is not None:
                     verify_signature(staged.path, policy.trust.verify_key, digests)
+                stages.done("trust")
                 bundle = None
                 if self.first_load is not None:
                     self.first_load(staged.path, digests, out)
                     bundle = read_bundle(out, folder.name)
+                    stages.done("first_load")
             except (ArtifactUntrusted, ArtifactInvalid, ModelLoadFailed) as exc:
                 return self._reject(folder, exc.reason, meta=peek_metadata(staged.path))
             validation = validate_folder(
                 staged.path, policy.validation, self.clock(), policy.loader, quality_gate,
                 bundle, out, policy.allow_unbundled,
             )
+            stages.done("validate")
             accepted = validation.bundle
             if accepted is not None and accepted.kind is None and validation.metadata:
                 log.warning("unbundled_estimator_served", version=validation.metadata.version,
                             model_type=accepted.facts.model_type,
                             reason="security.allow_unbundled_estimators: unpickled here")
             with self.lock:
-                return self._commit(folder, staged, validation, actor, started)
+                return self._commit(folder, staged, validation, actor, stages)
         finally:
             shutil.rmtree(out, ignore_errors=True)
 
@@ -813,7 +834,7 @@ class ModelManager:
         staged: StagedArtifact,
         validation: Validation,
         actor: Actor,
-        started: float,
+        stages: _Stages,
     ) -> ImportOutcome:
         meta = validation.metadata
         # One transaction from the check to the record: on a fleet's registry the version's
@@ -850,9 +871,9 @@ class ModelManager:
                                        "completed")
             self.registry.record_folder(FolderRow(folder.name, folder.fingerprint, "imported",
                                                   meta.version, "", now))
-        took_ms = round((time.perf_counter() - started) * 1000, 2)
+        stages.done("commit")
         self._emit(ModelImported(meta.version, str(folder.path), row.quality_score,
-                                 validation.report.warnings, took_ms))
+                                 validation.report.warnings, stages.took_ms(), dict(stages.ms)))
         deployed = self._consider(row, validation.servable)
         return ImportOutcome(str(folder.path), "imported", meta.version, "",
                              validation.report.to_dict(), deployed)

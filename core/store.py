@@ -10,7 +10,7 @@ Layout under ``storage.directory``::
                           (<id>.bundle/: the bundle the isolated child is writing)
     trash/<id>/           a version being removed (renamed here first, then deleted)
 
-A copy goes file by file into staging, is fsynced, then renamed into ``versions/`` and the
+A copy goes file by file into staging, is fsynced (all files at once), then renamed into ``versions/`` and the
 parent fsynced: the store never holds a partial version. Compressing or decompressing a file
 writes the other form under a temporary name, fsyncs and renames it, then removes the first: a
 crash at any moment leaves each file whole in at least one form.
@@ -24,7 +24,7 @@ import os
 import shutil
 import stat as stat_module
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +68,27 @@ class StagedArtifact:
         return {n: {"size": d.size, "sha256": d.sha256} for n, d in sorted(self.files.items())}
 
 
+Durable = Callable[[Sequence[Path]], None]
+"""Makes files and folders durable (an fsync each) and returns when all of them are: how a
+staged copy's and a bundle's files reach the disk before they are renamed and committed.
+:func:`fsync_each` here; the daemon passes one that syncs them at once
+(``daemon/jobs/sandbox.py``)."""
+
+
+def fsync_each(paths: Sequence[Path]) -> None:
+    """fsync every file and folder of ``paths``, one after the other."""
+    for path in paths:
+        fsync_path(path)
+
+
+def fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -88,8 +109,10 @@ class ModelStore:
         self,
         directory: Path,
         max_artifact_bytes: int = 2 * 1024**3,
+        durable: Durable = fsync_each,
     ) -> None:
         self.directory = directory
+        self.durable = durable
         self.versions = directory / "versions"
         self.staging = directory / "staging"
         self.trash = directory / "trash"
@@ -143,7 +166,7 @@ class ModelStore:
         target.mkdir()
         try:
             files = self._copy_into(source, target)
-            fsync_dir(target)
+            self.durable([*(target / name for name in files), target])
         except BaseException:
             shutil.rmtree(target, ignore_errors=True)
             raise
@@ -193,9 +216,7 @@ class ModelStore:
                     )
                 digest.update(chunk)
                 fout.write(chunk)
-            fout.flush()
-            os.fsync(fout.fileno())
-        return FileDigest(size, digest.hexdigest())
+        return FileDigest(size, digest.hexdigest())  # made durable with the folder (stage)
 
     def commit(self, staged: StagedArtifact, version: str) -> Path:
         """Rename a validated staging folder into ``versions/<version>``, durably."""

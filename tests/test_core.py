@@ -394,6 +394,9 @@ def test_manager_events_are_logged_as_before_and_passed_on_as_types(tmp_path: Pa
     imported = next(entry for entry in logs if entry["event"] == "model_imported")
     assert {"version", "path", "quality_score", "warnings", "took_ms"} <= set(imported)
     assert imported["version"] == "v1" and imported["log_level"] == "info"
+    # where the import's time went, stage by stage, in order (no first load: no child here)
+    assert list(imported["stages_ms"]) == ["stage", "trust", "validate", "commit"]
+    assert sum(imported["stages_ms"].values()) <= imported["took_ms"]
     swapped = next(entry for entry in logs if entry["event"] == "model_swapped")
     assert (swapped["old"], swapped["new"], swapped["actor"], swapped["reason"]) == (
         None, "v1", "auto", "first valid version")

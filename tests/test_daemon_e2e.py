@@ -249,3 +249,23 @@ def test_requests_in_flight_survive_a_swap(daemon: DaemonProcess) -> None:
     assert not failures
     assert set(seen) == {"sa", "sb"}
     assert seen.index("sb") > 0 and "sa" not in seen[seen.index("sb"):]
+
+
+def test_folders_renamed_in_from_inside_and_outside_the_models_folder_need_no_settle(
+    tmp_path: Path,
+) -> None:
+    """A rename proves a folder complete, whether its temporary folder was inside `models/`
+    (both halves of the rename are watched) or elsewhere on the filesystem (only the second
+    half is). With a settle period far longer than the test waits, only that proof imports."""
+    daemon = DaemonProcess(tmp_path, {"integration": {"settle_seconds": 60}})
+    daemon.models_dir.mkdir(parents=True)
+    try:
+        daemon.start()
+        write_renamed(daemon.models_dir, "inside", artifact_files("v1", created_at=stamp(1)))
+        daemon.wait_deployed("v1", timeout=40)
+        outside = tmp_path / "producer-scratch" / "outside"
+        write_in_place(outside, artifact_files("v2", seed=2, created_at=stamp(0)))
+        os.rename(outside, daemon.models_dir / "outside")
+        daemon.wait_deployed("v2", timeout=40)
+    finally:
+        daemon.stop()

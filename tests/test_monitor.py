@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from modeld.core.monitor import LATENCY_BUCKETS_S, IntervalSummary, ScoringWindow
+from modeld.core.ring import Ring
 
 
 def _feed(window: ScoringWindow, scores: np.ndarray, flags: np.ndarray, latencies: np.ndarray,
@@ -196,3 +197,20 @@ def test_nan_scores_are_kept_out_of_the_score_aggregates() -> None:
     assert snap["records"] == 4
     assert snap["score"]["mean"] == 2.0
     assert snap["score"]["p50"] == 2.0
+
+
+def test_a_ring_reads_its_fill_where_it_skipped_and_old_rows_after_it_wrapped() -> None:
+    # The ring's array is not filled when it is built (its pages become resident as rows
+    # are written): what skip passes for the first time must read as the fill value.
+    ring = Ring(4, (2,), fill=np.nan)
+    ring.append([1.0, 2.0])
+    ring.skip(2)
+    ring.append([3.0, 4.0])
+    assert np.array_equal(ring.held_rows(), [[1, 2], [np.nan, np.nan], [np.nan, np.nan],
+                                             [3, 4]], equal_nan=True)
+    ring.skip(1)  # wrapped: the slot keeps its old row, as before
+    assert np.array_equal(ring.recent(4), [[np.nan, np.nan], [np.nan, np.nan], [3, 4],
+                                           [1, 2]], equal_nan=True)
+    ring.clear()
+    ring.skip(1)  # after a clear, a written slot keeps its row too
+    assert np.array_equal(ring.held_rows(), [[1, 2]])

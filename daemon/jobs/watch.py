@@ -23,8 +23,9 @@ from pathlib import Path
 
 import structlog
 from watchdog.events import DirMovedEvent, FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
+from watchdog.observers.inotify import InotifyObserver
+from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
 from watchdog.observers.polling import PollingObserver
 
 from modeld.core.manager import ModelManager
@@ -37,6 +38,14 @@ log = structlog.get_logger("modeld.watch")
 IMPORT_THREADS = 2
 # After a failed scan or import, the next try.
 RETRY_SECONDS = 5.0
+
+# watchdog holds a rename's first half (IN_MOVED_FROM) for this long to pair it with the
+# second; its queue sleeps out the whole delay even when the pair arrives at once, and every
+# later event waits behind it, so under load a quarter of renames into place were seen 0.5 s
+# late (tests/bench/swap_under_load.py). The kernel queues both halves within one rename(2),
+# so 50 ms pairs them; and with full events (below) a half left unpaired still arrives as a
+# move, never as a create, so a rename into place is known as one either way.
+InotifyMoveEventGrouper.delay = 0.05
 
 NETWORK_FILESYSTEMS = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "9p",
                                  "ceph", "glusterfs", "fuse.gcsfuse", "fuse.s3fs", "afs"})
@@ -256,7 +265,9 @@ class PollWorker:
         elif fs_type in NETWORK_FILESYSTEMS:
             reason = f"{models_dir} is on a network filesystem ({fs_type})"
         if reason is None:
-            observer: BaseObserver = Observer()
+            # full events: a folder renamed in from outside the watched tree (a producer's
+            # temporary folder elsewhere on the filesystem) is a move, which proves it complete
+            observer: BaseObserver = InotifyObserver(generate_full_events=True)
             try:
                 observer.schedule(handler, str(models_dir), recursive=True)
                 observer.start()

@@ -32,7 +32,7 @@ from modeld.core.validate import bundle_folder
 from modeld.daemon.jobs.alerting import Alerter
 from modeld.daemon.jobs.handoff import HandoffMonitors
 from modeld.daemon.jobs.monitoring import Monitors
-from modeld.daemon.jobs.sandbox import Zygote, canary_load
+from modeld.daemon.jobs.sandbox import Zygote, canary_load, fsync_at_once
 from modeld.daemon.jobs.shadow import ShadowWorker
 from modeld.daemon.process.crashpoints import CrashPoint
 from modeld.daemon.process.metrics import DaemonMetrics
@@ -78,7 +78,8 @@ def _assemble(settings: Settings, clock: Clock, crash: CrashPoint | None,
     s = settings
     # absolute, so that the paths the API reports (local_path) do not depend on our cwd
     state = s.storage.directory.resolve()
-    store = (ModelStore(state / "store", s.security.max_artifact_bytes) if crash is None
+    store = (ModelStore(state / "store", s.security.max_artifact_bytes, fsync_at_once)
+             if crash is None
              else crash.store(state / "store", s.security.max_artifact_bytes))
     location = s.storage.registry_location()
     registry = Registry(location) if crash is None else crash.registry(location)

@@ -6,11 +6,14 @@ A real daemon serves one IsolationForest; client processes score single records 
 loops over keep-alive connections. After a steady phase, new versions are renamed into the
 models folder one after another (each newer than the last), each waited for until it serves.
 Printed: requests served and failed, p99 latency during the swap phase against the steady
-phase (same run, same clients), the time from an artifact becoming complete (its rename) to
-it serving (p50 and max), and the daemon's resident memory: with no version, with one, with
-two (deployed and fallback: what it holds from then on), and after every swap, against the
-size of a version's servable arrays (the bundle's size). A swapped-out version's memory is
-returned when the resident size after 50 swaps is that of two versions.
+phase (same run, same clients, and the same status poller in both phases: one keep-alive
+connection asking /api/v1/status every 10 ms, which is how the swap phase sees a version
+serve), the time from an artifact becoming complete (its rename) to it serving (p50 and max),
+and the daemon's resident memory: with no version, with one, with two (deployed and fallback:
+what it holds from then on), and after every swap, against the size of a version's bundle as
+the daemon stored it. A swapped-out version's memory is returned when the resident size stops
+growing with the swaps: the growth per swap is the slope over the swaps after the first ten
+(the first ones also pay for code paths run for the first time).
 
 Targets (issue 14): p99 during swaps <= 1.5x steady, rename to serving p50 <= 150 ms, a
 loaded version's resident cost <= 2x its bundle's size.
@@ -22,6 +25,7 @@ import argparse
 import multiprocessing
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -34,12 +38,10 @@ sys.path[0] = str(ROOT)
 import http.client  # noqa: E402
 import json  # noqa: E402
 
-from modeld.core.forest import compile_isolation_forest  # noqa: E402
 from tests.helpers import (  # noqa: E402
     DaemonProcess,
     artifact_files,
     stamp,
-    train_forest,
     write_renamed,
 )
 
@@ -81,11 +83,44 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for process {pid}")
 
 
-def servable_bytes(seed: int) -> int:
-    """The bytes of one version's compiled forest as its bundle holds them (to_arrays): the
-    compiled walk's packed copy (16 bytes a node) is part of the resident cost measured."""
-    arrays = compile_isolation_forest(train_forest(seed=seed)).to_arrays()
-    return sum(array.nbytes for array in arrays.values())
+def bundle_bytes(store: Path) -> int:
+    """The bytes of the one bundle the daemon's store holds (``bundles/<digest>/``)."""
+    (bundle,) = (store / "bundles").iterdir()
+    return sum(f.stat().st_size for f in bundle.iterdir())
+
+
+def registry_bytes(state: Path) -> int:
+    """The SQLite registry's size with its write-ahead log (its page cache, up to SQLite's
+    2 MiB default, grows with it)."""
+    return sum(p.stat().st_size for p in state.glob("registry.sqlite3*"))
+
+
+class StatusPoller:
+    """Asks the daemon which version it deploys every ``interval`` seconds over one
+    keep-alive connection, in a thread of this process; runs through both phases, so that
+    the steady phase carries the same extra request the swap phase does."""
+
+    def __init__(self, port: int, interval: float = 0.01) -> None:
+        self.port, self.interval = port, interval
+        self.deployed: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port)
+        while not self._stop.is_set():
+            conn.request("GET", "/api/v1/status")
+            self.deployed = json.loads(conn.getresponse().read())["deployed_version"]
+            self._stop.wait(self.interval)
+
+    def start(self) -> StatusPoller:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(10)
 
 
 def main() -> int:
@@ -109,10 +144,13 @@ def main() -> int:
         stop, out, ready = ctx.Event(), ctx.Queue(), ctx.Queue()
         procs = [ctx.Process(target=client, args=(daemon.port, stop, out, ready))
                  for _ in range(args.clients)]
+        poller = StatusPoller(daemon.port)
         try:
             write_renamed(daemon.models_dir, "v000", artifacts[0])
             daemon.wait_deployed("v000", timeout=120)
             rss["one"] = rss_bytes(pid)
+            size = bundle_bytes(daemon.root / "state" / "store")
+            poller.start()
             for proc in procs:
                 proc.start()
             for _ in procs:  # spawned clients import numpy: on a loaded machine, seconds
@@ -121,20 +159,21 @@ def main() -> int:
             steady_from = time.time()
             time.sleep(args.steady)
             swaps_from = time.time()
-            to_serve = []
+            to_serve, after_swap, registry = [], [], []
             for i in range(1, args.versions + 1):
                 version = f"v{i:03d}"
                 write_renamed(daemon.models_dir, version, artifacts[i])
                 complete = time.time()  # the rename made it complete
-                while daemon.status()["deployed_version"] != version:
-                    time.sleep(0.01)
+                while poller.deployed != version:
+                    time.sleep(0.002)
                 to_serve.append(time.time() - complete)
-                if i == 1:
-                    rss["two"] = rss_bytes(pid)
+                after_swap.append(rss_bytes(pid))
+                registry.append(registry_bytes(daemon.root / "state"))
             swaps_to = time.time()
-            rss["after"] = rss_bytes(pid)
+            rss["two"], rss["after"] = after_swap[0], rss_bytes(pid)
         finally:
             stop.set()
+            poller.stop()
             samples = [s for _ in procs for s in out.get(timeout=60)]
             for proc in procs:
                 proc.join(10)
@@ -148,14 +187,19 @@ def main() -> int:
           f"ratio={during / steady:.2f}x")
     print(f"complete-to-serving p50={np.median(to_serve) * 1e3:.0f}ms "
           f"max={max(to_serve) * 1e3:.0f}ms (rename into place)")
-    size = servable_bytes(0)
     mib = 1 << 20
+    later = after_swap[10:]
+    slope = float(np.polyfit(np.arange(len(later)), later, 1)[0]) if len(later) > 2 else 0.0
+    db_slope = (float(np.polyfit(np.arange(len(later)), registry[10:], 1)[0])
+                if len(later) > 2 else 0.0)
     print(f"resident memory: no version {rss['none'] / mib:.1f} MiB, one {rss['one'] / mib:.1f}"
           f" MiB, two {rss['two'] / mib:.1f} MiB, after {args.versions} swaps "
           f"{rss['after'] / mib:.1f} MiB")
-    print(f"a version's servable arrays {size / mib:.2f} MiB; second version's resident cost "
+    print(f"a version's bundle {size / mib:.2f} MiB; second version's resident cost "
           f"{(rss['two'] - rss['one']) / mib:.2f} MiB = {(rss['two'] - rss['one']) / size:.1f}x;"
-          f" growth over {args.versions - 1} swaps {(rss['after'] - rss['two']) / mib:.2f} MiB")
+          f" growth over {args.versions - 1} swaps {(rss['after'] - rss['two']) / mib:.2f} MiB,"
+          f" per swap after the first 10: {slope / 1024:.1f} KiB (the registry file: "
+          f"{db_slope / 1024:.1f} KiB per swap)")
     return 0
 
 
