@@ -308,6 +308,38 @@ def test_latency_is_an_operational_warning_never_drift() -> None:
 # ---------------------------------------------------------------- state
 
 
+def test_one_stream_replayed_alone_is_its_column_of_all_increments() -> None:
+    # A crossing's description replays its stream over the window; it computed every stream.
+    detector = artifact_detector()
+    engine = detector._engines[0]
+    x, s, _f = records(np.random.default_rng(8), 300, shift=0.5)
+    values = np.column_stack([x, s])
+    values[::7, 1] = np.nan
+    values[::11, -1] = np.inf
+    finite = np.isfinite(values)
+    filled = np.where(finite, values, detector._fill)
+    every = engine.increments(filled, np.zeros(len(values), bool), None, finite)
+    for k in range(every.shape[1]):
+        np.testing.assert_array_equal(engine.stream_increments(filled, finite, k), every[:, k])
+
+
+def test_requests_fed_one_by_one_or_joined_raise_the_same_alarms() -> None:
+    # The monitoring thread joins the requests that queued up into one batch.
+    one, joined = artifact_detector(), artifact_detector()
+    rng = np.random.default_rng(9)
+    x, s, f = records(rng, 1500, shift=0.7)
+    alarms_one = [(a.signal, a.record) for i in range(1500)
+                  for a in one.observe(x[i:i + 1], s[i:i + 1], f[i:i + 1], now=1.0,
+                                       latency_s=0.01)]
+    alarms_joined = [(a.signal, a.record) for start in range(0, 1500, 50)
+                     for a in joined.observe(x[start:start + 50], s[start:start + 50],
+                                             f[start:start + 50], now=1.0,
+                                             latency_s=[0.01] * 50)]
+    assert alarms_one and alarms_joined == alarms_one
+    np.testing.assert_allclose(joined._cusum, one._cusum, rtol=0, atol=1e-9)
+    assert joined._window_latency.held_rows().tolist() == [0.01] * 1500
+
+
 def test_state_roundtrip_continues_exactly() -> None:
     detector = DriftDetector(NAMES, DriftConfig(baseline_records=400))
     rng = np.random.default_rng(71)

@@ -134,6 +134,36 @@ def test_the_monitoring_thread_does_the_work_and_drain_waits_for_it(tmp_path: Pa
         monitors.registry.close()
 
 
+def test_queued_batches_of_a_version_are_fed_to_its_detector_as_one(tmp_path: Path) -> None:
+    # Before: the monitoring thread fed the detector one request at a time, so single-record
+    # traffic cost a detector call (and a hand-over of the interpreter lock) per request.
+    monitors = _monitors(tmp_path)
+    monitors.prepare("v1", NAMES)
+    detector = monitors.detectors["v1"]
+    fed: list[int] = []
+    observe = detector.observe
+
+    def counted(features: np.ndarray, *args: object, **kwargs: object) -> object:
+        fed.append(len(features))
+        return observe(features, *args, **kwargs)  # type: ignore[arg-type]
+
+    detector.observe = counted  # type: ignore[method-assign]
+    rng = np.random.default_rng(4)
+    for i in range(30):
+        monitors.observe("v1", rng.normal(size=(1, 2)), rng.normal(size=1), np.zeros(1, bool),
+                         0.001 * (i + 1))
+    monitors.observe_invalid("v1")
+    monitors.observe("v1", rng.normal(size=(3, 2)), rng.normal(size=3), np.zeros(3, bool), 0.5)
+    monitors.drain()
+    assert fed == [30, 3]  # the refused record ends a run: the rows stay in arrival order
+    window = monitors.windows["v1"]
+    assert (window.records, window.requests, window.invalid) == (33, 31, 1)
+    assert detector.records_seen == 33 and detector.invalid_seen == 1
+    assert detector._baseline is not None  # every request's latency, in order
+    assert detector._baseline._latencies == [0.001 * (i + 1) for i in range(30)] + [0.5]
+    monitors.registry.close()
+
+
 def test_drift_events_are_bounded_by_retention(tmp_path: Path) -> None:
     # Before: drift_evaluation and drift_alarm rows were kept for ever.
     runtime = build_runtime(tmp_path)  # storage.retention_days: 30

@@ -158,8 +158,12 @@ class DriftDetector:
 
     def observe(self, features: FloatArray, scores: FloatArray, flags: NDArray[np.bool_], *,
                 now: float, invalid_count: int = 0,
-                latency_s: float | None = None) -> tuple[DriftAlarm, ...]:
-        """Feed one scored batch (rows in arrival order); returns the alarms it raised."""
+                latency_s: float | Sequence[float] | None = None) -> tuple[DriftAlarm, ...]:
+        """Feed one scored batch (rows in arrival order); returns the alarms it raised.
+
+        ``latency_s`` is the batch's request latency, or the latency of each request when the
+        batch joins several (the monitoring thread feeds what queued up in one call).
+        """
         features = np.asarray(features, dtype=np.float64)
         n = features.shape[0]
         d = len(self.feature_names)
@@ -169,6 +173,14 @@ class DriftDetector:
         flags = np.asarray(flags, dtype=bool)
         if scores.shape != (n,) or flags.shape != (n,):
             raise ValueError("scores and flags must have one entry per row")
+        baseline = self._baseline
+        if baseline is not None and 0 < baseline.size - baseline.filled < n:
+            # the rows past the baseline's end are judged against it, as in a batch of their
+            # own: however requests are joined into batches, the same rows are watched
+            head = baseline.size - baseline.filled
+            return (self.observe(features[:head], scores[:head], flags[:head], now=now,
+                                 invalid_count=invalid_count, latency_s=latency_s)
+                    + self.observe(features[head:], scores[head:], flags[head:], now=now))
         crossings: list[_Crossing] = []
         if invalid_count:
             self._observe_invalid(int(invalid_count), now, crossings)
@@ -177,10 +189,12 @@ class DriftDetector:
         elif n:
             self._observe_rows(features, scores, flags, now, crossings)
         alarms = self._alarms(crossings) if crossings else []
-        if latency_s is not None:
-            self._window_latency.append(latency_s)
+        latencies = (() if latency_s is None else (latency_s,)
+                     if isinstance(latency_s, float | int) else tuple(latency_s))
+        if latencies:
+            self._window_latency.extend(np.asarray(latencies, dtype=np.float64))
         if self._baseline is not None:
-            self._baseline.add(features, scores, flags, invalid_count, latency_s)
+            self._baseline.add(features, scores, flags, invalid_count, latencies)
             if self._baseline.complete:
                 built = self._baseline.build(self.feature_names, self.config.reference_levels)
                 self._reference = self._reference.completed_by(built)
@@ -706,8 +720,7 @@ class DriftDetector:
             return 0  # the flags are not in ``values``: the whole held part
         finite = np.isfinite(values)
         filled = np.where(finite, values, self._fill)
-        flags = np.zeros(values.shape[0], dtype=bool)
-        inc = engine.increments(filled, flags, None, finite)[:, c.stream]
+        inc = engine.stream_increments(filled, finite, c.stream)
         level = 0.0
         start = 0
         for i, x in enumerate(inc.tolist()):

@@ -16,6 +16,7 @@ Bernoulli CUSUM against the reference's exact count); a clock feature is the sea
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -270,6 +271,47 @@ class Engine:
             bad[:, cols] = False
             inc[bad.take(self.col1, axis=1) | bad.take(self.col2, axis=1)] = 0.0
         return inc
+
+    def stream_increments(self, values: FloatArray, finite: BoolArray, k: int) -> FloatArray:
+        """``increments(values, no flags, None, finite)[:, k]``, to the bit, from stream
+        ``k``'s two statistics and the codes of the columns they read only: a crossing's
+        description replays one stream over the whole window, and every stream over 5,000
+        records of 20 features was 61 ms of numpy calls of several ms each, each holding the
+        interpreter lock (one stream: about 1 ms)."""
+        codes: dict[int, IntArray] = {}
+
+        def code(column: int) -> IntArray:
+            if column not in codes:
+                codes[column] = self.transform.column_codes(values, column)
+            return codes[column]
+
+        inc = self._stat(code, values.shape[0], int(self.stat_index[k]))
+        inc *= self.coef_a[k]
+        inc += self._stat(code, values.shape[0], int(self.b_index[k])) * self.coef_b[k]
+        bad = np.zeros(values.shape[0], dtype=bool)
+        for col in (int(self.col1[k]), int(self.col2[k])):
+            if col < self.columns:
+                bad |= ~finite[:, col]
+        inc[bad] = 0.0
+        return inc
+
+    def _stat(self, code: Callable[[int], IntArray], n: int, j: int) -> FloatArray:
+        """Column ``j`` of ``increments``' statistics of ``n`` records without flags, from
+        the codes of the columns it reads."""
+        cols = self.columns
+        if j < cols:
+            return self.table.take(code(j))
+        if j < 2 * cols:
+            y = self.table.take(code(j - cols))
+            return np.multiply(y, y)
+        if j < self.carried_stat:
+            a, b = divmod(j - 2 * cols, cols)
+            return np.multiply(self.utable.take(code(a)), self.utable.take(code(b)))
+        if j < self.flag_stat:
+            return self.ctable.take(code(j - self.carried_stat))
+        if j == self.n_stats - 1:
+            return np.ones(n)
+        return np.zeros(n)  # the flag and the missing mark
 
     def increments_one(self, values: FloatArray, flag: bool) -> FloatArray:
         """Increments (streams,) for one record of finite values (F,): the lean scoring path.

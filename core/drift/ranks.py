@@ -70,6 +70,15 @@ class RankTransform:
         codes += self._keys.searchsorted(keys, side="right")
         return codes
 
+    def column_codes(self, values: FloatArray, column: int) -> IntArray:
+        """``flat_codes(values)[:, column]`` (n,), computed for that column only."""
+        keys: FloatArray = np.arctan2(values[:, column] - self._centre[column],
+                                      self._scale[column])
+        keys += self._offset[column]
+        codes = np.searchsorted(self._keys, keys, side="left")
+        codes += np.searchsorted(self._keys, keys, side="right")
+        return codes
+
     def flat_codes(self, values: FloatArray) -> IntArray:
         """Index ``column * stride + m`` for finite values of shape (n, columns)."""
         keys = np.arctan2(values - self._centre, self._scale)

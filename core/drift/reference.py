@@ -530,7 +530,7 @@ class BaselineCollector:
         return self.filled >= self.size
 
     def add(self, features: FloatArray, scores: FloatArray, flags: NDArray[np.bool_],
-            invalid_count: int, latency_s: float | None) -> int:
+            invalid_count: int, latencies: Sequence[float]) -> int:
         """Take as many leading records as still fit; returns how many were taken."""
         if self.complete:
             return 0
@@ -541,8 +541,8 @@ class BaselineCollector:
         self._flags[self.filled:end] = flags[:take]
         self.filled = end
         self.invalid += int(invalid_count)
-        if latency_s is not None and len(self._latencies) < self.size:
-            self._latencies.append(float(latency_s))
+        room = self.size - len(self._latencies)
+        self._latencies.extend(float(v) for v in latencies[:max(room, 0)])
         return take
 
     def build(self, feature_names: Sequence[str], levels: int) -> Reference:
@@ -570,7 +570,7 @@ class BaselineCollector:
         if rows:
             feats = np.asarray(state["features"], dtype=np.float64).reshape(rows, n_features)
             scores = np.asarray([np.nan if v is None else v for v in state["scores"]], np.float64)
-            collector.add(feats, scores, np.asarray(state["flags"], dtype=bool), 0, None)
+            collector.add(feats, scores, np.asarray(state["flags"], dtype=bool), 0, ())
         collector._latencies = [float(v) for v in state.get("latencies", [])]
         collector.invalid = int(state.get("invalid", 0))
         return collector

@@ -10,7 +10,12 @@ with h11 and ``api.max_header_bytes``, and this protocol adds:
 - a cap on open connections below the process's file limit (``api.max_connections``, and
   never more than ``RLIMIT_NOFILE`` minus ``FD_RESERVE``, so imports, the registry and the store
   always have descriptors). At the cap a new connection takes the place of the oldest idle one,
-  so idle sockets cannot lock scoring out; when none is idle the new one is closed.
+  so idle sockets cannot lock scoring out; when none is idle the new one is closed;
+- one write per response: uvicorn writes a response's head and its body separately, and each
+  write is a send() made holding the interpreter lock, which on loopback wakes the client and
+  on a busy machine is where the thread is preempted (py-spy --gil: 58 % of the HTTP thread's
+  samples at one record per request were in that first write). :class:`_CorkedTransport`
+  holds the head until the body follows in the same turn of the loop.
 
 The protocol runs on uvicorn's event loop thread, one instance per connection. It never
 raises; a connection it closes is logged at debug level only, since under a flood a line per
@@ -22,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import resource
 import time
-from typing import Any
+from typing import Any, cast
 
 import h11
 import structlog
@@ -46,12 +51,49 @@ def connection_cap(max_connections: int) -> int:
     return max(8, min(max_connections, soft - FD_RESERVE))
 
 
+class _CorkedTransport:
+    """A connection's transport that sends a response's head together with its body.
+
+    A write is held until the next write or the loop's next turn, whichever comes first:
+    starlette sends a response's start and its body without yielding to the loop, so the two
+    leave in one send(); a streamed response's head still leaves as soon as the handler
+    awaits anything. Everything but ``write`` and ``close`` is the transport's own.
+    """
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        held = self._held
+        if held is None:
+            self._held = data
+            self._loop.call_soon(self._flush)
+        else:
+            self._held = None
+            self._transport.write(held + data)
+
+    def _flush(self) -> None:
+        held, self._held = self._held, None
+        if held is not None and not self._transport.is_closing():
+            self._transport.write(held)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class _BoundedH11(H11Protocol):
     header_timeout: float = 10.0
     max_connections: int = 1000
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        corked = _CorkedTransport(transport, self.loop)
+        super().connection_made(cast(asyncio.Transport, corked))
         self.opened_at = time.monotonic()
         self._header_timer: asyncio.TimerHandle | None = None
         self._arm_header_timer()

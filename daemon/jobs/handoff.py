@@ -154,8 +154,8 @@ class HandoffMonitors(Monitors):
         with self._flagged_lock:
             self._flagged.append((version, records, scores, features))
 
-    def _process(self, item: Observation) -> None:
-        self._outgoing.append(item)  # on the monitoring thread, under drain()'s lock
+    def _process(self, run: list[Observation]) -> None:
+        self._outgoing.extend(run)  # on the monitoring thread, under drain()'s lock
 
     def _run(self) -> None:
         stopping = False
