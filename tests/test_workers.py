@@ -65,6 +65,21 @@ def _serving(daemon: DaemonProcess, version: str) -> bool:
         w["ready"] and w["alive"] and w.get("deployed_version") == version for w in workers)
 
 
+def _start(daemon: DaemonProcess) -> None:
+    """Start the control process with WORKERS workers and wait until each answers."""
+    daemon.start(args=["--workers", str(WORKERS)])
+    daemon.wait_for(lambda: len(_healthz_pids(daemon)) == WORKERS, START,
+                    "both workers to answer")
+
+
+def _serve(daemon: DaemonProcess, name: str, files: dict[str, bytes], version: str,
+           what: str = "") -> None:
+    """Rename an artifact into the models folder and wait until every worker serves it."""
+    write_renamed(daemon.models_dir, name, files)
+    daemon.wait_for(lambda: _serving(daemon, version), 60,
+                    f"every worker to serve {version}{what}")
+
+
 def _metric(text: str, line_start: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith(line_start))
@@ -133,8 +148,7 @@ def test_metrics_of_workers_sum_counters_and_keep_gauges_per_worker() -> None:
 @pytest.mark.e2e
 def test_workers_share_the_port_follow_deploys_and_are_counted_together(
         pool: DaemonProcess) -> None:
-    pool.start(args=["--workers", str(WORKERS)])
-    pool.wait_for(lambda: len(_healthz_pids(pool)) == WORKERS, START, "both workers to answer")
+    _start(pool)
     control = pool.proc
     assert control is not None
     pids = {w["pid"] for w in _workers(pool)}
@@ -146,8 +160,7 @@ def test_workers_share_the_port_follow_deploys_and_are_counted_together(
              or (e["event"] == "ready" and e["logger"] == "modeld.main")]
     assert order == ["worker_serving"] * WORKERS + ["ready"]
 
-    write_renamed(pool.models_dir, "first", artifact_files("v1", created_at=stamp(1)))
-    pool.wait_for(lambda: _serving(pool, "v1"), 60, "every worker to serve v1 (imported once)")
+    _serve(pool, "first", artifact_files("v1", created_at=stamp(1)), "v1", " (imported once)")
     write_renamed(pool.models_dir, "second", artifact_files("v2", seed=2, created_at=stamp(2)))
     pool.wait_for(lambda: any(m["version"] == "v2" for m in pool.get("/api/v1/models").json()),
                   60, "v2 imported (older: not deployed)")
@@ -200,10 +213,8 @@ def test_workers_share_the_port_follow_deploys_and_are_counted_together(
 @pytest.mark.e2e
 def test_a_killed_worker_comes_back_a_reload_reaches_all_and_sigterm_stops_all(
         pool: DaemonProcess) -> None:
-    pool.start(args=["--workers", str(WORKERS)])
-    pool.wait_for(lambda: len(_healthz_pids(pool)) == WORKERS, START, "both workers to answer")
-    write_renamed(pool.models_dir, "first", artifact_files("v1", created_at=stamp(1)))
-    pool.wait_for(lambda: _serving(pool, "v1"), 60, "every worker to serve v1")
+    _start(pool)
+    _serve(pool, "first", artifact_files("v1", created_at=stamp(1)), "v1")
 
     victim = _workers(pool)[0]
     os.kill(victim["pid"], signal.SIGKILL)
@@ -267,12 +278,9 @@ def test_a_workers_explanation_has_the_control_processs_reference_words(tmp_path
     daemon = DaemonProcess(tmp_path, {"monitoring": {"drift_interval": 3600,
                                                      "baseline_records": 200}})
     daemon.models_dir.mkdir(parents=True)
-    daemon.start(args=["--workers", str(WORKERS)])
+    _start(daemon)
     try:
-        daemon.wait_for(lambda: len(_healthz_pids(daemon)) == WORKERS, START,
-                        "both workers to answer")
-        write_renamed(daemon.models_dir, "first", artifact_files("v1", created_at=stamp(1)))
-        daemon.wait_for(lambda: _serving(daemon, "v1"), 60, "every worker to serve v1")
+        _serve(daemon, "first", artifact_files("v1", created_at=stamp(1)), "v1")
         # no artifact reference: none while the baseline collects, in a worker as in one process
         before = _explained_anomaly(daemon)["explanation"]["contributions"]
         assert not any("reference" in c["text"] for c in before)
@@ -334,15 +342,11 @@ def test_a_workers_fallback_is_alerted_once_by_the_control_process(
                                     "backoff_initial_seconds": 0.05}},
         "security": {"isolate_first_load": False, "allow_unbundled_estimators": True}})
     daemon.models_dir.mkdir(parents=True)
-    daemon.start(args=["--workers", str(WORKERS)])
+    _start(daemon)
     try:
-        daemon.wait_for(lambda: len(_healthz_pids(daemon)) == WORKERS, START,
-                        "both workers to answer")
-        write_renamed(daemon.models_dir, "first", artifact_files("v1", created_at=stamp(2)))
-        daemon.wait_for(lambda: _serving(daemon, "v1"), 60, "every worker to serve v1")
-        write_renamed(daemon.models_dir, "second", artifact_files(
-            "v2", model=SentinelRaisingForest(train_forest(seed=3)), created_at=stamp(1)))
-        daemon.wait_for(lambda: _serving(daemon, "v2"), 60, "every worker to serve v2")
+        _serve(daemon, "first", artifact_files("v1", created_at=stamp(2)), "v1")
+        _serve(daemon, "second", artifact_files(
+            "v2", model=SentinelRaisingForest(train_forest(seed=3)), created_at=stamp(1)), "v2")
 
         poisoned = {"features": {**dict.fromkeys(FEATURES, 0.0), "x0": 1000.0}}
         answer = daemon.post("/api/v1/score", {"records": [poisoned]})
