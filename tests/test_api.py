@@ -289,3 +289,16 @@ def test_fuzz_the_openapi_schema_no_5xx_and_refusals_change_nothing(tmp_path: Pa
     # the fuzz may have deployed a real version by name; never to anything unknown
     assert runtime.manager.registry.deployed_version() in {deployed_before, "v1", "v2"}
     runtime.close()
+
+
+def test_a_registry_that_cannot_be_used_answers_503_and_nothing_escapes(
+        runtime: Runtime) -> None:
+    """A database error is the registry being away (a fleet's database restarting): 503 with
+    one warning line. The TestClient re-raises what escapes the app, as uvicorn logs it with
+    a traceback: the catch-all handler answered such errors and then let them escape."""
+    with TestClient(create_app(runtime), **IN_PROCESS) as http:
+        assert http.get("/api/v1/deployments").status_code == 200
+        runtime.manager.registry.close()  # the connection lost, for real
+        answer = http.get("/api/v1/deployments")
+        assert answer.status_code == 503, answer.text
+        assert "registry database cannot be used" in answer.json()["detail"]

@@ -229,15 +229,21 @@ def _add_error_handlers(app: FastAPI) -> None:
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
         return _error(request, 422, f"{where}: {first.get('msg')}")
 
+    async def registry_unreachable(request: Request, exc: Exception) -> Response:
+        # the registry is away (a fleet's database restarting): scoring goes on, what needs
+        # the database waits. A handler per class, not a case of the catch-all below:
+        # starlette answers with the catch-all and then re-raises, so uvicorn logged a
+        # traceback for every such 503.
+        log.warning("request_registry_unreachable", path=request.url.path,
+                    reason=str(exc).strip() or type(exc).__name__)
+        return _error(request, 503, "the registry database cannot be used right now "
+                      f"({type(exc).__name__}); this daemon keeps serving its last version")
+
+    for kind in DATABASE_ERRORS:
+        app.add_exception_handler(kind, registry_unreachable)
+
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
-        if isinstance(exc, DATABASE_ERRORS):
-            # the registry is away (a fleet's database restarting): scoring goes on, what
-            # needs the database waits
-            log.warning("request_registry_unreachable", path=request.url.path,
-                        reason=str(exc).strip() or type(exc).__name__)
-            return _error(request, 503, "the registry database cannot be used right now "
-                          f"({type(exc).__name__}); this daemon keeps serving its last version")
         log.exception("request_failed", path=request.url.path, method=request.method,
                       reason=f"{type(exc).__name__}: {exc}")
         return _error(request, 500, f"internal error ({type(exc).__name__}); the daemon logged "
