@@ -38,7 +38,7 @@ from modeld.core.dialect import (
     parse_location,
 )
 from modeld.core.errors import RegistryDamaged, SchemaTooNew
-from modeld.core.store import fsync_dir
+from modeld.core.store import fsync_path
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS versions (
@@ -870,7 +870,7 @@ def restore_registry(backup: Path, path: Path, stamp: str) -> Path | None:
             current.rename(aside)
             kept = kept or aside
     partial.rename(path)
-    fsync_dir(path.parent)
+    fsync_path(path.parent)
     return kept
 
 

@@ -82,15 +82,8 @@ def fsync_each(paths: Sequence[Path]) -> None:
 
 
 def fsync_path(path: Path) -> None:
+    """fsync a file or a folder (a folder's fsync makes the names in it durable)."""
     fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
     finally:
@@ -139,7 +132,7 @@ class ModelStore:
             shutil.rmtree(written, ignore_errors=True)
             return target
         os.rename(written, target)
-        fsync_dir(self.bundles)
+        fsync_path(self.bundles)
         return target
 
     def remove_bundle(self, digest: str) -> None:
@@ -226,7 +219,7 @@ class ModelStore:
             # name, and the registry knows nothing of it, so the new copy replaces it.
             self.remove(version)
         os.rename(staged.path, target)
-        fsync_dir(self.versions)
+        fsync_path(self.versions)
         return target
 
     def discard(self, staged: StagedArtifact) -> None:
@@ -277,10 +270,10 @@ class ModelStore:
                         fh.write(data)
                         fh.flush()
                         os.fsync(fh.fileno())
-                fsync_dir(staging)
+                fsync_path(staging)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.rename(staging, target)
-                fsync_dir(target.parent)
+                fsync_path(target.parent)
                 written.append(target)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
@@ -333,11 +326,11 @@ class ModelStore:
                 raw.flush()
                 os.fsync(raw.fileno())
             os.rename(partial, packed)
-            fsync_dir(path)
+            fsync_path(path)
             file.unlink()
             done += 1
         if done:
-            fsync_dir(path)
+            fsync_path(path)
         return done
 
     def decompress(self, version: str,
@@ -364,7 +357,7 @@ class ModelStore:
                 partial.unlink()
                 return f"{packed} does not decompress to the bytes recorded at import"
             os.rename(partial, file)
-            fsync_dir(path)
+            fsync_path(path)
             packed.unlink()
         return None
 
@@ -374,7 +367,7 @@ def _remove_into(path: Path, doomed: Path) -> None:
     if not path.exists():
         return
     os.rename(path, doomed)
-    fsync_dir(path.parent)
+    fsync_path(path.parent)
     shutil.rmtree(doomed, ignore_errors=True)
 
 

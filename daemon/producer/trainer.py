@@ -39,7 +39,7 @@ from sklearn.preprocessing import StandardScaler
 
 from modeld.core.errors import ArtifactError
 from modeld.core.features import FEATURE_CATALOG, FeatureExtractor
-from modeld.core.store import fsync_dir
+from modeld.core.store import fsync_path
 from modeld.daemon.producer.simulator import ANOMALY_LABEL
 
 __all__ = [
@@ -350,11 +350,11 @@ def write_artifact(artifact: TrainedArtifact, models_dir: Path) -> Path:
                 fh.write(artifact.files[name])
                 fh.flush()
                 os.fsync(fh.fileno())
-        fsync_dir(tmp)
+        fsync_path(tmp)
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    fsync_dir(models_dir)
+    fsync_path(models_dir)
     return final
 
