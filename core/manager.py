@@ -304,12 +304,15 @@ class _Stages:
     """Where one import's time goes, stage by stage (``ModelImported.stages_ms``)."""
 
     started: float = field(default_factory=time.perf_counter)
-    last: float = 0.0
+    last: float = field(init=False)
     ms: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.last = self.started
 
     def done(self, stage: str) -> None:
         now = time.perf_counter()
-        self.ms[stage] = round((now - (self.last or self.started)) * 1000, 2)
+        self.ms[stage] = round((now - self.last) * 1000, 2)
         self.last = now
 
     def took_ms(self) -> float:
