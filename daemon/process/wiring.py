@@ -13,8 +13,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import generate_latest
-
 from modeld.core.drift import DriftConfig
 from modeld.core.events import Listener, ManagerEvent
 from modeld.core.manager import (
@@ -148,7 +146,7 @@ def build_worker_runtime(settings: Settings, send: Callable[[bytes], None],
         monitors = HandoffMonitors(
             s.monitoring, registry, store.versions, metrics, alerter, send=send,
             status=lambda: status(runtime),
-            metrics=lambda: generate_latest(metrics.registry).decode())
+            metrics=lambda: metrics.exposition().decode())
         runtime = Runtime(settings=s, manager=manager, metrics=metrics, alerter=alerter,
                           monitors=monitors, token=s.api_token(), closers=closers)
         monitors.start()
