@@ -81,7 +81,8 @@ native_format(const Py_buffer *view)
         ((format[0] == '>' || format[0] == '!') && !little)) {
         format++;
     }
-    return format[1] == '\0' ? format[0] : 0;
+    /* an empty format, or a byte order alone, names no item: read no further than its NUL */
+    return format[0] != '\0' && format[1] == '\0' ? format[0] : 0;
 }
 
 /* Get a C-contiguous buffer of `ndim` dimensions whose items are one of `kinds` (struct
