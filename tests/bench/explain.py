@@ -19,25 +19,21 @@ Target (from the issue): at most 200 us per explained record.
 
 from __future__ import annotations
 
-import io
 import sys
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import joblib
 import numpy as np
 
 # The script is run as a file, not as a module of an installed package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from modeld.core.explain import ReferenceWords
-from modeld.core.features import FeatureExtractor
 from modeld.core.loader import LoadedArtifact, build_servable
-from modeld.daemon.producer.simulator import simulate_wifi_logs
-from modeld.daemon.producer.trainer import DEFAULT_FEATURES, train_artifact
+from modeld.daemon.producer.trainer import DEFAULT_FEATURES
+from tests.bench.wifi import wifi_model
 
 BATCH_SIZES = (1, 100)
 REPEATS = {1: 201, 100: 21}
@@ -54,13 +50,9 @@ class Spec:
 
 
 def main() -> None:
-    now = datetime(2026, 11, 28, 12, tzinfo=UTC)
-    logs = simulate_wifi_logs(6000, now - timedelta(days=7), seed=1, anomaly_burst=True)
-    artifact = train_artifact(logs, n_estimators=100, version="bench", now=now)
-    model = joblib.load(io.BytesIO(artifact.files["model.joblib"]))
+    model, features = wifi_model()
     spec = Spec("bench", tuple(DEFAULT_FEATURES), ())
     servable = build_servable(LoadedArtifact(model, None, ()), spec, 8)
-    features = FeatureExtractor(DEFAULT_FEATURES).transform(logs)
     levels = (np.arange(256) + 0.5) / 256
     words = ReferenceWords(DEFAULT_FEATURES, [np.quantile(features[:, i], levels)
                                               for i in range(features.shape[1])])

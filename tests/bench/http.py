@@ -14,6 +14,9 @@ the same rows, as requests of 1 and of 100 records, at 1, 4 and 16 keep-alive co
 
 modeld's ``POST /api/v1/noop`` with the same bodies (reads and parses them, answers ``{}``)
 is the floor of its HTTP stack, measured beside each modeld line.
+``--traffic wifi`` serves the WiFi model modeld's trainer makes instead (tests/bench/wifi.py:
+12 features, simulated access-point traffic it did not see, a held-out scenario in it); both
+servers get the same feature rows either way.
 Printed: one line per (client, server, connections, records), then modeld's ratio to MLServer
 from this one run. Missing wrk or MLServer is said plainly and those lines are skipped.
 """
@@ -46,9 +49,11 @@ import joblib  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.ensemble import IsolationForest  # noqa: E402
 
+from modeld.daemon.producer.trainer import DEFAULT_FEATURES  # noqa: E402
+from tests.bench.wifi import wifi_model, wifi_traffic  # noqa: E402
 from tests.helpers import DaemonProcess, artifact_files, free_port, write_renamed  # noqa: E402
 
-FEATURES = [f"f{i}" for i in range(20)]
+GAUSSIAN_FEATURES = [f"f{i}" for i in range(20)]
 CONNECTIONS = (1, 4, 16)
 RECORD_COUNTS = (1, 100)
 DEFAULT_MLSERVER = "/work/wt/venv-mlserver/bin/mlserver"
@@ -91,15 +96,25 @@ def measured(target: Target, run: Callable[[], Result], seconds: float) -> Resul
     return replace(result, cpu_us_per_request=used / max(requests, 1) * 1e6)
 
 
-def rows_for(n: int) -> np.ndarray:
-    return np.random.default_rng(n).normal(size=(n, len(FEATURES)))
+def served(traffic: str) -> tuple[IsolationForest, list[str], dict[int, np.ndarray]]:
+    """The model, its feature names and the rows of each request size for ``traffic``."""
+    if traffic == "wifi":
+        model, _ = wifi_model()
+        rows = wifi_traffic(max(RECORD_COUNTS))
+        return model, list(DEFAULT_FEATURES), {n: rows[:n] for n in RECORD_COUNTS}
+    rng = np.random.default_rng(0)
+    model = IsolationForest(n_estimators=100, random_state=0).fit(
+        rng.normal(size=(10_000, len(GAUSSIAN_FEATURES))))
+    return model, GAUSSIAN_FEATURES, {
+        n: np.random.default_rng(n).normal(size=(n, len(GAUSSIAN_FEATURES)))
+        for n in RECORD_COUNTS}
 
 
-def modeld_body(rows: np.ndarray) -> bytes:
+def modeld_body(rows: np.ndarray, features: list[str]) -> bytes:
     records = [
         {"timestamp": "2026-11-28T10:15:02Z", "host": "ap-3f-12", "process": "hostapd",
          "message": "wlan0: STA 3c:22:fb:1a:9e:01 IEEE 802.11: associated",
-         "features": {name: float(v) for name, v in zip(FEATURES, row, strict=True)}}
+         "features": {name: float(v) for name, v in zip(features, row, strict=True)}}
         for row in rows
     ]
     return json.dumps({"records": records}).encode()
@@ -226,6 +241,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--mlserver", default=os.environ.get("MLSERVER", DEFAULT_MLSERVER))
+    parser.add_argument("--traffic", choices=("gaussian", "wifi"), default="gaussian")
     args = parser.parse_args()
     wrk = shutil.which("wrk")
     if wrk is None:
@@ -235,10 +251,8 @@ def main() -> int:
         print(f"MLServer is not installed at {args.mlserver} (python3 -m venv DIR && "
               "DIR/bin/pip install mlserver mlserver-sklearn; pass --mlserver DIR/bin/mlserver):"
               " no MLServer lines, no ratios", flush=True)
-    rng = np.random.default_rng(0)
-    model = IsolationForest(n_estimators=100, random_state=0).fit(
-        rng.normal(size=(10_000, len(FEATURES))))
-    rows = {n: rows_for(n) for n in RECORD_COUNTS}
+    model, features, rows = served(args.traffic)
+    print(f"traffic={args.traffic}", flush=True)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         (tmp / "modeld").mkdir()
@@ -252,11 +266,11 @@ def main() -> int:
                         "the daemon to answer /healthz")
         try:
             write_renamed(daemon.models_dir, "bench", artifact_files(
-                "bench", model=model, feature_names=FEATURES))
+                "bench", model=model, feature_names=features))
             daemon.wait_deployed("bench", timeout=120)
             assert daemon.proc is not None
             targets = [Target("modeld", daemon.port, "/api/v1/score",
-                              {n: modeld_body(r) for n, r in rows.items()}, daemon.proc.pid)]
+                              {n: modeld_body(r, features) for n, r in rows.items()}, daemon.proc.pid)]
             if have_mlserver:
                 mlserver, port = start_mlserver(args.mlserver, model_file, tmp)
                 targets.append(Target("mlserver", port, "/v2/models/bench/infer",

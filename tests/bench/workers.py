@@ -30,13 +30,12 @@ import numpy as np  # noqa: E402
 from sklearn.ensemble import IsolationForest  # noqa: E402
 
 from tests.bench.http import (  # noqa: E402
-    FEATURES,
     Result,
     Target,
     cpu_seconds,
     modeld_body,
-    rows_for,
     run_wrk,
+    served,
 )
 from tests.helpers import DaemonProcess, artifact_files, write_renamed  # noqa: E402
 
@@ -72,8 +71,9 @@ def cpu_of(pids: list[int]) -> float:
     return total
 
 
-def measure(root: Path, workers: int, model: IsolationForest, seconds: float, wrk: str,
-            tmp: Path) -> dict[int, tuple[Result, float]]:
+def measure(root: Path, workers: int, model: IsolationForest, features: list[str],
+            rows: dict[int, np.ndarray], seconds: float, wrk: str, tmp: Path
+            ) -> dict[int, tuple[Result, float]]:
     """(wrk's result, requests per CPU-second) per record count, for one daemon."""
     root.mkdir()
     daemon = DaemonProcess(root, overrides={"logging": {"level": "WARNING"}})
@@ -84,7 +84,7 @@ def measure(root: Path, workers: int, model: IsolationForest, seconds: float, wr
         daemon.wait_for(lambda: daemon.get("/healthz").status_code == 200, 300,
                         "the daemon to answer /healthz")
         write_renamed(daemon.models_dir, "bench", artifact_files(
-            "bench", model=model, feature_names=FEATURES))
+            "bench", model=model, feature_names=features))
         daemon.wait_for(lambda: daemon.get("/readyz").status_code == 200, 120,
                         "the model to be deployed")
         if workers > 1:
@@ -96,7 +96,7 @@ def measure(root: Path, workers: int, model: IsolationForest, seconds: float, wr
         connections = CONNECTIONS_PER_PROCESS * workers
         for n in RECORD_COUNTS:
             target = Target(f"workers{workers}", daemon.port, "/api/v1/score",
-                            {n: modeld_body(rows_for(n))}, daemon.proc.pid)
+                            {n: modeld_body(rows[n], features)}, daemon.proc.pid)
             run_wrk(wrk, target, n, connections, 1.0, tmp)  # warm-up
             before = cpu_of(pids)
             result = run_wrk(wrk, target, n, connections, seconds, tmp)
@@ -121,15 +121,13 @@ def main() -> int:
     if wrk is None:
         print("wrk is not installed (apt-get install wrk): nothing measured", flush=True)
         return 1
-    rng = np.random.default_rng(0)
-    model = IsolationForest(n_estimators=100, random_state=0).fit(
-        rng.normal(size=(10_000, len(FEATURES))))
+    model, features, rows = served("gaussian")
     print("load before:", subprocess.run(["uptime"], capture_output=True, text=True).stdout
           .strip(), flush=True)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        one = measure(tmp / "one", 1, model, args.seconds, wrk, tmp)
-        many = measure(tmp / "many", args.workers, model, args.seconds, wrk, tmp)
+        one = measure(tmp / "one", 1, model, features, rows, args.seconds, wrk, tmp)
+        many = measure(tmp / "many", args.workers, model, features, rows, args.seconds, wrk, tmp)
     print("load after:", subprocess.run(["uptime"], capture_output=True, text=True).stdout
           .strip(), flush=True)
     for n in RECORD_COUNTS:
