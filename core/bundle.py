@@ -64,7 +64,6 @@ from modeld.core.loader import (
     standard_transform,
     warmup_rows,
 )
-from modeld.core.store import Durable, fsync_each
 
 __all__ = [
     "BUNDLE_FORMAT",
@@ -346,7 +345,6 @@ def write_bundle(
     out: Path,
     spec: ServableSpec | None,
     warmup_row_count: int,
-    durable: Durable | None = None,
 ) -> np.ndarray | None:
     """Write the bundle of the artifact in ``folder`` (already loaded as ``loaded``) to ``out``.
 
@@ -355,8 +353,8 @@ def write_bundle(
     artifact's metadata.json (None when it is unreadable; when it is, or when it disagrees
     with the model, the bundle holds the facts only, and validation says what is wrong). Warmup and reference rows are scored with scikit-learn itself, so the
     daemon can check its rebuilt scorer against them. Returns those warmup scores (None when
-    the bundle holds the facts only). ``durable`` fsyncs the written files and ``out``
-    (:func:`fsync_each` when None; the canary child syncs them all at once). Raises
+    the bundle holds the facts only). Nothing is fsynced here: the store makes the files
+    durable when it commits the bundle, with the version's (:meth:`ModelStore.commit`). Raises
     WarmupNonFinite or ModelLoadFailed when scikit-learn cannot score the warmup rows.
     """
     facts = EstimatorFacts.of(loaded)
@@ -414,7 +412,6 @@ def write_bundle(
         "arrays": sorted(arrays),
     }
     (out / MANIFEST).write_text(json.dumps(manifest, sort_keys=True), encoding="utf-8")
-    (durable or fsync_each)([*out.iterdir(), out])
     return arrays.get(_WARMUP_SCORES)
 
 

@@ -853,8 +853,8 @@ class ModelManager:
             assert meta is not None and validation.servable is not None
             bundle = validation.bundle
             assert bundle is not None
-            bundled = self.store.commit_bundle(bundle.path, bundle.digest)
-            stored = self.store.commit(staged, meta.version)
+            stored = self.store.commit(staged, meta.version, (bundle.path, bundle.digest))
+            bundled = self.store.bundle_path(bundle.digest)
             now = iso(self.clock())
             row = VersionRow(
                 version=meta.version, status="available", model_type=meta.model_type,

@@ -10,8 +10,9 @@ Layout under ``storage.directory``::
                           (<id>.bundle/: the bundle the isolated child is writing)
     trash/<id>/           a version being removed (renamed here first, then deleted)
 
-A copy goes file by file into staging, is fsynced (all files at once), then renamed into ``versions/`` and the
-parent fsynced: the store never holds a partial version. Compressing or decompressing a file
+A copy goes file by file into staging; when it is committed, its files and folder are fsynced
+(all at once, with its bundle's), then renamed into ``versions/`` and the parent fsynced: the
+store never holds a partial version. Compressing or decompressing a file
 writes the other form under a temporary name, fsyncs and renames it, then removes the first: a
 crash at any moment leaves each file whole in at least one form.
 """
@@ -49,7 +50,8 @@ class FileDigest:
 
 @dataclass(frozen=True, slots=True)
 class StagedArtifact:
-    """A private, fsynced copy of a candidate folder with the digests computed while copying."""
+    """A private copy of a candidate folder with the digests computed while copying; made
+    durable when it is committed (:meth:`ModelStore.commit`)."""
 
     path: Path
     source: Path
@@ -70,9 +72,10 @@ class StagedArtifact:
 
 Durable = Callable[[Sequence[Path]], None]
 """Makes files and folders durable (an fsync each) and returns when all of them are: how a
-staged copy's and a bundle's files reach the disk before they are renamed and committed.
+staged copy's and its bundle's files reach the disk, together, before they are renamed into
+place, and how the folders they were renamed into do after.
 :func:`fsync_each` here; the daemon passes one that syncs them at once
-(``daemon/jobs/sandbox.py``)."""
+(``daemon/process/wiring.py``)."""
 
 
 def fsync_each(paths: Sequence[Path]) -> None:
@@ -127,13 +130,27 @@ class ModelStore:
     def commit_bundle(self, written: Path, digest: str) -> Path:
         """Rename a written bundle into ``bundles/<digest>``, durably; the same content already
         there is kept and ``written`` removed."""
+        self._place(self._bundle_move(written, digest))
+        return self.bundle_path(digest)
+
+    def _bundle_move(self, written: Path, digest: str) -> list[tuple[Path, Path]]:
         target = self.bundle_path(digest)
         if target.is_dir():
             shutil.rmtree(written, ignore_errors=True)
-            return target
-        os.rename(written, target)
-        fsync_path(self.bundles)
-        return target
+            return []
+        return [(written, target)]
+
+    def _place(self, moves: Sequence[tuple[Path, Path]]) -> None:
+        """Rename written folders into place, durably: every file in them and the folders
+        themselves are made durable first (one batch, so a journaling filesystem commits
+        them together), then the renames, then the folders renamed into (one batch)."""
+        if not moves:
+            return
+        self.durable([*(file for written, _ in moves for file in written.iterdir()),
+                      *(written for written, _ in moves)])
+        for written, target in moves:
+            os.rename(written, target)
+        self.durable(sorted({target.parent for _, target in moves}))
 
     def remove_bundle(self, digest: str) -> None:
         """Delete ``bundles/<digest>``, as :meth:`remove` does a version; a servable still
@@ -159,7 +176,6 @@ class ModelStore:
         target.mkdir()
         try:
             files = self._copy_into(source, target)
-            self.durable([*(target / name for name in files), target])
         except BaseException:
             shutil.rmtree(target, ignore_errors=True)
             raise
@@ -209,17 +225,22 @@ class ModelStore:
                     )
                 digest.update(chunk)
                 fout.write(chunk)
-        return FileDigest(size, digest.hexdigest())  # made durable with the folder (stage)
+        return FileDigest(size, digest.hexdigest())  # made durable when committed
 
-    def commit(self, staged: StagedArtifact, version: str) -> Path:
-        """Rename a validated staging folder into ``versions/<version>``, durably."""
+    def commit(self, staged: StagedArtifact, version: str,
+               bundle: tuple[Path, str] | None = None) -> Path:
+        """Rename a validated staging folder into ``versions/<version>``, and the ``bundle``
+        written for it (its folder, its digest) as :meth:`commit_bundle` does, durably: both
+        reach the disk together."""
         target = self.path_of(version)
         if target.exists():
             # Left by a crash after the rename but before the registry commit: same version
             # name, and the registry knows nothing of it, so the new copy replaces it.
             self.remove(version)
-        os.rename(staged.path, target)
-        fsync_path(self.versions)
+        moves = [(staged.path, target)]
+        if bundle is not None:
+            moves += self._bundle_move(*bundle)
+        self._place(moves)
         return target
 
     def discard(self, staged: StagedArtifact) -> None:

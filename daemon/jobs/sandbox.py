@@ -46,7 +46,6 @@ import threading
 import time
 import traceback
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -63,7 +62,6 @@ from modeld.core.errors import (
 )
 from modeld.core.loader import LoadPolicy, estimator_files, load_artifact, warm
 from modeld.core.source import sha256_file
-from modeld.core.store import fsync_path
 
 log = structlog.get_logger("modeld.sandbox")
 
@@ -412,7 +410,7 @@ def _canary(folder: Path, policy: LoadPolicy, count: int, bundle: Path | None) -
             # refused) as it is written: that is the canary. Only a model with nothing to
             # bundle is exercised by the Loader stage's warmup instead.
             scores = None if bundle is None else write_bundle(
-                loaded, folder, bundle, meta, count, fsync_at_once)
+                loaded, folder, bundle, meta, count)
             if scores is None:
                 scores = warm(loaded, folder.name, width, extractor,
                               () if meta is None else meta.warmup, count).scores
@@ -428,16 +426,6 @@ def _canary(folder: Path, policy: LoadPolicy, count: int, bundle: Path | None) -
         "scores": [-float(s) for s in scores],  # back to sklearn's sign (CanaryResult)
         "rows": len(scores),
     }
-
-
-def fsync_at_once(paths: Sequence[Path]) -> None:
-    """fsync files and folders concurrently, one thread each, and return when all are
-    durable (a :data:`~modeld.core.store.Durable`): a journaling filesystem commits
-    concurrent fsyncs together (measured here on ext4, loaded machine: 14 bundle files 51 ms
-    one after the other, 5 ms at once). Used by the canary child for its bundle and by the
-    daemon's store for a staged copy. Raises the first OSError."""
-    with ThreadPoolExecutor(max_workers=len(paths)) as pool:
-        list(pool.map(fsync_path, paths))
 
 
 def _preimport() -> None:
@@ -476,7 +464,6 @@ def _serve(request: Mapping[str, Any]) -> None:
     work = Path(request["work"])
     result_path = work / "result.json"
     _set_limits(float(request["time_limit"]), int(request["memory_limit_bytes"]))
-    threading.stack_size(256 * 1024)  # fsync_at_once's threads, under the address-space limit
     try:
         bundle = request.get("bundle")
         answer = _canary(Path(request["folder"]), LoadPolicy.from_dict(request["policy"]),

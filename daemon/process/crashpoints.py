@@ -63,9 +63,10 @@ class _CrashingStore(ModelStore):
         self._crash.reached("staged")
         return staged
 
-    def commit(self, staged: StagedArtifact, version: str) -> Path:
+    def commit(self, staged: StagedArtifact, version: str,
+               bundle: tuple[Path, str] | None = None) -> Path:
         self._crash.reached("validated")  # the manager commits only what passed validation
-        target = super().commit(staged, version)
+        target = super().commit(staged, version, bundle)
         self._crash.reached("store_renamed")  # in the store, not yet in the registry
         return target
 

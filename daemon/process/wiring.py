@@ -9,7 +9,8 @@ test-only crash points when ``MODELD_TEST_CRASH_AT`` asks for them. The process 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +26,12 @@ from modeld.core.manager import (
 )
 from modeld.core.registry import Registry
 from modeld.core.serving import ServingSlot
-from modeld.core.store import ModelStore
+from modeld.core.store import ModelStore, fsync_path
 from modeld.core.validate import bundle_folder
 from modeld.daemon.jobs.alerting import Alerter
 from modeld.daemon.jobs.handoff import HandoffMonitors
 from modeld.daemon.jobs.monitoring import Monitors
-from modeld.daemon.jobs.sandbox import Zygote, canary_load, fsync_at_once
+from modeld.daemon.jobs.sandbox import Zygote, canary_load
 from modeld.daemon.jobs.shadow import ShadowWorker
 from modeld.daemon.process.crashpoints import CrashPoint
 from modeld.daemon.process.metrics import DaemonMetrics
@@ -206,6 +207,15 @@ def _canary(runtime: Runtime, zygote: Zygote) -> FirstLoad:
                     expected_digests=digests, zygote=zygote, bundle_to=out)
 
     return first_load
+
+
+def fsync_at_once(paths: Sequence[Path]) -> None:
+    """fsync files and folders concurrently, one thread each, and return when all are
+    durable (the daemon store's :data:`~modeld.core.store.Durable`): a journaling filesystem
+    commits concurrent fsyncs together (measured here on ext4, loaded machine: 14 bundle files
+    51 ms one after the other, 5 ms at once). Raises the first OSError."""
+    with ThreadPoolExecutor(max_workers=len(paths)) as pool:
+        list(pool.map(fsync_path, paths))
 
 
 def both_listeners(first: Listener, second: Listener) -> Listener:
