@@ -15,13 +15,21 @@ from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
+from watchdog.events import (
+    DirCreatedEvent,
+    DirModifiedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+)
 
 from modeld.core.events import ModelImported, ModelSwapped
 from modeld.core.manager import ModelManager, describe_folder
 from modeld.core.source import MAX_FOLDER_ENTRIES, scan_models_folder
 from modeld.core.store import FileDigest, ModelStore
 from modeld.daemon.jobs.alerting import Alert, Alerter
-from modeld.daemon.jobs.watch import PollWorker
+from modeld.daemon.jobs.watch import PollWorker, _Hint
 from tests.helpers import artifact_files, metadata
 from tests.test_alerting import (
     WebhookReceiver,
@@ -226,6 +234,24 @@ def test_a_scan_that_keeps_failing_is_alerted_once_per_streak(
         runtime.close()
     alert = receiver.bodies[0]
     assert alert["kind"] == "scan_failed" and "Too many levels of symbolic links" in alert["detail"]
+
+
+def test_a_producers_folder_in_progress_asks_for_no_rescan(tmp_path: Path) -> None:
+    # Before: every file written into a _tmp folder asked for a rescan of the models folder,
+    # and the rename into place that followed waited behind those scans.
+    models = tmp_path / "models"
+    asked: list[str | None] = []
+    hint = _Hint(models, asked.append)
+    for event in (DirCreatedEvent(str(models / "_tmp_v1")),
+                  FileModifiedEvent(str(models / "_tmp_v1" / "model.joblib")),
+                  FileClosedEvent(str(models / ".v2" / "metadata.json"))):
+        hint.on_any_event(event)
+    assert asked == []
+    for event in (DirMovedEvent(str(models / "_tmp_v1"), str(models / "v1")),
+                  FileDeletedEvent(str(models / "v3" / "model.joblib.part")),
+                  DirModifiedEvent(str(models))):
+        hint.on_any_event(event)
+    assert asked == ["v1", None, None]  # the rename names its folder; the others rescan
 
 
 class _GatedStore(ModelStore):

@@ -29,7 +29,7 @@ from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGroupe
 from watchdog.observers.polling import PollingObserver
 
 from modeld.core.manager import ModelManager
-from modeld.core.source import ArtifactFolder
+from modeld.core.source import ArtifactFolder, is_work_in_progress
 
 log = structlog.get_logger("modeld.watch")
 
@@ -79,12 +79,24 @@ class _Hint(FileSystemEventHandler):
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.event_type in ("opened", "closed_no_write"):
             return
+        paths = [os.fsdecode(event.src_path)]
+        if event.dest_path:
+            paths.append(os.fsdecode(event.dest_path))
+        if all(self._in_progress(path) for path in paths):
+            # inside a producer's folder in progress (``_tmp*``, ``.*``): the scans skip it,
+            # and a rescan per file it writes held the rename that follows behind it
+            return
         moved_in = None
         if isinstance(event, DirMovedEvent):
             dest = os.fsdecode(event.dest_path)
             if os.path.dirname(dest) == self._models_dir:
                 moved_in = os.path.basename(dest)
         self._request(moved_in)
+
+    def _in_progress(self, path: str) -> bool:
+        """Whether ``path`` is, or is inside, a work-in-progress entry of the models folder."""
+        top = os.path.relpath(path, self._models_dir).split(os.sep, 1)[0]
+        return top not in (os.curdir, os.pardir) and is_work_in_progress(top)
 
 
 class PollWorker:
