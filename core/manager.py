@@ -488,7 +488,7 @@ class ModelManager:
             self.registry.add_event("bundle_converted", version, now,
                                     {"digest": written.digest, "size": written.size})
         log.info("bundle_converted", version=version, digest=written.digest, size=written.size)
-        return read_bundle(path, version, written.digest)
+        return replace(written, path=path)  # its files, hashed above, renamed: not again
 
     def _bundle_of(self, row: VersionRow) -> Bundle:
         """The version's recorded bundle, checked against its digest (written now when it has
