@@ -1,6 +1,7 @@
 /*
- * modeld.core._forest: the IsolationForest tree walk, and the TreeSHAP table lookups that
- * explain its scores, compiled ahead of time.
+ * modeld.core._forest: the IsolationForest tree walk, the TreeSHAP table lookups that
+ * explain its scores, and the drift detector's per-record work (mid-rank codes, CUSUM
+ * increments, Lindley's recursion), compiled ahead of time.
  *
  * core/forest.py compiles a fitted forest into flat node arrays (the servable bundle's form)
  * and hands them to Forest(); scoring then asks Forest.path_length_sums for each record's
@@ -19,8 +20,8 @@
  *
  * Only the Python C API and the buffer protocol are used, so building needs no numpy headers.
  * Sections, one per function: buffer checks, building a Forest, the walk, path_length_sums,
- * TreeSHAP patterns (core/explain.py's Patterns: its own checks, table and pass), the types
- * and the module.
+ * TreeSHAP patterns (core/explain.py's Patterns: its own checks, table and pass), drift
+ * (core/drift's mid_ranks, Increments and lindley), the types and the module.
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -934,6 +935,580 @@ static PyTypeObject PatternsType = {
     .tp_new = Patterns_new,
 };
 
+/* ------------------------------------------------------------------ drift: ranks and CUSUMs */
+
+/* core/drift watches every scored record: each value is coded by its mid-rank against its
+ * column's reference quantiles, each of a few hundred CUSUMs gets an increment from two
+ * statistics of the codes, and the CUSUMs advance by Lindley's recursion. In numpy that was
+ * 10 us a record on the monitoring thread, holding the GIL the HTTP threads wait for: one
+ * searchsorted over every column's keys (13 steps of cache misses per value, twice), an
+ * (n, 500) matrix of statistics gathered twice, and a Python loop over the records. */
+
+/* Values x streams from which a call releases the GIL (about 100 us of work), as in the walk. */
+#define RELEASE_GIL_DRIFT 131072
+
+/* #(grid <= v) over a sorted grid of q >= 1 values: a binary search. */
+static inline Py_ssize_t
+count_upto(const double *grid, Py_ssize_t q, double v)
+{
+    const double *base = grid;
+    while (q > 1) {
+        const Py_ssize_t half = q / 2;
+        base += half * (Py_ssize_t)(base[half - 1] <= v);
+        q -= half;
+    }
+    return (base - grid) + (*base <= v);
+}
+
+/* Each value's #(grid < v) + #(grid <= v) against its column's grid. The searches of a
+ * record's columns go step by step side by side: one search is a chain of dependent loads,
+ * a record's are independent, so the processor overlaps them. Each step is arithmetic, not
+ * conditional (the compiler would branch, and a random value mispredicts half the branches).
+ * #(grid <= v) differs from #(grid < v) only when v is in the grid, so it is searched for
+ * only then. A NaN compares false everywhere: it counts 0 below and 0 up to it. */
+static void
+mid_ranks_of(const double *grid, Py_ssize_t q, const double *values, Py_ssize_t n,
+             Py_ssize_t width, Py_ssize_t first, int64_t *out, Py_ssize_t *below)
+{
+    const Py_ssize_t stride = 2 * q + 2;
+    const double *grids = grid + first * q;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const double *x = values + i * width;
+        for (Py_ssize_t j = 0; j < width; j++) {
+            below[j] = 0;
+        }
+        for (Py_ssize_t left = q; left > 1;) {
+            const Py_ssize_t half = left / 2;
+            for (Py_ssize_t j = 0; j < width; j++) {
+                below[j] += half * (Py_ssize_t)(grids[j * q + below[j] + half - 1] < x[j]);
+            }
+            left -= half;
+        }
+        for (Py_ssize_t j = 0; j < width; j++) {
+            const double *g = grids + j * q;
+            const Py_ssize_t b = below[j] + (g[below[j]] < x[j]);
+            const Py_ssize_t m = b == q || g[b] != x[j] ? 2 * b
+                                                       : 2 * b + count_upto(g + b, q - b, x[j]);
+            out[i * width + j] = (int64_t)((first + j) * stride + m);
+        }
+    }
+}
+
+PyDoc_STRVAR(mid_ranks_doc,
+"mid_ranks(grid, values, first, out)\n--\n\n"
+"Write into `out` (int64, the shape of `values`) the mid-rank code of each value of\n"
+"`values` (float64, n x w) against row first + j of `grid` (float64, columns x q, each row\n"
+"sorted) for column j: (first + j) * (2q + 2) + #(row < v) + #(row <= v). A NaN codes as\n"
+"(first + j) * (2q + 2). Raises TypeError/ValueError for other inputs.");
+
+static PyObject *
+mid_ranks(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_Format(PyExc_TypeError, "mid_ranks() takes 4 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    const Py_ssize_t first = PyLong_AsSsize_t(args[2]);
+    if (first == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_buffer grid, values, out;
+    if (get_buffer(args[0], &grid, "grid", 2, "d", 8, 0, "float64") != 0) {
+        return NULL;
+    }
+    if (get_buffer(args[1], &values, "values", 2, "d", 8, 0, "float64") != 0) {
+        PyBuffer_Release(&grid);
+        return NULL;
+    }
+    if (get_buffer(args[3], &out, "out", 2, "lq", 8, 1, "int64") != 0) {
+        PyBuffer_Release(&values);
+        PyBuffer_Release(&grid);
+        return NULL;
+    }
+    const Py_ssize_t n = values.shape[0], width = values.shape[1], q = grid.shape[1];
+    Py_ssize_t *below = NULL;
+    if (first < 0 || first + width > grid.shape[0] || q < 1) {
+        PyErr_Format(PyExc_ValueError, "columns %zd to %zd are not all rows of a grid of "
+                     "shape (%zd, %zd)", first, first + width - 1, grid.shape[0], q);
+    }
+    else if (out.shape[0] != n || out.shape[1] != width) {
+        PyErr_Format(PyExc_ValueError, "out has shape (%zd, %zd) for values of shape "
+                     "(%zd, %zd)", out.shape[0], out.shape[1], n, width);
+    }
+    else if ((below = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)(width + 1))) == NULL) {
+        PyErr_NoMemory();
+    }
+    else if (n * width >= RELEASE_GIL_DRIFT / 8) {
+        Py_BEGIN_ALLOW_THREADS
+        mid_ranks_of(grid.buf, q, values.buf, n, width, first, out.buf, below);
+        Py_END_ALLOW_THREADS
+    }
+    else {
+        mid_ranks_of(grid.buf, q, values.buf, n, width, first, out.buf, below);
+    }
+    PyMem_Free(below);
+    PyBuffer_Release(&out);
+    PyBuffer_Release(&values);
+    PyBuffer_Release(&grid);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* Lindley's recursion S = max(0, S + x) row by row, and each stream's peak over the batch;
+ * the same operations in the same order as numpy's add and maximum, so the same bits. */
+static void
+advance_cusums(double *cusum, double *peak, const double *inc, Py_ssize_t n, Py_ssize_t k)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const double *row = inc + i * k;
+        for (Py_ssize_t j = 0; j < k; j++) {
+            double s = cusum[j] + row[j];
+            s = s < 0.0 ? 0.0 : s;
+            cusum[j] = s;
+            peak[j] = s > peak[j] ? s : peak[j];
+        }
+    }
+}
+
+PyDoc_STRVAR(lindley_doc,
+"lindley(cusum, increments, peak)\n--\n\n"
+"Advance the CUSUMs `cusum` (float64, k, updated in place) through `increments` (float64,\n"
+"n x k) by S = max(0, S + x) row by row, raising `peak` (float64, k, in place) to the\n"
+"highest value each reached. Raises TypeError/ValueError for other inputs.");
+
+static PyObject *
+lindley(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError, "lindley() takes 3 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    Py_buffer cusum, inc, peak;
+    if (get_buffer(args[0], &cusum, "cusum", 1, "d", 8, 1, "float64") != 0) {
+        return NULL;
+    }
+    if (get_buffer(args[1], &inc, "increments", 2, "d", 8, 0, "float64") != 0) {
+        PyBuffer_Release(&cusum);
+        return NULL;
+    }
+    if (get_buffer(args[2], &peak, "peak", 1, "d", 8, 1, "float64") != 0) {
+        PyBuffer_Release(&inc);
+        PyBuffer_Release(&cusum);
+        return NULL;
+    }
+    const Py_ssize_t n = inc.shape[0], k = cusum.shape[0];
+    if (inc.shape[1] != k || peak.shape[0] != k) {
+        PyErr_Format(PyExc_ValueError, "increments of shape (%zd, %zd) and a peak of %zd for "
+                     "%zd CUSUMs", n, inc.shape[1], peak.shape[0], k);
+    }
+    else if (n * k >= RELEASE_GIL_DRIFT) {
+        Py_BEGIN_ALLOW_THREADS
+        advance_cusums(cusum.buf, peak.buf, inc.buf, n, k);
+        Py_END_ALLOW_THREADS
+    }
+    else {
+        advance_cusums(cusum.buf, peak.buf, inc.buf, n, k);
+    }
+    PyBuffer_Release(&peak);
+    PyBuffer_Release(&inc);
+    PyBuffer_Release(&cusum);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* A drift engine's statistics and streams (core/drift/engine.py's Engine): each stream's
+ * increment is a * s + b * t for two statistics s, t of the record's codes: a column's normal
+ * score y or y^2, the product of two columns' uniform scores, "carries a value", the anomaly
+ * flag, the missing mark or 1. Increments() keeps only the statistics some stream reads, in
+ * a row that stays in L1; numpy built all of them (over 500 for 21 columns) as an (n, 500)
+ * matrix that left the cache, then gathered it twice. */
+
+typedef struct {
+    PyObject_HEAD
+    double *table;    /* normal scores by flat code (columns * stride) */
+    double *utable;   /* uniform scores */
+    double *ctable;   /* "carries a value" */
+    int32_t *pair;    /* the two columns of each product statistic, 2 per product */
+    int32_t *stat;    /* per stream: its two statistics' places in the row, 2 per stream */
+    double *coef;     /* per stream: a, b */
+    Py_ssize_t columns, stride, n_pairs, n_streams, row_size;
+} IncrementsObject;
+
+/* The row: y by column, y^2 by column, "carries a value" by column, the flag, the missing
+ * mark, 1, then the products. Engine numbers its statistics y, y^2, every product a * cols +
+ * b, carried, flag, missing, 1; place() maps one of those to the row, adding products as
+ * they are first read. Returns -1 with a ValueError for an index out of range. */
+static Py_ssize_t
+place(IncrementsObject *s, int64_t j, Py_ssize_t stream)
+{
+    const Py_ssize_t cols = s->columns, products = cols * cols, base = 3 * cols + 3;
+    if (j < 0 || j >= 3 * cols + products + 3) {
+        PyErr_Format(PyExc_ValueError, "stream %zd reads statistic %lld, outside 0..%zd",
+                     stream, (long long)j, 3 * cols + products + 2);
+        return -1;
+    }
+    if (j < 2 * cols) {
+        return j;
+    }
+    if (j >= 2 * cols + products) {
+        return j - products;  /* carried, flag, missing, 1 */
+    }
+    const int32_t a = (int32_t)((j - 2 * cols) / cols), b = (int32_t)((j - 2 * cols) % cols);
+    for (Py_ssize_t p = 0; p < s->n_pairs; p++) {
+        if (s->pair[2 * p] == a && s->pair[2 * p + 1] == b) {
+            return base + p;
+        }
+    }
+    s->pair[2 * s->n_pairs] = a;
+    s->pair[2 * s->n_pairs + 1] = b;
+    return base + s->n_pairs++;
+}
+
+static double *
+copy_table(const Py_buffer *view)
+{
+    double *copy = PyMem_Malloc(view->len ? view->len : 1);
+    if (copy == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    memcpy(copy, view->buf, view->len);
+    return copy;
+}
+
+static void
+Increments_dealloc(IncrementsObject *s)
+{
+    PyMem_Free(s->table);
+    PyMem_Free(s->utable);
+    PyMem_Free(s->ctable);
+    PyMem_Free(s->pair);
+    PyMem_Free(s->stat);
+    PyMem_Free(s->coef);
+    Py_TYPE(s)->tp_free((PyObject *)s);
+}
+
+static PyObject *
+Increments_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"table", "utable", "ctable", "columns", "a_stat", "b_stat",
+                               "coef_a", "coef_b", NULL};
+    PyObject *objects[8];
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOOO:Increments", keywords,
+                                     &objects[0], &objects[1], &objects[2], &objects[3],
+                                     &objects[4], &objects[5], &objects[6], &objects[7])) {
+        return NULL;
+    }
+    const Py_ssize_t columns = PyLong_AsSsize_t(objects[3]);
+    if (columns == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    static const char *names[] = {"table", "utable", "ctable", NULL, "a_stat", "b_stat",
+                                  "coef_a", "coef_b"};
+    Py_buffer views[8];
+    int got = 0;
+    IncrementsObject *s = NULL;
+    for (; got < 8; got++) {
+        views[got].obj = NULL;
+        if (got == 3) {
+            continue;
+        }
+        const int index = got == 4 || got == 5;
+        if ((index ? get_index_buffer(objects[got], &views[got], names[got])
+                   : get_buffer(objects[got], &views[got], names[got], 1, "d", 8, 0,
+                                "float64")) != 0) {
+            goto done;
+        }
+    }
+    const Py_ssize_t size = views[0].shape[0], streams = views[4].shape[0];
+    if (columns < 1 || size % columns != 0 || size / columns < 2) {
+        PyErr_Format(PyExc_ValueError, "table has %zd entries, not a table of codes for each "
+                     "of %zd columns", size, columns);
+        goto done;
+    }
+    for (int i = 1; i < 8; i++) {
+        const Py_ssize_t want = i < 3 ? size : streams;
+        if (i != 3 && views[i].shape[0] != want) {
+            PyErr_Format(PyExc_ValueError, "%s has %zd entries, expected %zd", names[i],
+                         views[i].shape[0], want);
+            goto done;
+        }
+    }
+    s = (IncrementsObject *)type->tp_alloc(type, 0);
+    if (s == NULL) {
+        goto done;
+    }
+    s->columns = columns;
+    s->stride = size / columns;
+    s->n_streams = streams;
+    s->table = copy_table(&views[0]);
+    s->utable = copy_table(&views[1]);
+    s->ctable = copy_table(&views[2]);
+    s->pair = PyMem_Malloc(sizeof(int32_t) * 2 * (size_t)(2 * streams + 1));
+    s->stat = PyMem_Malloc(sizeof(int32_t) * 2 * (size_t)(streams + 1));
+    s->coef = PyMem_Malloc(sizeof(double) * 2 * (size_t)(streams + 1));
+    if (s->table == NULL || s->utable == NULL || s->ctable == NULL || s->pair == NULL ||
+        s->stat == NULL || s->coef == NULL) {
+        PyErr_NoMemory();
+        Py_CLEAR(s);
+        goto done;
+    }
+    const double *coef_a = views[6].buf, *coef_b = views[7].buf;
+    for (Py_ssize_t k = 0; k < streams; k++) {
+        const Py_ssize_t a = place(s, index_at(&views[4], k), k);
+        const Py_ssize_t b = a < 0 ? -1 : place(s, index_at(&views[5], k), k);
+        if (b < 0) {
+            Py_CLEAR(s);
+            goto done;
+        }
+        s->stat[2 * k] = (int32_t)a;
+        s->stat[2 * k + 1] = (int32_t)b;
+        s->coef[2 * k] = coef_a[k];
+        s->coef[2 * k + 1] = coef_b[k];
+    }
+    s->row_size = 3 * columns + 3 + s->n_pairs;
+done:
+    for (int i = 0; i < got; i++) {
+        if (views[i].obj != NULL) {
+            PyBuffer_Release(&views[i]);
+        }
+    }
+    return (PyObject *)s;
+}
+
+/* 0 if every code of n records indexes the tables, else -1 with a ValueError naming it. */
+static int
+check_codes(const IncrementsObject *s, const int64_t *code, Py_ssize_t n)
+{
+    const Py_ssize_t limit = s->columns * s->stride;
+    for (Py_ssize_t i = 0; i < n * s->columns; i++) {
+        if (code[i] < 0 || code[i] >= limit) {
+            PyErr_Format(PyExc_ValueError, "code %lld of record %zd is outside the tables "
+                         "(0..%zd)", (long long)code[i], i / s->columns, limit - 1);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* One record's row of statistics, then its increments: (a * s) + (b * t), numpy's order. */
+static void
+add_increments(const IncrementsObject *s, const int64_t *codes, const uint8_t *flags,
+               const uint8_t *missing, Py_ssize_t n, double *row, double *out)
+{
+    const Py_ssize_t cols = s->columns, base = 3 * cols + 3;
+    double *u = row + s->row_size;  /* the uniform scores, after the row */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const int64_t *code = codes + i * cols;
+        for (Py_ssize_t c = 0; c < cols; c++) {
+            const double y = s->table[code[c]];
+            row[c] = y;
+            row[cols + c] = y * y;
+            row[2 * cols + c] = s->ctable[code[c]];
+            u[c] = s->utable[code[c]];
+        }
+        row[3 * cols] = flags[i];
+        row[3 * cols + 1] = missing == NULL ? 0.0 : missing[i];
+        row[3 * cols + 2] = 1.0;
+        for (Py_ssize_t p = 0; p < s->n_pairs; p++) {
+            row[base + p] = u[s->pair[2 * p]] * u[s->pair[2 * p + 1]];
+        }
+        double *inc = out + i * s->n_streams;
+        for (Py_ssize_t k = 0; k < s->n_streams; k++) {
+            double x = row[s->stat[2 * k]] * s->coef[2 * k];
+            x += row[s->stat[2 * k + 1]] * s->coef[2 * k + 1];
+            inc[k] = x;
+        }
+    }
+}
+
+PyDoc_STRVAR(Increments_add_doc,
+"add(codes, flags, missing, out)\n--\n\n"
+"Write into `out` (float64, n x streams) the increments of n records given their flat codes\n"
+"(int64, n x columns, as RankTransform.flat_codes makes them), anomaly flags and missing\n"
+"marks (bool, n each; `missing` may be None: none missing). Releases the GIL for a large\n"
+"batch; raises TypeError/ValueError for other inputs, or a code outside the tables.");
+
+static PyObject *
+Increments_add(IncrementsObject *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_Format(PyExc_TypeError, "add() takes 4 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    Py_buffer codes, flags, missing, out;
+    missing.obj = NULL;
+    if (get_buffer(args[0], &codes, "codes", 2, "lq", 8, 0, "int64") != 0) {
+        return NULL;
+    }
+    if (get_buffer(args[1], &flags, "flags", 1, "?", 1, 0, "bool") != 0) {
+        PyBuffer_Release(&codes);
+        return NULL;
+    }
+    if (args[2] != Py_None &&
+        get_buffer(args[2], &missing, "missing", 1, "?", 1, 0, "bool") != 0) {
+        PyBuffer_Release(&flags);
+        PyBuffer_Release(&codes);
+        return NULL;
+    }
+    if (get_buffer(args[3], &out, "out", 2, "d", 8, 1, "float64") != 0) {
+        if (missing.obj != NULL) {
+            PyBuffer_Release(&missing);
+        }
+        PyBuffer_Release(&flags);
+        PyBuffer_Release(&codes);
+        return NULL;
+    }
+    const Py_ssize_t n = codes.shape[0];
+    double *row = NULL;
+    if (codes.shape[1] != s->columns || flags.shape[0] != n ||
+        (missing.obj != NULL && missing.shape[0] != n) || out.shape[0] != n ||
+        out.shape[1] != s->n_streams) {
+        PyErr_Format(PyExc_ValueError, "codes (%zd, %zd), flags, missing and out (%zd, %zd) do "
+                     "not fit %zd records of %zd columns and %zd streams", n, codes.shape[1],
+                     out.shape[0], out.shape[1], n, s->columns, s->n_streams);
+        goto done;
+    }
+    const int64_t *code = codes.buf;
+    if (check_codes(s, code, n) != 0) {
+        goto done;
+    }
+    row = PyMem_Malloc(sizeof(double) * (size_t)(s->row_size + s->columns));
+    if (row == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    const uint8_t *marks = missing.obj == NULL ? NULL : missing.buf;
+    if (n * s->n_streams >= RELEASE_GIL_DRIFT) {
+        Py_BEGIN_ALLOW_THREADS
+        add_increments(s, code, flags.buf, marks, n, row, out.buf);
+        Py_END_ALLOW_THREADS
+    }
+    else {
+        add_increments(s, code, flags.buf, marks, n, row, out.buf);
+    }
+done:
+    PyMem_Free(row);
+    PyBuffer_Release(&out);
+    if (missing.obj != NULL) {
+        PyBuffer_Release(&missing);
+    }
+    PyBuffer_Release(&flags);
+    PyBuffer_Release(&codes);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* Statistic r of the row for one record (flag and missing mark 0): what add() writes at r. */
+static double
+statistic(const IncrementsObject *s, const int64_t *code, Py_ssize_t r)
+{
+    const Py_ssize_t cols = s->columns;
+    if (r < 2 * cols) {
+        const double y = s->table[code[r % cols]];
+        return r < cols ? y : y * y;
+    }
+    if (r < 3 * cols) {
+        return s->ctable[code[r - 2 * cols]];
+    }
+    if (r < 3 * cols + 3) {
+        return r == 3 * cols + 2 ? 1.0 : 0.0;
+    }
+    const int32_t *pair = s->pair + 2 * (r - 3 * cols - 3);
+    return s->utable[code[pair[0]]] * s->utable[code[pair[1]]];
+}
+
+PyDoc_STRVAR(Increments_stream_doc,
+"stream(codes, k, out)\n--\n\n"
+"Write into `out` (float64, n) stream k's increments of n records given their flat codes\n"
+"(int64, n x columns), with no flags and no missing marks: add()'s column k, to the bit,\n"
+"without the other streams' work (a crossing's description replays one stream over the\n"
+"window). Raises TypeError/ValueError for other inputs.");
+
+static PyObject *
+Increments_stream(IncrementsObject *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError, "stream() takes 3 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    const Py_ssize_t k = PyLong_AsSsize_t(args[1]);
+    if (k == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_buffer codes, out;
+    if (get_buffer(args[0], &codes, "codes", 2, "lq", 8, 0, "int64") != 0) {
+        return NULL;
+    }
+    if (get_buffer(args[2], &out, "out", 1, "d", 8, 1, "float64") != 0) {
+        PyBuffer_Release(&codes);
+        return NULL;
+    }
+    const Py_ssize_t n = codes.shape[0];
+    if (k < 0 || k >= s->n_streams) {
+        PyErr_Format(PyExc_ValueError, "stream %zd is not one of the %zd streams", k,
+                     s->n_streams);
+    }
+    else if (codes.shape[1] != s->columns || out.shape[0] != n) {
+        PyErr_Format(PyExc_ValueError, "codes (%zd, %zd) and out (%zd) do not fit %zd records "
+                     "of %zd columns", n, codes.shape[1], out.shape[0], n, s->columns);
+    }
+    else if (check_codes(s, codes.buf, n) == 0) {
+        const int64_t *code = codes.buf;
+        double *inc = out.buf;
+        const Py_ssize_t a = s->stat[2 * k], b = s->stat[2 * k + 1];
+        for (Py_ssize_t i = 0; i < n; i++) {
+            double x = statistic(s, code + i * s->columns, a) * s->coef[2 * k];
+            x += statistic(s, code + i * s->columns, b) * s->coef[2 * k + 1];
+            inc[i] = x;
+        }
+    }
+    PyBuffer_Release(&out);
+    PyBuffer_Release(&codes);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef Increments_methods[] = {
+    {"add", (PyCFunction)(void (*)(void))Increments_add, METH_FASTCALL, Increments_add_doc},
+    {"stream", (PyCFunction)(void (*)(void))Increments_stream, METH_FASTCALL,
+     Increments_stream_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+PyDoc_STRVAR(Increments_doc,
+"Increments(table, utable, ctable, columns, a_stat, b_stat, coef_a, coef_b)\n--\n\n"
+"A drift engine's streams, checked and packed: the flat normal, uniform and \"carries a\n"
+"value\" tables (float64, columns x stride each) and per stream the two statistics it reads\n"
+"(Engine's numbering) and their coefficients. The tables are copied. Immutable; safe to use\n"
+"from several threads at once. Raises TypeError for an array of the wrong type and\n"
+"ValueError for an index out of range.");
+
+static PyTypeObject IncrementsType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "modeld.core._forest.Increments",
+    .tp_basicsize = sizeof(IncrementsObject),
+    .tp_dealloc = (destructor)Increments_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = Increments_doc,
+    .tp_methods = Increments_methods,
+    .tp_new = Increments_new,
+};
+
+static PyMethodDef module_methods[] = {
+    {"mid_ranks", (PyCFunction)(void (*)(void))mid_ranks, METH_FASTCALL, mid_ranks_doc},
+    {"lindley", (PyCFunction)(void (*)(void))lindley, METH_FASTCALL, lindley_doc},
+    {NULL, NULL, 0, NULL},
+};
+
 /* ------------------------------------------------------------------ the type and the module */
 
 static PyObject *
@@ -982,15 +1557,18 @@ static PyTypeObject ForestType = {
 static struct PyModuleDef forest_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "modeld.core._forest",
-    .m_doc = "The IsolationForest tree walk and the TreeSHAP table lookups, compiled ahead of "
-             "time (see core/forest.py and core/explain.py).",
+    .m_doc = "The IsolationForest tree walk, the TreeSHAP table lookups and the drift "
+             "detector's ranks and CUSUMs, compiled ahead of time (see core/forest.py, "
+             "core/explain.py and core/drift/).",
     .m_size = -1,
+    .m_methods = module_methods,
 };
 
 PyMODINIT_FUNC
 PyInit__forest(void)
 {
-    if (PyType_Ready(&ForestType) < 0 || PyType_Ready(&PatternsType) < 0) {
+    if (PyType_Ready(&ForestType) < 0 || PyType_Ready(&PatternsType) < 0 ||
+        PyType_Ready(&IncrementsType) < 0) {
         return NULL;
     }
     PyObject *module = PyModule_Create(&forest_module);
@@ -1006,6 +1584,12 @@ PyInit__forest(void)
     Py_INCREF(&PatternsType);
     if (PyModule_AddObject(module, "Patterns", (PyObject *)&PatternsType) < 0) {
         Py_DECREF(&PatternsType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    Py_INCREF(&IncrementsType);
+    if (PyModule_AddObject(module, "Increments", (PyObject *)&IncrementsType) < 0) {
+        Py_DECREF(&IncrementsType);
         Py_DECREF(module);
         return NULL;
     }

@@ -1,5 +1,5 @@
-"""Type stub for the compiled tree walk and TreeSHAP lookups, core/_forest.c (see
-core/forest.py and core/explain.py).
+"""Type stub for the compiled tree walk, TreeSHAP lookups and drift kernels, core/_forest.c
+(see core/forest.py, core/explain.py and core/drift/).
 
 The C code takes any buffer of the right item type; numpy arrays are what modeld passes.
 """
@@ -49,3 +49,43 @@ class Patterns:
         n_features: int,
     ) -> None: ...
     def add(self, x: npt.NDArray[np.float32], out: npt.NDArray[np.float64], /) -> None: ...
+
+class Increments:
+    """A drift engine's streams (core/drift/engine.py), checked and packed."""
+
+    def __init__(
+        self,
+        table: npt.NDArray[np.float64],
+        utable: npt.NDArray[np.float64],
+        ctable: npt.NDArray[np.float64],
+        columns: int,
+        a_stat: npt.NDArray[np.integer[Any]],
+        b_stat: npt.NDArray[np.integer[Any]],
+        coef_a: npt.NDArray[np.float64],
+        coef_b: npt.NDArray[np.float64],
+    ) -> None: ...
+    def add(
+        self,
+        codes: npt.NDArray[np.int64],
+        flags: npt.NDArray[np.bool_],
+        missing: npt.NDArray[np.bool_] | None,
+        out: npt.NDArray[np.float64],
+        /,
+    ) -> None: ...
+    def stream(
+        self, codes: npt.NDArray[np.int64], k: int, out: npt.NDArray[np.float64], /
+    ) -> None: ...
+
+def mid_ranks(
+    grid: npt.NDArray[np.float64],
+    values: npt.NDArray[np.float64],
+    first: int,
+    out: npt.NDArray[np.int64],
+    /,
+) -> None: ...
+def lindley(
+    cusum: npt.NDArray[np.float64],
+    increments: npt.NDArray[np.float64],
+    peak: npt.NDArray[np.float64],
+    /,
+) -> None: ...

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from modeld.core._forest import lindley
 from modeld.core.drift import Distribution, DriftAlarm, DriftConfig, DriftDetector, Reference
 from modeld.core.drift.calibration import calibrate
 from modeld.core.drift.ranks import RankTransform
@@ -57,9 +58,9 @@ def feed(detector: DriftDetector, rng: np.random.Generator, n: int, *, start: in
 @given(data=st.data(), columns=st.integers(1, 5), levels=st.sampled_from([16, 32, 64]))
 def test_rank_codes_equal_per_column_mid_ranks(data: st.DataObject, columns: int,
                                                levels: int) -> None:
-    # Distinct values closer than ~1e-14 of a column's spread may share a key (documented);
-    # multiples of 1/8 keep the property exact.
-    values = st.integers(-8_000_000, 8_000_000).map(lambda i: i / 8)
+    # Exact for ties and for distinct values however close: the search is inside the grid.
+    values = st.floats(-1e6, 1e6, allow_nan=False) | st.integers(-8_000_000, 8_000_000).map(
+        lambda i: i / 8)
     grid_values = data.draw(st.lists(st.sampled_from([-3.0, 0.0, 0.5, 1.0, 7.0]) | values,
                                      min_size=levels * columns, max_size=levels * columns))
     grids = np.sort(np.asarray(grid_values).reshape(columns, levels), axis=1)
@@ -74,7 +75,7 @@ def test_rank_codes_equal_per_column_mid_ranks(data: st.DataObject, columns: int
         expected[:, c] = (np.searchsorted(g, probes[:, c], "left")
                           + np.searchsorted(g, probes[:, c], "right") + c * (2 * levels + 2))
     np.testing.assert_array_equal(transform.flat_codes(probes), expected)
-    np.testing.assert_array_equal(transform.flat_codes_one(probes[0].copy()), expected[0])
+    np.testing.assert_array_equal(transform.flat_codes(probes[:1].copy()), expected[:1])
 
 
 def test_calibration_matches_siegmund_for_gaussian_increments() -> None:
@@ -308,6 +309,57 @@ def test_latency_is_an_operational_warning_never_drift() -> None:
 # ---------------------------------------------------------------- state
 
 
+def test_compiled_increments_are_each_streams_two_statistics_by_definition() -> None:
+    # The statistics written out in numpy (y, y^2, every product of uniform scores, carried,
+    # flag, missing, 1) and each stream's a * s + b * t of them: the compiled rows, bit for bit.
+    detector = artifact_detector()
+    engine = detector._engines[0]
+    rng = np.random.default_rng(8)
+    x, s, f = records(rng, 300, shift=0.5)
+    values = np.column_stack([x, s])
+    missing = rng.random(300) < 0.1
+    codes = engine.transform.flat_codes(values)
+    y, u = engine.table.take(codes), engine.utable.take(codes)
+    cols = engine.columns
+    stat = np.column_stack([y, y * y, (u[:, :, None] * u[:, None, :]).reshape(300, -1),
+                            engine.ctable.take(codes), f, missing, np.ones(300)])
+    expected = stat.take(engine.stat_index, axis=1) * engine.coef_a
+    expected += stat.take(engine.b_index, axis=1) * engine.coef_b
+    assert stat.shape[1] == 3 * cols + cols * cols + 3
+    np.testing.assert_array_equal(engine.increments(values, f, missing, None), expected)
+    np.testing.assert_array_equal(engine.increments(values[3:4], f[3:4], missing[3:4], None),
+                                  expected[3:4])
+
+
+def test_compiled_increments_refuse_codes_outside_their_tables() -> None:
+    engine = artifact_detector()._engines[0]
+    codes = engine.transform.flat_codes(np.zeros((2, engine.columns)))
+    codes[1, 0] = engine.table.size
+    out = np.empty((2, engine.stat_index.size))
+    with pytest.raises(ValueError, match=r"code .* of record 1 is outside the tables"):
+        engine._increments.add(codes, np.zeros(2, bool), None, out)
+    with pytest.raises(ValueError, match="do not fit"):
+        engine._increments.add(codes[:, 1:].copy(), np.zeros(2, bool), None, out)
+    with pytest.raises(TypeError, match="flags must be an array of bool"):
+        engine._increments.add(codes, np.zeros(2), None, out)
+
+
+def test_compiled_lindley_is_the_recursion_row_by_row() -> None:
+    rng = np.random.default_rng(3)
+    inc = rng.normal(-0.1, 0.5, size=(200, 7))
+    start = np.abs(rng.normal(size=7))
+    expected, peak = start.copy(), np.zeros(7)
+    for row in inc:
+        expected = np.maximum(expected + row, 0.0)
+        peak = np.maximum(peak, expected)
+    cusum, got_peak = start.copy(), np.zeros(7)
+    lindley(cusum, inc, got_peak)
+    np.testing.assert_array_equal(cusum, expected)
+    np.testing.assert_array_equal(got_peak, peak)
+    with pytest.raises(ValueError, match="increments of shape"):
+        lindley(cusum, inc[:, :3].copy(), got_peak)
+
+
 def test_one_stream_replayed_alone_is_its_column_of_all_increments() -> None:
     # A crossing's description replays its stream over the window; it computed every stream.
     detector = artifact_detector()
@@ -321,6 +373,8 @@ def test_one_stream_replayed_alone_is_its_column_of_all_increments() -> None:
     every = engine.increments(filled, np.zeros(len(values), bool), None, finite)
     for k in range(every.shape[1]):
         np.testing.assert_array_equal(engine.stream_increments(filled, finite, k), every[:, k])
+    with pytest.raises(ValueError, match="stream 9999 is not one of"):
+        engine.stream_increments(filled, finite, 9999)
 
 
 def test_requests_fed_one_by_one_or_joined_raise_the_same_alarms() -> None:

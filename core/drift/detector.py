@@ -20,6 +20,7 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
+from modeld.core._forest import lindley
 from modeld.core.drift.arrays import BoolArray, FloatArray, IntArray
 from modeld.core.drift.config import DriftConfig
 from modeld.core.drift.engine import Engine
@@ -398,10 +399,11 @@ class DriftDetector:
             if engine.keys:
                 cusum = self._cusum
                 where = self._global[part]
+                inc = engine.increments(values[None, :], flags, None, None)[0]
                 if self._identity[part]:
-                    cusum += engine.increments_one(values, flag)
+                    cusum += inc
                 else:
-                    cusum[where] += engine.increments_one(values, flag)
+                    cusum[where] += inc
                 np.maximum(cusum, 0.0, out=cusum)
                 if cusum.max() > 1.0:
                     for k in np.flatnonzero(cusum[where] > 1.0):
@@ -523,17 +525,15 @@ class DriftDetector:
 
     def _advance(self, part: int, inc: FloatArray, positions: NDArray[np.int64], now: float,
                  crossings: list[_Crossing]) -> None:
-        """Lindley's recursion S = max(0, S + x), row by row (a row is a vector op over all
-        streams; numpy's accumulate along the batch is slower here), then replays the few
-        streams whose peak crossed 1 to place each crossing on its record."""
+        """Lindley's recursion S = max(0, S + x) row by row (the compiled ``lindley``:
+        numpy's accumulate along the batch was slower, a Python loop over rows slower still),
+        then replays the few streams whose peak crossed 1 to place each crossing on its
+        record."""
         where = self._global[part]
         cusum = self._cusum[where]
         start = cusum.copy()
         peak = np.zeros_like(cusum)
-        for row in inc:
-            cusum += row
-            np.maximum(cusum, 0.0, out=cusum)
-            np.maximum(peak, cusum, out=peak)
+        lindley(cusum, np.ascontiguousarray(inc, dtype=np.float64), peak)
         if peak.max() > 1.0:
             for k in np.flatnonzero(peak > 1.0):
                 cusum[k] = self._replay(part, int(k), inc[:, k], positions, float(start[k]),

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special
 
+from modeld.core._forest import mid_ranks
 from modeld.core.drift.arrays import BoolArray, FloatArray, IntArray
 
 
@@ -25,13 +26,10 @@ def quantile_levels(count: int) -> FloatArray:
 class RankTransform:
     """Maps values of F columns to mid-rank codes ``m = #(grid < x) + #(grid <= x)`` in [0, 2Q].
 
-    All columns are searched at once: each column's values are squeezed into its own band of one
-    sorted key array by a monotone map (``arctan`` of the value's distance from the column's
-    median in units of its interquartile range, plus ``4 * column``), so one ``searchsorted``
-    serves a record of any width. Each band ends with a sentinel key above every value, so that
-    ``left + right`` is directly ``column * stride + m`` with ``stride = 2Q + 2``. The map is
-    exact for ties (equal values give equal keys) and only merges distinct values closer than
-    about 1e-14 of the column's spread.
+    A code is returned as ``column * stride + m`` with ``stride = 2Q + 2``, so one ``take``
+    from a ``flat_table`` serves a record of any width. The search is the compiled
+    ``mid_ranks`` (core/_forest.c): a binary search inside the value's own column's grid,
+    exact for ties and for values however close.
     """
 
     def __init__(self, grids: FloatArray) -> None:
@@ -39,20 +37,9 @@ class RankTransform:
         self.columns = columns
         self.levels = q
         self.stride = 2 * q + 2
-        centre = grids[:, q // 2].copy()
-        scale = grids[:, (3 * q) // 4] - grids[:, q // 4]
-        spread = grids[:, -1] - grids[:, 0]
-        self._centre = centre
-        self._scale = np.where(scale > 0, scale, np.where(spread > 0, spread, 1.0))
-        self._offset = 4.0 * np.arange(columns, dtype=np.float64)
-        keys = np.empty((columns, q + 1))
-        keys[:, :q] = np.arctan2(grids - centre[:, None], self._scale[:, None])
-        keys[:, q] = 2.0  # the sentinel: above arctan's range, below the next band
-        keys += self._offset[:, None]
-        # arctan is monotone but rounding must not break the sort order searchsorted relies on.
-        self._keys = np.maximum.accumulate(keys.ravel())
-        self._key_one = np.empty(columns)
-        self.fill = centre.copy()
+        # quantiles are sorted; rounding in their making must not break the order searched
+        self._grid = np.ascontiguousarray(np.maximum.accumulate(grids, axis=1), dtype=np.float64)
+        self.fill = self._grid[:, q // 2].copy()
 
     def flat_table(self, table: FloatArray) -> FloatArray:
         """A per-column table (F, 2Q+1) laid out for indexing by ``flat_codes``."""
@@ -60,33 +47,11 @@ class RankTransform:
         padded[:, : self.stride - 1] = table
         return padded.ravel()
 
-    def flat_codes_one(self, values: FloatArray) -> IntArray:
-        """``flat_codes`` for one record (F,), into a preallocated buffer."""
-        keys = self._key_one
-        np.subtract(values, self._centre, out=keys)
-        np.arctan2(keys, self._scale, out=keys)
-        np.add(keys, self._offset, out=keys)
-        codes = self._keys.searchsorted(keys, side="left")
-        codes += self._keys.searchsorted(keys, side="right")
-        return codes
-
-    def column_codes(self, values: FloatArray, column: int) -> IntArray:
-        """``flat_codes(values)[:, column]`` (n,), computed for that column only."""
-        keys: FloatArray = np.arctan2(values[:, column] - self._centre[column],
-                                      self._scale[column])
-        keys += self._offset[column]
-        codes = np.searchsorted(self._keys, keys, side="left")
-        codes += np.searchsorted(self._keys, keys, side="right")
-        return codes
-
     def flat_codes(self, values: FloatArray) -> IntArray:
         """Index ``column * stride + m`` for finite values of shape (n, columns)."""
-        keys = np.arctan2(values - self._centre, self._scale)
-        keys += self._offset
-        flat = keys.ravel()
-        codes = np.searchsorted(self._keys, flat, side="left")
-        codes += np.searchsorted(self._keys, flat, side="right")
-        return codes.reshape(values.shape)
+        codes = np.empty(values.shape, dtype=np.int64)
+        mid_ranks(self._grid, np.ascontiguousarray(values, dtype=np.float64), 0, codes)
+        return codes
 
 
 def _normal_score_table(levels: int) -> FloatArray:

@@ -20,7 +20,11 @@ from modeld.daemon.process.runtime import CanaryScores, Runtime, ScoredT
 
 __all__ = ["INLINE_BATCH", "score_batch", "score_routed"]
 
-INLINE_BATCH = 64
+# Batches up to this size score on the loop: their features and walk (about 0.5 ms at 256
+# records of 20 features) cost no more than parsing their body, which the loop does anyway,
+# while a hand-off to the pool and back is two waits for the GIL behind the busy loop (at 100
+# records and 4 connections, 415 requests/s handed off, 486 scored on the loop).
+INLINE_BATCH = 256
 
 
 async def score_batch(runtime: Runtime, batch: Batch, version: str | None = None) -> Scores:

@@ -10,7 +10,8 @@ mlserver-sklearn``), an MLServer serving the same joblib file with mlserver-skle
 the same rows, as requests of 1 and of 100 records, at 1, 4 and 16 keep-alive connections:
 
 * with wrk (Debian's package), for requests/s and the p50/p99 it measures;
-* with the Python client (http.client, one process per connection, closed loop).
+* with the Python client (http.client, one process per connection, closed loop, every
+  connection measured over the same span: a rate is requests over that one span).
 
 modeld's ``POST /api/v1/noop`` with the same bodies (reads and parses them, answers ``{}``)
 is the floor of its HTTP stack, measured beside each modeld line.
@@ -34,6 +35,7 @@ import argparse  # noqa: E402
 import http.client  # noqa: E402
 import json  # noqa: E402
 import multiprocessing  # noqa: E402
+import multiprocessing.synchronize  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
 import shutil  # noqa: E402
@@ -71,12 +73,16 @@ class Target:
     pid: int
 
 
+WARMUP_REQUESTS = 20  # per Python client connection, before the measured span
+
+
 @dataclass(frozen=True, slots=True)
 class Result:
     requests_per_s: float
     p50_ms: float
     p99_ms: float
     errors: int
+    served: int  # every request the server answered while its CPU time was counted
     cpu_us_per_request: float = float("nan")
 
 
@@ -87,13 +93,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measured(target: Target, run: Callable[[], Result], seconds: float) -> Result:
+def measured(target: Target, run: Callable[[], Result]) -> Result:
     """``run``'s result with the server's CPU time per request over it."""
     before = cpu_seconds(target.pid)
     result = run()
     used = cpu_seconds(target.pid) - before
-    requests = result.requests_per_s * seconds
-    return replace(result, cpu_us_per_request=used / max(requests, 1) * 1e6)
+    return replace(result, cpu_us_per_request=used / max(result.served, 1) * 1e6)
 
 
 def served(traffic: str) -> tuple[IsolationForest, list[str], dict[int, np.ndarray]]:
@@ -158,19 +163,26 @@ def run_wrk(wrk: str, target: Target, n: int, connections: int, seconds: float,
     if match is None:
         raise RuntimeError(f"wrk printed no result:\n{out}")
     rate, p50, p99, errors = match.groups()
-    return Result(float(rate), float(p50), float(p99), int(errors))
+    return Result(float(rate), float(p50), float(p99), int(errors),
+                  round(float(rate) * seconds))
 
 
 # --------------------------------------------------------------------------- Python client
 
 
 def drive(port: int, path: str, body: bytes, seconds: float,
+          start: multiprocessing.synchronize.Barrier,
           out: multiprocessing.Queue) -> None:
+    # Every connection's span is the same span: the processes start seconds apart, so each
+    # waits for the others before it connects (an idle connection is closed after
+    # api.header_timeout) and again after its warm-up.
+    start.wait()
     conn = http.client.HTTPConnection("127.0.0.1", port)
     latencies = []
-    for _ in range(20):  # warm up the connection and both ends
+    for _ in range(WARMUP_REQUESTS):  # warm up the connection and both ends
         conn.request("POST", path, body, HEADERS)
         conn.getresponse().read()
+    start.wait()
     deadline = time.perf_counter() + seconds
     failures = 0
     while (start := time.perf_counter()) < deadline:
@@ -185,8 +197,9 @@ def drive(port: int, path: str, body: bytes, seconds: float,
 def run_python(target: Target, n: int, connections: int, seconds: float) -> Result:
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
+    start = ctx.Barrier(connections)
     clients = [ctx.Process(target=drive, args=(target.port, target.path, target.bodies[n],
-                                               seconds, out))
+                                               seconds, start, out))
                for _ in range(connections)]
     for client in clients:
         client.start()
@@ -195,7 +208,8 @@ def run_python(target: Target, n: int, connections: int, seconds: float) -> Resu
         client.join()
     latencies = np.concatenate([np.array(a[0]) for a in answers])
     return Result(len(latencies) / seconds, float(np.percentile(latencies, 50) * 1e3),
-                  float(np.percentile(latencies, 99) * 1e3), sum(a[1] for a in answers))
+                  float(np.percentile(latencies, 99) * 1e3), sum(a[1] for a in answers),
+                  len(latencies) + WARMUP_REQUESTS * connections)
 
 
 # --------------------------------------------------------------------------- servers
@@ -288,7 +302,7 @@ def main() -> int:
                             result = measured(target, partial(
                                 run_wrk, wrk, target, n, connections, args.seconds, tmp)
                                 if client == "wrk" and wrk else partial(
-                                run_python, target, n, connections, args.seconds), args.seconds)
+                                run_python, target, n, connections, args.seconds))
                             results[client, target.server, connections, n] = result
                             print(line(client, target.server, connections, n, result),
                                   flush=True)
