@@ -31,8 +31,10 @@ child, or in-process when isolation is off); reading anywhere.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import mmap
+import os
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -70,7 +72,6 @@ __all__ = [
     "WARMUP_TOLERANCE",
     "Bundle",
     "EstimatorFacts",
-    "bundle_digest",
     "read_bundle",
     "servable_from_bundle",
     "write_bundle",
@@ -434,42 +435,82 @@ def _sklearn_scores(loaded: LoadedArtifact, rows: np.ndarray, version: str) -> n
 # --------------------------------------------------------------------------- reading
 
 
-def bundle_digest(path: Path) -> tuple[str, int]:
-    """The bundle's identity and size: sha256 over ``name\\0sha256(file)\\n`` of every file in
-    name order, and the files' total bytes. Raises OSError when a file cannot be read."""
-    digest = hashlib.sha256()
-    size = 0
+def _mapped(path: Path) -> dict[str, mmap.mmap | bytes]:
+    """Every file of the bundle folder ``path`` in name order, memory-mapped read-only (an
+    empty one as ``b""``). One open each, read by the digest and the arrays alike: under load
+    every system call an import thread makes waits for the interpreter lock again: beside one
+    busy thread, reading a bundle file by file for its digest and then with ``np.load`` took
+    14-49 ms (3 ms alone), this 0.7-1.6 ms. Raises OSError."""
+    views: dict[str, mmap.mmap | bytes] = {}
     for file in sorted(path.iterdir(), key=lambda p: p.name):
-        inner = hashlib.sha256()
-        with file.open("rb") as fh:
-            while chunk := fh.read(1 << 20):
-                inner.update(chunk)
-                size += len(chunk)
-        digest.update(f"{file.name}\0{inner.hexdigest()}\n".encode())
-    return digest.hexdigest(), size
+        fd = os.open(file, os.O_RDONLY)
+        try:
+            views[file.name] = (mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+                                if os.fstat(fd).st_size else b"")
+        finally:
+            os.close(fd)
+    return views
+
+
+def _array(view: mmap.mmap | bytes, version: str, where: str, file: str,
+           mapped: bool) -> np.ndarray:
+    """The array of an ``.npy`` file's bytes, over them (``mapped``) or copied. Raises
+    BundleInvalid naming the file."""
+    try:
+        array = _npy(view)
+    except (ValueError, TypeError) as exc:
+        raise BundleInvalid(version, where, f"{file} cannot be read: {exc}") from exc
+    return array if mapped else array.copy()
+
+
+def _npy(view: mmap.mmap | bytes) -> np.ndarray:
+    """What ``np.load(allow_pickle=False)`` reads from ``view``, as :func:`write_bundle` writes
+    it (npy format 1.0 or 2.0). Raises ValueError or TypeError (too short for its shape)."""
+    header = io.BytesIO(view[:_NPY_HEADER_BYTES])
+    form = np.lib.format.read_magic(header)
+    read_header = _NPY_HEADERS.get(form)
+    if read_header is None:
+        raise ValueError(f"npy format {form} is not one np.save writes here")
+    shape, fortran, dtype = read_header(header)
+    if dtype.hasobject:
+        raise ValueError("it holds Python objects, which are never unpickled")
+    return np.ndarray(shape, dtype, buffer=view, offset=header.tell(),
+                      order="F" if fortran else "C")
+
+
+_NPY_HEADERS: Final = {(1, 0): np.lib.format.read_array_header_1_0,
+                       (2, 0): np.lib.format.read_array_header_2_0}
+_NPY_HEADER_BYTES: Final = 12 + 65535  # magic, version and length, and the longest 1.0 header
 
 
 def read_bundle(path: Path, version: str, expected_digest: str | None = None,
                 mmap: bool = True) -> Bundle:
     """Read the bundle in ``path`` (arrays memory-mapped unless ``mmap`` is false).
 
-    With ``expected_digest`` (the registry's), the files must hash to it. Raises BundleInvalid
+    Its digest: sha256 over ``name\0sha256(file)\n`` of every file in name order. With
+    ``expected_digest`` (the registry's), the files must hash to it. Raises BundleInvalid
     naming what is wrong: a missing or unreadable file, a digest that differs, an unknown
     format, a manifest that is not what :func:`write_bundle` writes. Never unpickles.
     """
     where = str(path)
     try:
-        digest, size = bundle_digest(path)
-        raw = (path / MANIFEST).read_bytes()
+        views = _mapped(path)
     except OSError as exc:
         raise BundleInvalid(version, where, f"cannot be read: {exc}") from exc
-    if expected_digest is not None and digest != expected_digest:
-        raise BundleInvalid(version, where, f"its files hash to {digest}, the registry "
+    if MANIFEST not in views:
+        raise BundleInvalid(version, where, f"cannot be read: {MANIFEST} is missing")
+    digest = hashlib.sha256()
+    for name, view in views.items():
+        digest.update(f"{name}\0{hashlib.sha256(view).hexdigest()}\n".encode())
+    identity, size = digest.hexdigest(), sum(len(view) for view in views.values())
+    if expected_digest is not None and identity != expected_digest:
+        raise BundleInvalid(version, where, f"its files hash to {identity}, the registry "
                             f"recorded {expected_digest}")
+    raw = views[MANIFEST]
     if len(raw) > MAX_MANIFEST_BYTES:
         raise BundleInvalid(version, where, f"{MANIFEST} is larger than {MAX_MANIFEST_BYTES}")
     try:
-        manifest = json.loads(raw)
+        manifest = json.loads(bytes(raw))
         EstimatorFacts.from_dict(manifest["facts"])
         names = [str(n) for n in manifest["arrays"]]
         has_kind = "kind" in manifest["model"]
@@ -480,18 +521,13 @@ def read_bundle(path: Path, version: str, expected_digest: str | None = None,
     if form != BUNDLE_FORMAT or not has_kind:
         raise BundleInvalid(version, where, f"{MANIFEST} is format {form!r}, not "
                             f"{BUNDLE_FORMAT}")
-    present = {p.name for p in path.iterdir()}
     arrays: dict[str, np.ndarray] = {}
     for name in names:
         file = f"{name}.npy"
-        if "/" in name or file not in present:
+        if "/" in name or file not in views:
             raise BundleInvalid(version, where, f"array {name!r} is missing")
-        try:
-            arrays[name] = np.load(path / file, mmap_mode="r" if mmap else None,
-                                   allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise BundleInvalid(version, where, f"{file} cannot be read: {exc}") from exc
-    return Bundle(path, digest, size, manifest, arrays)
+        arrays[name] = _array(views[file], version, where, file, mmap)
+    return Bundle(path, identity, size, manifest, arrays)
 
 
 def servable_from_bundle(bundle: Bundle, spec: ServableSpec) -> ServableModel:
