@@ -23,7 +23,7 @@ from __future__ import annotations
 import shutil
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -615,18 +615,21 @@ class ModelManager:
                 next_check = min(next_check or retry, retry)
         return PollResult(tuple(outcomes), tuple(pending), next_check)
 
-    def discover(self) -> Scan:
+    def discover(self, names: Collection[str] | None = None) -> Scan:
         """Which folders are ready to import now, in scan order, and which are still waited
         for: listings and stats only, nothing hashed or copied (the scan's cost does not grow
-        with the artifacts' size). Called from one thread at a time (the settle tracker).
-        Nothing is ready on a fleet's daemon that is not its importer."""
+        with the artifacts' size). With ``names`` (folders just renamed into place), only
+        those are looked at, and the scan says nothing of the others. Called from one thread
+        at a time (the settle tracker). Nothing is ready on a fleet's daemon that is not its
+        importer."""
         if not self.leads:
             return Scan()
         try:
-            folders = scan_models_folder(self.models_dir)
+            folders = scan_models_folder(self.models_dir, names=names)
         except (FileNotFoundError, NotADirectoryError):
             return Scan(folder_missing=True)
-        self.tracker.forget_missing(f.name for f in folders)
+        if names is None:
+            self.tracker.forget_missing(f.name for f in folders)
         known = self.registry.folders()
         ready, pending = [], []
         next_check: float | None = None

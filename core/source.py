@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import stat as stat_module
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,15 +125,17 @@ def list_entries(path: Path) -> list[os.DirEntry[str]]:
 ListDir = Callable[[Path], list[os.DirEntry[str]]]
 
 
-def scan_models_folder(models_dir: Path, listdir: ListDir = list_entries) -> list[ArtifactFolder]:
-    """Every candidate folder directly under ``models_dir``, skipping work in progress.
+def scan_models_folder(models_dir: Path, listdir: ListDir = list_entries,
+                       names: Collection[str] | None = None) -> list[ArtifactFolder]:
+    """Every candidate folder directly under ``models_dir`` (those of ``names`` only, when
+    given: one listing, and only their folders read), skipping work in progress.
 
     Raises FileNotFoundError when ``models_dir`` does not exist (the caller waits for it).
     Folders that vanish mid-scan are skipped: the next scan sees the new truth.
     """
     found = []
     for entry in listdir(models_dir):
-        if is_work_in_progress(entry.name):
+        if is_work_in_progress(entry.name) or (names is not None and entry.name not in names):
             continue
         try:
             if not entry.is_dir(follow_symlinks=False):

@@ -22,6 +22,7 @@ from watchdog.events import (
     FileClosedEvent,
     FileDeletedEvent,
     FileModifiedEvent,
+    FileMovedEvent,
 )
 
 from modeld.core.events import ModelImported, ModelSwapped
@@ -236,22 +237,35 @@ def test_a_scan_that_keeps_failing_is_alerted_once_per_streak(
     assert alert["kind"] == "scan_failed" and "Too many levels of symbolic links" in alert["detail"]
 
 
-def test_a_producers_folder_in_progress_asks_for_no_rescan(tmp_path: Path) -> None:
-    # Before: every file written into a _tmp folder asked for a rescan of the models folder,
-    # and the rename into place that followed waited behind those scans.
+def test_a_rename_into_place_asks_for_its_folder_alone(tmp_path: Path) -> None:
+    # Before: every file written into a _tmp folder asked for a rescan of the whole models
+    # folder, and so did the rename's echoes (the folder's modification, watchdog's moves of
+    # each file): the rename into place waited behind those scans of every folder.
     models = tmp_path / "models"
     asked: list[str | None] = []
     hint = _Hint(models, asked.append)
     for event in (DirCreatedEvent(str(models / "_tmp_v1")),
                   FileModifiedEvent(str(models / "_tmp_v1" / "model.joblib")),
-                  FileClosedEvent(str(models / ".v2" / "metadata.json"))):
+                  FileClosedEvent(str(models / ".v2" / "metadata.json")),
+                  DirModifiedEvent(str(models)),
+                  FileMovedEvent(str(models / "_tmp_v1" / "model.joblib"),
+                                 str(models / "v1" / "model.joblib"), is_synthetic=True)):
         hint.on_any_event(event)
     assert asked == []
     for event in (DirMovedEvent(str(models / "_tmp_v1"), str(models / "v1")),
                   FileDeletedEvent(str(models / "v3" / "model.joblib.part")),
-                  DirModifiedEvent(str(models))):
+                  DirModifiedEvent(str(models / "v3"))):
         hint.on_any_event(event)
-    assert asked == ["v1", None, None]  # the rename names its folder; the others rescan
+    assert asked == ["v1", None, None]  # the rename names its folder; the others: a rescan
+
+
+def test_a_scan_of_the_folders_renamed_in_reads_no_other(tmp_path: Path) -> None:
+    manager = make_manager(tmp_path)
+    drop(manager, "a-old", artifact_files("v-old", created_at=created(1)))
+    drop(manager, "b-new", artifact_files("v-new", created_at=created(2)))
+    assert [f.name for f in manager.discover({"b-new"}).ready] == ["b-new"]
+    assert [f.name for f in manager.discover().ready] == ["a-old", "b-new"]  # both renamed in
+    manager.registry.close()
 
 
 class _GatedStore(ModelStore):

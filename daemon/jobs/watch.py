@@ -22,7 +22,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import structlog
-from watchdog.events import DirMovedEvent, FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    DirModifiedEvent,
+    DirMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.inotify import InotifyObserver
 from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
@@ -77,8 +82,11 @@ class _Hint(FileSystemEventHandler):
         self._request = request
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.event_type in ("opened", "closed_no_write"):
-            return
+        if event.event_type in ("opened", "closed_no_write") or event.is_synthetic:
+            return  # synthetic: watchdog's copy, for each entry, of a folder's own event
+        if isinstance(event, DirModifiedEvent) and \
+                os.fsdecode(event.src_path) == self._models_dir:
+            return  # its entries' own events (created, deleted, moved) say what changed
         paths = [os.fsdecode(event.src_path)]
         if event.dest_path:
             paths.append(os.fsdecode(event.dest_path))
@@ -126,6 +134,7 @@ class PollWorker:
         self._wake = threading.Condition()
         self._requested = False
         self._moved_in: list[str] = []
+        self._whole = False  # a request for the whole folder, not only folders renamed in
         self._deadline: float | None = None  # the scans' own next look
         self._retry: float | None = None  # an import's: incomplete, or failed
         self._stopping = False
@@ -150,6 +159,8 @@ class PollWorker:
             self._requested = True
             if moved_in is not None:
                 self._moved_in.append(moved_in)
+            else:
+                self._whole = True
             self._wake.notify()
 
     def alive(self) -> bool:
@@ -190,7 +201,10 @@ class PollWorker:
                     self._wake.wait(timeout)
                 if self._stopping:
                     return
-                self._requested = False
+                # a rename into place alone looks at the folders renamed in: one listing, not
+                # every folder's (under load each stat waits for the interpreter lock again)
+                whole = self._whole or not self._requested  # or the scans' own next look
+                self._requested = self._whole = False
                 if self._retry is not None and self._retry <= time.time():
                     self._retry = None
                 moved_in, self._moved_in = self._moved_in, []
@@ -202,13 +216,14 @@ class PollWorker:
                 self.manager.note_moved_in(name)
             try:
                 self._ensure_watch()
-                scan = self.manager.discover()
+                scan = self.manager.discover(None if whole else set(moved_in))
             except Exception as exc:
                 self._failed("scan", exc)
                 self._deadline = time.time() + RETRY_SECONDS
                 continue
             self._failing["scan"] = False
-            self._deadline = scan.next_check
+            if whole:  # a look at a few folders says nothing of when to look at the others
+                self._deadline = scan.next_check
             if scan.folder_missing:  # nothing to watch yet: look again soon
                 self._deadline = time.time() + self.polling_interval
             with self._wake:
