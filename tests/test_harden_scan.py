@@ -253,10 +253,11 @@ def test_a_rename_into_place_asks_for_its_folder_alone(tmp_path: Path) -> None:
         hint.on_any_event(event)
     assert asked == []
     for event in (DirMovedEvent(str(models / "_tmp_v1"), str(models / "v1")),
+                  DirMovedEvent("", str(models / "v4")),  # from outside the watched tree
                   FileDeletedEvent(str(models / "v3" / "model.joblib.part")),
                   DirModifiedEvent(str(models / "v3"))):
         hint.on_any_event(event)
-    assert asked == ["v1", None, None]  # the rename names its folder; the others: a rescan
+    assert asked == ["v1", "v4", None, None]  # a rename names its folder; the others: a rescan
 
 
 def test_a_scan_of_the_folders_renamed_in_reads_no_other(tmp_path: Path) -> None:

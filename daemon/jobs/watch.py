@@ -103,6 +103,8 @@ class _Hint(FileSystemEventHandler):
 
     def _in_progress(self, path: str) -> bool:
         """Whether ``path`` is, or is inside, a work-in-progress entry of the models folder."""
+        if not path:  # the source of a folder renamed in from outside the watched tree
+            return False
         top = os.path.relpath(path, self._models_dir).split(os.sep, 1)[0]
         return top not in (os.curdir, os.pardir) and is_work_in_progress(top)
 
