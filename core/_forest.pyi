@@ -89,3 +89,6 @@ def lindley(
     peak: npt.NDArray[np.float64],
     /,
 ) -> None: ...
+def given_matrix(
+    records: list[object], names: tuple[str, ...], out: npt.NDArray[np.float64], /
+) -> bool: ...

@@ -22,9 +22,7 @@ raised is ``RecordInvalid(index, problem)``.
 
 from __future__ import annotations
 
-import itertools
 import math
-import operator
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,6 +33,7 @@ from typing import Any, Final, Literal
 import numpy as np
 import numpy.typing as npt
 
+from modeld.core._forest import given_matrix
 from modeld.core.errors import RecordInvalid
 
 __all__ = [
@@ -689,7 +688,7 @@ class FeatureExtractor:
     any JSON-like input.
     """
 
-    __slots__ = ("_given", "_plan", "client_supplied", "feature_names")
+    __slots__ = ("_plan", "client_supplied", "feature_names")
 
     def __init__(self, feature_names: Sequence[str]) -> None:
         if isinstance(feature_names, str):
@@ -707,27 +706,29 @@ class FeatureExtractor:
         self._plan: tuple[tuple[str, FeatureSpec | None], ...] = tuple(
             (name, FEATURE_CATALOG.get(name)) for name in names
         )
-        self._given = _given_getter(names)
 
     def transform(self, records: Batch) -> npt.NDArray[np.float64]:
-        """Return the float64 matrix (len(records), len(feature_names)) of ``records``."""
+        """Return the float64 matrix (len(records), len(feature_names)) of ``records``.
+
+        A batch whose records give every feature (the training service's features, sent by
+        the client) is one compiled pass (``given_matrix``, core/_forest.c); a batch where
+        some features are computed is built a column at a time; anything irregular goes
+        record by record, which names the first bad record."""
         if isinstance(records, FeatureColumns):
             return self._stack(records)
-        matrix = self._by_column(records)
-        return self._by_row(records) if matrix is None else matrix
+        listed = records if type(records) is list else list(records)
+        matrix = np.empty((len(listed), len(self._plan)))
+        if given_matrix(listed, self.feature_names, matrix):
+            return matrix
+        by_column = self._by_column(listed)
+        return self._by_row(listed) if by_column is None else by_column
 
     def _by_column(self, records: Sequence[object]) -> npt.NDArray[np.float64] | None:
-        """The matrix built one feature at a time across the whole batch, or None when the
-        batch is anything but regular (then ``_by_row`` finds, and names, what is wrong).
-
-        Regular means: every record a JSON object whose ``features`` (if any) is an object,
-        and each feature either given as a number by every record or computed for every
-        record from a field all of them carry with the right type. The values are the row
-        walk's, to the bit; what differs is the cost: a batch whose records give every
-        feature (the training service's features, sent by the client) is one C-level
-        ``itemgetter`` call per record and one conversion, not a lookup, a branch and a call
-        per record and feature.
-        """
+        """The matrix built one feature at a time across the whole batch: each feature's
+        column given by every record or computed for every record from a field all of them
+        carry with the right type. None when the batch is anything but regular (then
+        ``_by_row`` finds, and names, what is wrong); the values are the row walk's, to the
+        bit."""
         givens: list[Mapping[str, object]] = []
         for record in records:
             if type(record) is not dict:
@@ -738,23 +739,6 @@ class FeatureExtractor:
             elif type(given) is not dict:
                 return None
             givens.append(given)
-        try:
-            rows = list(map(self._given, givens))
-        except KeyError:  # some feature is not given by some record: one column at a time
-            matrix = self._computed(records, givens)
-        else:
-            if not _NUMBER_TYPES.issuperset(map(type, itertools.chain.from_iterable(rows))):
-                return None
-            matrix = _as_matrix(rows, (len(givens), len(self._plan)))
-        # computed features are finite by construction: this refuses a given inf or NaN
-        if matrix is None or not np.isfinite(matrix).all():
-            return None
-        return matrix
-
-    def _computed(self, records: Sequence[object], givens: list[Mapping[str, object]]
-                  ) -> npt.NDArray[np.float64] | None:
-        """``_by_column`` for a batch where some features are computed: each feature's
-        column over the batch, given or computed; None when the batch is not regular."""
         columns: list[list[Any]] = []
         sources: dict[FeatureSource, list[Any] | None] = {}
         for name, spec in self._plan:
@@ -774,7 +758,10 @@ class FeatureExtractor:
                     return None
             columns.append(column)
         matrix = _as_matrix(columns, (len(self._plan), len(givens)))
-        return None if matrix is None else np.ascontiguousarray(matrix.T)
+        # computed features are finite by construction: this refuses a given inf or NaN
+        if matrix is None or not np.isfinite(matrix).all():
+            return None
+        return np.ascontiguousarray(matrix.T)
 
     def _by_row(self, records: Sequence[object]) -> npt.NDArray[np.float64]:
         """The matrix built record by record: raises RecordInvalid at the first bad record."""
@@ -838,19 +825,6 @@ class FeatureExtractor:
                     process = _record_text(index, record, "process", name)
                 row.append(spec.compute(process))
         return row
-
-
-def _given_getter(names: tuple[str, ...]) -> Callable[[Mapping[str, object]], tuple[object, ...]]:
-    """One record's given value of every name, in order, as a tuple; KeyError when one is
-    missing. itemgetter is one C call per record; of one name it returns the bare value, of
-    none it cannot be built, so those two take the plain loop."""
-    if len(names) >= 2:
-        return operator.itemgetter(*names)
-
-    def given_values(given: Mapping[str, object]) -> tuple[object, ...]:
-        return tuple(given[name] for name in names)
-
-    return given_values
 
 
 def _as_matrix(values: list[Any], shape: tuple[int, int]) -> npt.NDArray[np.float64] | None:

@@ -589,6 +589,34 @@ def test_a_batch_is_built_as_its_records_one_by_one(records: list[object],
     assert batch == by_row
 
 
+GIVEN_NAMES = ["rssi", "retries", "f_custom"]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(records=st.lists(st.fixed_dictionaries({"features": st.fixed_dictionaries(
+    dict.fromkeys(GIVEN_NAMES, st.floats() | st.integers(-2**1100, 2**1100)),
+    optional={"other": st.integers()})}), min_size=1, max_size=6),
+    spoil=st.none() | st.tuples(st.integers(0, 5), st.sampled_from(GIVEN_NAMES),
+                                st.sampled_from([True, "1.5", None, [1.0]])))
+def test_a_batch_that_gives_every_feature_is_its_records_one_by_one(
+        records: list[dict[str, Any]], spoil: tuple[int, str, object] | None) -> None:
+    # The compiled pass (given_matrix) takes a batch whose records give every feature as a
+    # finite number; at anything else (a bool, a string, NaN, an int beyond float64, a
+    # missing feature) the Python paths take the batch: the same matrix or the same refusal.
+    if spoil is not None:
+        index, name, value = spoil
+        features = records[index % len(records)]["features"]
+        if value is None:
+            del features[name]
+        else:
+            features[name] = value
+    extractor = FeatureExtractor(GIVEN_NAMES)
+    assert outcome(lambda: extractor.transform(records)) == outcome(
+        lambda: extractor._by_row(records))
+    assert outcome(lambda: extractor.transform(tuple(records))) == outcome(
+        lambda: extractor._by_row(records))
+
+
 @given(message=MESSAGES)
 @settings(max_examples=200, deadline=None)
 def test_compute_features_never_fails_on_any_message(message: str) -> None:
