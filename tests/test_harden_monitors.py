@@ -13,7 +13,7 @@ from modeld.daemon.http.app import create_app
 from modeld.daemon.jobs.alerting import Alerter
 from modeld.daemon.jobs.monitoring import Monitors
 from modeld.daemon.process.metrics import DaemonMetrics
-from modeld.daemon.process.runtime import Runtime
+from modeld.daemon.process.runtime import FreedMemory, Runtime
 from modeld.daemon.process.settings import MonitoringSettings
 from tests.helpers import artifact_files, records, stamp, write_renamed
 from tests.test_api import IN_PROCESS, build_runtime
@@ -70,6 +70,32 @@ def test_a_retired_versions_monitors_and_metric_series_are_released(tmp_path: Pa
         assert runtime.manager.registry.load_state("window", "v0") is not None
     finally:
         runtime.close()  # the composition root's whole runtime: registry, canary zygote, ...
+
+
+def test_the_retired_versions_of_a_burst_of_swaps_share_one_trim(tmp_path: Path) -> None:
+    # A trim per swap held the allocator's lock under every request of a swap storm: one
+    # trim, a delay after the first release, serves all the releases meanwhile.
+    runtime = build_runtime(tmp_path)
+    try:
+        for i, name in enumerate(["v0", "v1", "v2"]):
+            add_versions_from(runtime, name, i)  # each swap retires the version before last
+        asked = runtime.freed_memory._timer
+        assert asked is not None and asked.is_alive()
+    finally:
+        runtime.close()
+    assert runtime.freed_memory._timer is None and not asked.is_alive()  # closing cancels it
+
+    freed = FreedMemory(delay=0.05)
+    freed.release()
+    first = freed._timer
+    freed.release()
+    assert first is not None and freed._timer is first  # the same trim, not a second one
+    first.join(5)
+    assert freed._timer is None  # trimmed: the next release asks for another
+    freed.release()
+    assert freed._timer is not None and freed._timer is not first
+    freed.close()
+    assert freed._timer is None
 
 
 def add_versions_from(runtime: Runtime, name: str, seed: int) -> None:

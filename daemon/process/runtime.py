@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -61,17 +62,50 @@ def _malloc_trim() -> Callable[[int], int] | None:
 _MALLOC_TRIM = _malloc_trim()
 
 
-def return_freed_memory() -> None:
-    """Hand the heap pages freed by a retired version back to the system.
+TRIM_DELAY_SECONDS = 5.0
+
+
+class FreedMemory:
+    """Hands the heap pages freed by retired versions back to the system, once for a burst.
 
     glibc keeps freed small allocations (an unpickled forest's trees are thousands) for
-    reuse, so without this the daemon's resident size stays at its high-water mark after a
+    reuse, so without a trim the daemon's resident size stays at its high-water mark after a
     swap; measured over 30 swaps in process (a collection after each): 1.4 MiB of growth
     without, 0.9 MiB with, and none after the fifth swap either way. ctypes releases the GIL
-    for the call, so requests keep being served while it runs.
+    for the call, but ``malloc_trim`` holds the allocator's lock while it walks the heap, and
+    a request's thread that allocates meanwhile waits holding the GIL: one trim per swap
+    doubled the p99 latency of 50 back-to-back swaps (tests/bench/swap_under_load.py, 1.6-2.1x
+    the steady p99 with it, 1.3-1.7x without). So a release asks for a trim
+    ``TRIM_DELAY_SECONDS`` later, and the releases meanwhile share it.
     """
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
+
+    def __init__(self, delay: float = TRIM_DELAY_SECONDS) -> None:
+        self._delay = delay
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+
+    def release(self) -> None:
+        if _MALLOC_TRIM is None:
+            return
+        with self._lock:
+            if self._timer is None:
+                self._timer = threading.Timer(self._delay, self._trim)
+                self._timer.name = "modeld-trim"
+                self._timer.daemon = True
+                self._timer.start()
+
+    def _trim(self) -> None:
+        with self._lock:
+            self._timer = None
+        if _MALLOC_TRIM is not None:
+            _MALLOC_TRIM(0)
+
+    def close(self) -> None:
+        with self._lock:
+            timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+            timer.join()
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +162,7 @@ class Runtime:
     # what the scheduled state check found: "registry" (its problem), "store" (missing versions)
     state_problems: dict[str, str] = field(default_factory=dict)
     _counters: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    freed_memory: FreedMemory = field(default_factory=FreedMemory)
 
     @property
     def slot(self) -> ServingSlot:
@@ -136,6 +171,7 @@ class Runtime:
     def close(self) -> None:
         """Stop what was opened, last first; called once by the main thread at shutdown."""
         self.run_closers(self.closers)
+        self.freed_memory.close()
 
     @staticmethod
     def run_closers(closers: Sequence[tuple[str, Callable[[], None]]]) -> None:
@@ -185,7 +221,7 @@ class Runtime:
         for version in set(self._counters) - live:
             del self._counters[version]
             self.metrics.forget(version)
-        return_freed_memory()
+        self.freed_memory.release()
 
     def prepare_monitors(self) -> None:
         """Build the window and drift detector of every loaded version (deployed, fallback,
