@@ -1297,33 +1297,47 @@ check_codes(const IncrementsObject *s, const int64_t *code, Py_ssize_t n)
     return 0;
 }
 
-/* One record's row of statistics, then its increments: (a * s) + (b * t), numpy's order. */
+/* One record's row of statistics from its codes, flag and missing mark; `row` has room for
+ * row_size values and then the record's uniform scores. */
+static inline void
+fill_row(const IncrementsObject *s, const int64_t *code, double flag, double missing,
+         double *row)
+{
+    const Py_ssize_t cols = s->columns, base = 3 * cols + 3;
+    double *u = row + s->row_size;
+    for (Py_ssize_t c = 0; c < cols; c++) {
+        const double y = s->table[code[c]];
+        row[c] = y;
+        row[cols + c] = y * y;
+        row[2 * cols + c] = s->ctable[code[c]];
+        u[c] = s->utable[code[c]];
+    }
+    row[3 * cols] = flag;
+    row[3 * cols + 1] = missing;
+    row[3 * cols + 2] = 1.0;
+    for (Py_ssize_t p = 0; p < s->n_pairs; p++) {
+        row[base + p] = u[s->pair[2 * p]] * u[s->pair[2 * p + 1]];
+    }
+}
+
+/* Stream k's increment from a filled row: (a * s) + (b * t), numpy's order. */
+static inline double
+stream_increment(const IncrementsObject *s, const double *row, Py_ssize_t k)
+{
+    double x = row[s->stat[2 * k]] * s->coef[2 * k];
+    x += row[s->stat[2 * k + 1]] * s->coef[2 * k + 1];
+    return x;
+}
+
 static void
 add_increments(const IncrementsObject *s, const int64_t *codes, const uint8_t *flags,
                const uint8_t *missing, Py_ssize_t n, double *row, double *out)
 {
-    const Py_ssize_t cols = s->columns, base = 3 * cols + 3;
-    double *u = row + s->row_size;  /* the uniform scores, after the row */
     for (Py_ssize_t i = 0; i < n; i++) {
-        const int64_t *code = codes + i * cols;
-        for (Py_ssize_t c = 0; c < cols; c++) {
-            const double y = s->table[code[c]];
-            row[c] = y;
-            row[cols + c] = y * y;
-            row[2 * cols + c] = s->ctable[code[c]];
-            u[c] = s->utable[code[c]];
-        }
-        row[3 * cols] = flags[i];
-        row[3 * cols + 1] = missing == NULL ? 0.0 : missing[i];
-        row[3 * cols + 2] = 1.0;
-        for (Py_ssize_t p = 0; p < s->n_pairs; p++) {
-            row[base + p] = u[s->pair[2 * p]] * u[s->pair[2 * p + 1]];
-        }
+        fill_row(s, codes + i * s->columns, flags[i], missing == NULL ? 0.0 : missing[i], row);
         double *inc = out + i * s->n_streams;
         for (Py_ssize_t k = 0; k < s->n_streams; k++) {
-            double x = row[s->stat[2 * k]] * s->coef[2 * k];
-            x += row[s->stat[2 * k + 1]] * s->coef[2 * k + 1];
-            inc[k] = x;
+            inc[k] = stream_increment(s, row, k);
         }
     }
 }
@@ -1407,30 +1421,11 @@ done:
     Py_RETURN_NONE;
 }
 
-/* Statistic r of the row for one record (flag and missing mark 0): what add() writes at r. */
-static double
-statistic(const IncrementsObject *s, const int64_t *code, Py_ssize_t r)
-{
-    const Py_ssize_t cols = s->columns;
-    if (r < 2 * cols) {
-        const double y = s->table[code[r % cols]];
-        return r < cols ? y : y * y;
-    }
-    if (r < 3 * cols) {
-        return s->ctable[code[r - 2 * cols]];
-    }
-    if (r < 3 * cols + 3) {
-        return r == 3 * cols + 2 ? 1.0 : 0.0;
-    }
-    const int32_t *pair = s->pair + 2 * (r - 3 * cols - 3);
-    return s->utable[code[pair[0]]] * s->utable[code[pair[1]]];
-}
-
 PyDoc_STRVAR(Increments_stream_doc,
 "stream(codes, k, out)\n--\n\n"
 "Write into `out` (float64, n) stream k's increments of n records given their flat codes\n"
 "(int64, n x columns), with no flags and no missing marks: add()'s column k, to the bit,\n"
-"without the other streams' work (a crossing's description replays one stream over the\n"
+"without writing the other streams (a crossing's description replays one stream over the\n"
 "window). Raises TypeError/ValueError for other inputs.");
 
 static PyObject *
@@ -1462,13 +1457,18 @@ Increments_stream(IncrementsObject *s, PyObject *const *args, Py_ssize_t nargs)
                      "of %zd columns", n, codes.shape[1], out.shape[0], n, s->columns);
     }
     else if (check_codes(s, codes.buf, n) == 0) {
-        const int64_t *code = codes.buf;
-        double *inc = out.buf;
-        const Py_ssize_t a = s->stat[2 * k], b = s->stat[2 * k + 1];
-        for (Py_ssize_t i = 0; i < n; i++) {
-            double x = statistic(s, code + i * s->columns, a) * s->coef[2 * k];
-            x += statistic(s, code + i * s->columns, b) * s->coef[2 * k + 1];
-            inc[i] = x;
+        double *row = PyMem_Malloc(sizeof(double) * (size_t)(s->row_size + s->columns));
+        if (row == NULL) {
+            PyErr_NoMemory();
+        }
+        else {
+            const int64_t *code = codes.buf;
+            double *inc = out.buf;
+            for (Py_ssize_t i = 0; i < n; i++) {
+                fill_row(s, code + i * s->columns, 0.0, 0.0, row);
+                inc[i] = stream_increment(s, row, k);
+            }
+            PyMem_Free(row);
         }
     }
     PyBuffer_Release(&out);

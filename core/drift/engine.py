@@ -240,20 +240,15 @@ class Engine:
         ``finite`` marks which original values were finite; streams that read a non-finite value
         get a zero increment for that record (the value is counted, not judged).
         """
-        n, cols = values.shape
-        inc = np.empty((n, self.stat_index.size))
+        inc = np.empty((values.shape[0], self.stat_index.size))
         self._increments.add(self.transform.flat_codes(values),
                              np.ascontiguousarray(flags, dtype=bool),
                              None if missing is None else np.ascontiguousarray(missing,
                                                                                dtype=bool),
                              inc)
         if finite is not None:
-            bad = np.ones((n, cols + 1), dtype=bool)
-            np.logical_not(finite, out=bad[:, :cols])
-            bad[:, cols] = False
-            inc[bad.take(self.col1, axis=1) | bad.take(self.col2, axis=1)] = 0.0
+            inc[self._reads_non_finite(finite, self.col1, self.col2)] = 0.0
         return inc
-
 
     def stream_increments(self, values: FloatArray, finite: BoolArray, k: int) -> FloatArray:
         """``increments(values, no flags, None, finite)[:, k]``, to the bit, computing stream
@@ -261,12 +256,18 @@ class Engine:
         (every stream over 5,000 records of 20 features is 4 ms)."""
         inc = np.empty(values.shape[0])
         self._increments.stream(self.transform.flat_codes(values), k, inc)
-        bad = np.zeros(values.shape[0], dtype=bool)
-        for col in (int(self.col1[k]), int(self.col2[k])):
-            if col < self.columns:
-                bad |= ~finite[:, col]
-        inc[bad] = 0.0
+        inc[self._reads_non_finite(finite, self.col1[k:k + 1], self.col2[k:k + 1])[:, 0]] = 0.0
         return inc
+
+    def _reads_non_finite(self, finite: BoolArray, col1: IntArray, col2: IntArray
+                          ) -> BoolArray:
+        """(n, streams): whether the stream reading columns ``col1``/``col2`` (``columns``:
+        none) reads a value that was not finite in each record."""
+        n, cols = finite.shape
+        bad = np.ones((n, cols + 1), dtype=bool)
+        np.logical_not(finite, out=bad[:, :cols])
+        bad[:, cols] = False
+        return np.asarray(bad.take(col1, axis=1) | bad.take(col2, axis=1), dtype=bool)
 
 
 def _reference_grids(dists: list[Distribution | None], levels: int
