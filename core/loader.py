@@ -51,6 +51,7 @@ from modeld.core.errors import (
 from modeld.core.explain import Explanation, LazyExplainer, ReferenceWords, explainer_for
 from modeld.core.features import Batch, FeatureExtractor
 from modeld.core.forest import CompiledIsolationForest, compile_isolation_forest
+from modeld.core.joblib_stream import load_joblib
 
 __all__ = [
     "DEFAULT_LOADER",
@@ -223,10 +224,9 @@ class SkopsLoader:
 
 
 def joblib_file_loader(path: Path, /) -> Any:
-    """Unpickle with joblib: runs whatever code the file names. Only behind the checks."""
-    import joblib
-
-    return joblib.load(path)
+    """Unpickle a joblib file (:func:`~modeld.core.joblib_stream.load_joblib`): runs whatever
+    code the file names. Only behind the checks."""
+    return load_joblib(path)
 
 
 class FormatLoader:
