@@ -216,15 +216,23 @@ class ModelStore:
             raise ArtifactIncomplete(str(src.parent), f"{src.name} disappeared") from exc
         except OSError as exc:
             raise ArtifactUntrusted(str(src.parent), f"{src.name} cannot be opened: {exc}") from exc
-        with os.fdopen(fd, "rb") as fin, dst.open("xb") as fout:
-            while chunk := fin.read(COPY_CHUNK):
-                size += len(chunk)
-                if size > self.max_artifact_bytes:
-                    raise ArtifactUntrusted(
-                        str(src.parent), f"{src.name} exceeds {self.max_artifact_bytes} bytes"
-                    )
-                digest.update(chunk)
-                fout.write(chunk)
+        # plain reads and writes on the descriptors: file objects would add an fstat, an ioctl
+        # and an lseek each, and every system call waits for the interpreter lock again
+        try:
+            out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+            try:
+                while chunk := os.read(fd, COPY_CHUNK):
+                    size += len(chunk)
+                    if size > self.max_artifact_bytes:
+                        raise ArtifactUntrusted(
+                            str(src.parent), f"{src.name} exceeds {self.max_artifact_bytes} bytes"
+                        )
+                    digest.update(chunk)
+                    _write_all(out, chunk)
+            finally:
+                os.close(out)
+        finally:
+            os.close(fd)
         return FileDigest(size, digest.hexdigest())  # made durable when committed
 
     def commit(self, staged: StagedArtifact, version: str,
@@ -390,6 +398,13 @@ def _remove_into(path: Path, doomed: Path) -> None:
     os.rename(path, doomed)
     fsync_path(path.parent)
     shutil.rmtree(doomed, ignore_errors=True)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` (``os.write`` may write part of it)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _packed(file: Path) -> Path:

@@ -61,7 +61,7 @@ from modeld.core.errors import (
     WarmupNonFinite,
 )
 from modeld.core.loader import LoadPolicy, estimator_files, load_artifact, warm
-from modeld.core.source import sha256_file
+from modeld.core.source import read_regular, sha256_file
 
 log = structlog.get_logger("modeld.sandbox")
 
@@ -278,8 +278,7 @@ def _kill_group(pgid: int) -> None:
 def _read_result(path: Path) -> dict[str, Any] | None:
     """The child's answer, or None when it wrote none (or something unreadable)."""
     try:
-        with path.open("rb") as fh:
-            raw = fh.read(MAX_RESULT_BYTES + 1)
+        raw = read_regular(path, MAX_RESULT_BYTES)
     except OSError:
         return None
     if len(raw) > MAX_RESULT_BYTES:
