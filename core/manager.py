@@ -78,8 +78,8 @@ from modeld.core.source import (
     SettleTracker,
     inspect_folder,
     is_work_in_progress,
+    manifest_in,
     printable,
-    read_manifest,
     read_metadata,
     scan_models_folder,
 )
@@ -807,7 +807,13 @@ class ModelManager:
                 # Everything here reads the staged copy, which the producer cannot touch: what
                 # is checked is what is loaded. Nothing is unpickled before the signature
                 # passes, and nothing at all in this process when a first load bundles it.
-                check_manifest(staged.files, read_manifest(staged.path),
+                # read once, for the manifest here and for validation: the canary is checked
+                # below not to have changed any staged file (daemon/jobs/sandbox.py)
+                try:
+                    metadata: dict[str, Any] | None = read_metadata(staged.path)
+                except ArtifactInvalid:
+                    metadata = None  # validation reads it again and says what is wrong
+                check_manifest(staged.files, None if metadata is None else manifest_in(metadata),
                                policy.trust.require_manifest, str(folder.path))
                 if policy.trust.verify_key is not None:
                     verify_signature(staged.path, policy.trust.verify_key, digests)
@@ -821,7 +827,7 @@ class ModelManager:
                 return self._reject(folder, exc.reason, meta=peek_metadata(staged.path))
             validation = validate_folder(
                 staged.path, policy.validation, self.clock(), policy.loader, quality_gate,
-                bundle, out, policy.allow_unbundled,
+                bundle, out, policy.allow_unbundled, metadata,
             )
             stages.done("validate")
             accepted = validation.bundle

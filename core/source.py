@@ -224,9 +224,14 @@ def read_metadata(folder: Path) -> dict[str, Any]:
 def read_manifest(folder: Path) -> Mapping[str, Mapping[str, object]] | None:
     """The ``files`` manifest of a folder's metadata.json, or None when absent or unreadable."""
     try:
-        files = read_metadata(folder).get("files")
+        return manifest_in(read_metadata(folder))
     except ArtifactInvalid:
         return None
+
+
+def manifest_in(metadata: Mapping[str, Any]) -> Mapping[str, Mapping[str, object]] | None:
+    """The ``files`` manifest of a decoded metadata.json, or None when it has none."""
+    files = metadata.get("files")
     return files if isinstance(files, dict) and files else None
 
 
