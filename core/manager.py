@@ -951,11 +951,12 @@ class ModelManager:
     # deploying ----------------------------------------------------------------------------
 
     def _snapshot(self) -> RegistrySnapshot:
-        deployed = self.registry.deployed_version()
+        history = self.registry.deployments()
+        deployed = history[0].to_version if history else None  # Registry.deployed_version
         row = None if deployed is None else self.registry.get_version(deployed)
         nominee = self.registry.candidate()
         candidate = None if nominee is None else self.registry.get_version(nominee.version)
-        return RegistrySnapshot(row, tuple(self.registry.deployments()), candidate)
+        return RegistrySnapshot(row, tuple(history), candidate)
 
     def _available(self) -> dict[str, VersionRow]:
         return {r.version: r for r in self.registry.list_versions() if r.status == "available"}
