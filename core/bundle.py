@@ -158,6 +158,7 @@ class Bundle:
     size: int
     manifest: Mapping[str, Any]
     arrays: _Arrays
+    files: tuple[str, ...]  # every file of ``path``, in name order: what the digest covers
 
     @property
     def facts(self) -> EstimatorFacts:
@@ -530,7 +531,7 @@ def read_bundle(path: Path, version: str, expected_digest: str | None = None,
         if "/" in name or file not in views:
             raise BundleInvalid(version, where, f"array {name!r} is missing")
         arrays[name] = _array(views[file], version, where, file, mmap)
-    return Bundle(path, identity, size, manifest, arrays)
+    return Bundle(path, identity, size, manifest, arrays, tuple(views))
 
 
 def servable_from_bundle(bundle: Bundle, spec: ServableSpec) -> ServableModel:

@@ -475,7 +475,7 @@ class ModelManager:
             else:
                 self.first_load(folder, digests, out)
             written = read_bundle(out, version)
-            path = self.store.commit_bundle(out, written.digest)
+            path = self.store.commit_bundle(out, written.digest, written.files)
         except (ArtifactInvalid, ArtifactUntrusted) as exc:
             raise ModelLoadFailed(version, f"cannot be bundled: {exc.reason}") from exc
         finally:
@@ -862,7 +862,8 @@ class ModelManager:
             assert meta is not None and validation.servable is not None
             bundle = validation.bundle
             assert bundle is not None
-            stored = self.store.commit(staged, meta.version, (bundle.path, bundle.digest))
+            stored = self.store.commit(staged, meta.version,
+                                       (bundle.path, bundle.digest, bundle.files))
             bundled = self.store.bundle_path(bundle.digest)
             now = iso(self.clock())
             row = VersionRow(
