@@ -78,8 +78,8 @@ from modeld.core.source import (
     SettleTracker,
     inspect_folder,
     is_work_in_progress,
+    manifest_in,
     printable,
-    read_manifest,
     read_metadata,
     scan_models_folder,
 )
@@ -475,7 +475,7 @@ class ModelManager:
             else:
                 self.first_load(folder, digests, out)
             written = read_bundle(out, version)
-            path = self.store.commit_bundle(out, written.digest)
+            path = self.store.commit_bundle(out, written.digest, written.files)
         except (ArtifactInvalid, ArtifactUntrusted) as exc:
             raise ModelLoadFailed(version, f"cannot be bundled: {exc.reason}") from exc
         finally:
@@ -807,7 +807,13 @@ class ModelManager:
                 # Everything here reads the staged copy, which the producer cannot touch: what
                 # is checked is what is loaded. Nothing is unpickled before the signature
                 # passes, and nothing at all in this process when a first load bundles it.
-                check_manifest(staged.files, read_manifest(staged.path),
+                # read once, for the manifest here and for validation: the canary is checked
+                # below not to have changed any staged file (daemon/jobs/sandbox.py)
+                try:
+                    metadata: dict[str, Any] | None = read_metadata(staged.path)
+                except ArtifactInvalid:
+                    metadata = None  # validation reads it again and says what is wrong
+                check_manifest(staged.files, None if metadata is None else manifest_in(metadata),
                                policy.trust.require_manifest, str(folder.path))
                 if policy.trust.verify_key is not None:
                     verify_signature(staged.path, policy.trust.verify_key, digests)
@@ -821,7 +827,7 @@ class ModelManager:
                 return self._reject(folder, exc.reason, meta=peek_metadata(staged.path))
             validation = validate_folder(
                 staged.path, policy.validation, self.clock(), policy.loader, quality_gate,
-                bundle, out, policy.allow_unbundled,
+                bundle, out, policy.allow_unbundled, metadata,
             )
             stages.done("validate")
             accepted = validation.bundle
@@ -856,7 +862,8 @@ class ModelManager:
             assert meta is not None and validation.servable is not None
             bundle = validation.bundle
             assert bundle is not None
-            stored = self.store.commit(staged, meta.version, (bundle.path, bundle.digest))
+            stored = self.store.commit(staged, meta.version,
+                                       (bundle.path, bundle.digest, bundle.files))
             bundled = self.store.bundle_path(bundle.digest)
             now = iso(self.clock())
             row = VersionRow(
@@ -945,11 +952,12 @@ class ModelManager:
     # deploying ----------------------------------------------------------------------------
 
     def _snapshot(self) -> RegistrySnapshot:
-        deployed = self.registry.deployed_version()
+        history = self.registry.deployments()
+        deployed = history[0].to_version if history else None  # Registry.deployed_version
         row = None if deployed is None else self.registry.get_version(deployed)
         nominee = self.registry.candidate()
         candidate = None if nominee is None else self.registry.get_version(nominee.version)
-        return RegistrySnapshot(row, tuple(self.registry.deployments()), candidate)
+        return RegistrySnapshot(row, tuple(history), candidate)
 
     def _available(self) -> dict[str, VersionRow]:
         return {r.version: r for r in self.registry.list_versions() if r.status == "available"}

@@ -629,12 +629,11 @@ class Registry:
         with self.transaction() as conn:
             return int(conn.execute("DELETE FROM events WHERE at < ?", (older_than,)).rowcount)
 
-    # servable bundles (plain SQL: one row per version, replaced by delete and insert) -----
+    # servable bundles (one row per version) ---------------------------------------------
 
     def put_bundle(self, row: BundleRow) -> None:
         with self.transaction() as conn:
-            conn.execute("DELETE FROM bundles WHERE version = ?", (row.version,))
-            conn.execute("INSERT INTO bundles (version, digest, size, created) VALUES (?, ?, ?, ?)",
+            conn.execute(_upsert("bundles", ("version", "digest", "size", "created"), 1),
                          (row.version, row.digest, row.size, row.created))
 
     def bundle(self, version: str) -> BundleRow | None:

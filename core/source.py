@@ -24,6 +24,7 @@ MODEL_FILES = ("model.joblib", "model.skops")
 METADATA_FILE = "metadata.json"
 SUCCESS_MARKER = "_SUCCESS"
 MAX_METADATA_BYTES = 4 * 1024 * 1024
+READ_CHUNK = 1 << 20
 # An artifact is a handful of files; past this many entries a folder is judged without
 # stat-ing each one (a folder of 100k tiny files must not cost a scan seconds, every scan).
 MAX_FOLDER_ENTRIES = 1000
@@ -53,6 +54,23 @@ def open_regular(path: Path) -> int:
         raise OSError(errno.EINVAL, "not a regular file", str(path))
     os.set_blocking(fd, True)
     return fd
+
+
+def read_regular(path: Path, limit: int) -> bytes:
+    """The bytes of the regular file ``path`` (:func:`open_regular`), but at most ``limit`` + 1,
+    so that the caller can tell a file larger than ``limit``. Plain reads on the descriptor: a
+    buffered file object would add an fstat, an ioctl and an lseek, and under load every system
+    call an import thread makes waits for the interpreter lock again. Raises OSError."""
+    fd = open_regular(path)
+    try:
+        chunks = []
+        left = limit + 1
+        while left and (chunk := os.read(fd, min(left, READ_CHUNK))):
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def is_work_in_progress(name: str) -> bool:
@@ -184,10 +202,8 @@ def inspect_folder(path: Path, listdir: ListDir = list_entries) -> ArtifactFolde
 
 def read_metadata(folder: Path) -> dict[str, Any]:
     """Read and decode metadata.json; raises ArtifactInvalid naming what is wrong."""
-    path = folder / METADATA_FILE
     try:
-        with os.fdopen(open_regular(path), "rb") as fh:
-            raw = fh.read(MAX_METADATA_BYTES + 1)
+        raw = read_regular(folder / METADATA_FILE, MAX_METADATA_BYTES)
     except OSError as exc:
         raise ArtifactInvalid(str(folder), f"cannot read metadata.json: {exc.strerror}") from exc
     if len(raw) > MAX_METADATA_BYTES:
@@ -208,9 +224,14 @@ def read_metadata(folder: Path) -> dict[str, Any]:
 def read_manifest(folder: Path) -> Mapping[str, Mapping[str, object]] | None:
     """The ``files`` manifest of a folder's metadata.json, or None when absent or unreadable."""
     try:
-        files = read_metadata(folder).get("files")
+        return manifest_in(read_metadata(folder))
     except ArtifactInvalid:
         return None
+
+
+def manifest_in(metadata: Mapping[str, Any]) -> Mapping[str, Mapping[str, object]] | None:
+    """The ``files`` manifest of a decoded metadata.json, or None when it has none."""
+    files = metadata.get("files")
     return files if isinstance(files, dict) and files else None
 
 
@@ -228,10 +249,14 @@ def manifest_sizes_match(manifest: Mapping[str, Mapping[str, object]],
 
 
 def sha256_file(path: Path) -> str:
+    """The sha256 of the regular file ``path``, read as :func:`read_regular` does."""
     digest = hashlib.sha256()
-    with os.fdopen(open_regular(path), "rb") as fh:
-        while chunk := fh.read(1 << 20):
+    fd = open_regular(path)
+    try:
+        while chunk := os.read(fd, READ_CHUNK):
             digest.update(chunk)
+    finally:
+        os.close(fd)
     return digest.hexdigest()
 
 

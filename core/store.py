@@ -25,7 +25,7 @@ import os
 import shutil
 import stat as stat_module
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +78,10 @@ place, and how the folders they were renamed into do after.
 (``daemon/process/wiring.py``)."""
 
 
+_Move = tuple[Path, Path, Collection[str]]
+"""A written folder, where it goes, and the names of the files in it."""
+
+
 def fsync_each(paths: Sequence[Path]) -> None:
     """fsync every file and folder of ``paths``, one after the other."""
     for path in paths:
@@ -127,30 +131,33 @@ class ModelStore:
     def bundle_path(self, digest: str) -> Path:
         return self.bundles / digest
 
-    def commit_bundle(self, written: Path, digest: str) -> Path:
-        """Rename a written bundle into ``bundles/<digest>``, durably; the same content already
-        there is kept and ``written`` removed."""
-        self._place(self._bundle_move(written, digest))
+    def commit_bundle(self, written: Path, digest: str, files: Collection[str]) -> Path:
+        """Rename a written bundle (its folder, its digest and the names of its files) into
+        ``bundles/<digest>``, durably; the same content already there is kept and ``written``
+        removed."""
+        self._place(self._bundle_move(written, digest, files))
         return self.bundle_path(digest)
 
-    def _bundle_move(self, written: Path, digest: str) -> list[tuple[Path, Path]]:
+    def _bundle_move(self, written: Path, digest: str, files: Collection[str]) -> list[_Move]:
         target = self.bundle_path(digest)
         if target.is_dir():
             shutil.rmtree(written, ignore_errors=True)
             return []
-        return [(written, target)]
+        return [(written, target, files)]
 
-    def _place(self, moves: Sequence[tuple[Path, Path]]) -> None:
+    def _place(self, moves: Sequence[_Move]) -> None:
         """Rename written folders into place, durably: every file in them and the folders
         themselves are made durable first (one batch, so a journaling filesystem commits
-        them together), then the renames, then the folders renamed into (one batch)."""
+        them together), then the renames, then the folders renamed into (one batch). The
+        files are named by the caller, who wrote or read them all: listing a folder again
+        takes the interpreter lock again for every entry."""
         if not moves:
             return
-        self.durable([*(file for written, _ in moves for file in written.iterdir()),
-                      *(written for written, _ in moves)])
-        for written, target in moves:
+        self.durable([*(written / name for written, _, files in moves for name in files),
+                      *(written for written, _, _ in moves)])
+        for written, target, _ in moves:
             os.rename(written, target)
-        self.durable(sorted({target.parent for _, target in moves}))
+        self.durable(sorted({target.parent for _, target, _ in moves}))
 
     def remove_bundle(self, digest: str) -> None:
         """Delete ``bundles/<digest>``, as :meth:`remove` does a version; a servable still
@@ -216,28 +223,36 @@ class ModelStore:
             raise ArtifactIncomplete(str(src.parent), f"{src.name} disappeared") from exc
         except OSError as exc:
             raise ArtifactUntrusted(str(src.parent), f"{src.name} cannot be opened: {exc}") from exc
-        with os.fdopen(fd, "rb") as fin, dst.open("xb") as fout:
-            while chunk := fin.read(COPY_CHUNK):
-                size += len(chunk)
-                if size > self.max_artifact_bytes:
-                    raise ArtifactUntrusted(
-                        str(src.parent), f"{src.name} exceeds {self.max_artifact_bytes} bytes"
-                    )
-                digest.update(chunk)
-                fout.write(chunk)
+        # plain reads and writes on the descriptors: file objects would add an fstat, an ioctl
+        # and an lseek each, and every system call waits for the interpreter lock again
+        try:
+            out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+            try:
+                while chunk := os.read(fd, COPY_CHUNK):
+                    size += len(chunk)
+                    if size > self.max_artifact_bytes:
+                        raise ArtifactUntrusted(
+                            str(src.parent), f"{src.name} exceeds {self.max_artifact_bytes} bytes"
+                        )
+                    digest.update(chunk)
+                    _write_all(out, chunk)
+            finally:
+                os.close(out)
+        finally:
+            os.close(fd)
         return FileDigest(size, digest.hexdigest())  # made durable when committed
 
     def commit(self, staged: StagedArtifact, version: str,
-               bundle: tuple[Path, str] | None = None) -> Path:
+               bundle: tuple[Path, str, Collection[str]] | None = None) -> Path:
         """Rename a validated staging folder into ``versions/<version>``, and the ``bundle``
-        written for it (its folder, its digest) as :meth:`commit_bundle` does, durably: both
-        reach the disk together."""
+        written for it (its folder, its digest, its files) as :meth:`commit_bundle` does,
+        durably: both reach the disk together."""
         target = self.path_of(version)
         if target.exists():
             # Left by a crash after the rename but before the registry commit: same version
             # name, and the registry knows nothing of it, so the new copy replaces it.
             self.remove(version)
-        moves = [(staged.path, target)]
+        moves: list[_Move] = [(staged.path, target, tuple(staged.files))]
         if bundle is not None:
             moves += self._bundle_move(*bundle)
         self._place(moves)
@@ -390,6 +405,13 @@ def _remove_into(path: Path, doomed: Path) -> None:
     os.rename(path, doomed)
     fsync_path(path.parent)
     shutil.rmtree(doomed, ignore_errors=True)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` (``os.write`` may write part of it)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _packed(file: Path) -> Path:

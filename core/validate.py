@@ -404,6 +404,7 @@ def validate_folder(
     bundle: Bundle | None = None,
     bundle_to: Path | None = None,
     allow_unbundled: bool = False,
+    metadata: Mapping[str, Any] | None = None,
 ) -> Validation:
     """Judge the artifact in ``folder`` (already in the daemon's staging) and prepare it to serve.
 
@@ -413,8 +414,9 @@ def validate_folder(
     written here first with ``loader`` (:func:`bundle_folder`), to ``bundle_to`` (a temporary
     folder without it; its arrays are then read into memory). A model without a bundle form
     is rejected unless ``allow_unbundled`` (``security.allow_unbundled_estimators``): then it is
-    loaded here with ``loader``. Never raises for a bad artifact: every problem becomes a
-    finding. With ``quality_gate`` false the score is reported but does not reject; blocking
+    loaded here with ``loader``. ``metadata`` is the folder's metadata.json as the caller has
+    already read it (None: it is read here). Never raises for a bad artifact: every problem
+    becomes a finding. With ``quality_gate`` false the score is reported but does not reject; blocking
     findings always do.
     """
     findings: list[Finding] = []
@@ -431,7 +433,7 @@ def validate_folder(
                           bundle if accepted else None)
 
     try:
-        meta = parse_metadata(read_metadata(folder), folder)
+        meta = parse_metadata(read_metadata(folder) if metadata is None else metadata, folder)
     except ArtifactInvalid as exc:
         findings.append(Finding("metadata", exc.reason, "error", blocking=True))
         return finish(None, None)

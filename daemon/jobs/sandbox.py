@@ -61,7 +61,7 @@ from modeld.core.errors import (
     WarmupNonFinite,
 )
 from modeld.core.loader import LoadPolicy, estimator_files, load_artifact, warm
-from modeld.core.source import sha256_file
+from modeld.core.source import read_regular, sha256_file
 
 log = structlog.get_logger("modeld.sandbox")
 
@@ -132,12 +132,14 @@ def canary_load(
         if refused is not None:
             raise ArtifactUntrusted(where, refused)
     request = {
-        "folder": str(folder.resolve()),
+        # absolute for the child; not resolved: a stat per path component, and the store's
+        # folders are resolved once at startup (daemon/process/wiring.py)
+        "folder": str(folder.absolute()),
         "policy": loader_spec.to_dict(),
         "sample_rows": sample_rows,
         "time_limit": time_limit,
         "memory_limit_bytes": memory_limit_bytes,
-        "bundle": None if bundle_to is None else str(bundle_to.resolve()),
+        "bundle": None if bundle_to is None else str(bundle_to.absolute()),
     }
     own = zygote is None
     zygote = zygote or Zygote()
@@ -145,7 +147,8 @@ def canary_load(
     try:
         returncode, timed_out, took = zygote.run({**request, "work": str(work)}, time_limit)
         answer = _read_result(work / "result.json")
-        tail = _log_tail(work / "child.log")
+        passed = _passed(answer, returncode, timed_out)
+        tail = "" if passed else _log_tail(work / "child.log")  # only ever says why it failed
     finally:
         shutil.rmtree(work, ignore_errors=True)
         if own:
@@ -154,8 +157,8 @@ def canary_load(
         changed = _changed_files(folder, expected_digests)
         if changed:
             raise ArtifactUntrusted(where, f"the canary changed {', '.join(changed)}")
-    reason = _failure(answer, returncode, timed_out, time_limit, memory_limit_bytes, tail)
-    if reason is not None:
+    if not passed:
+        reason = _failure(answer, returncode, timed_out, time_limit, memory_limit_bytes, tail)
         log.warning("canary_failed", path=where, reason=reason, returncode=returncode,
                     took_s=round(took, 3), child_output=tail)
         if answer is not None and answer.get("status") == "untrusted":
@@ -278,8 +281,7 @@ def _kill_group(pgid: int) -> None:
 def _read_result(path: Path) -> dict[str, Any] | None:
     """The child's answer, or None when it wrote none (or something unreadable)."""
     try:
-        with path.open("rb") as fh:
-            raw = fh.read(MAX_RESULT_BYTES + 1)
+        raw = read_regular(path, MAX_RESULT_BYTES)
     except OSError:
         return None
     if len(raw) > MAX_RESULT_BYTES:
@@ -310,6 +312,11 @@ def _changed_files(folder: Path, expected: Mapping[str, str]) -> list[str]:
     return changed
 
 
+def _passed(answer: Mapping[str, Any] | None, returncode: int, timed_out: bool) -> bool:
+    """Whether the canary passed: the child answered ok and exited 0 in time."""
+    return not timed_out and returncode == 0 and answer is not None and answer["status"] == "ok"
+
+
 def _failure(
     answer: Mapping[str, Any] | None,
     returncode: int,
@@ -317,8 +324,8 @@ def _failure(
     time_limit: float,
     memory_limit: int,
     tail: str,
-) -> str | None:
-    """Why the canary failed (None when it passed), from what the child said and how it ended."""
+) -> str:
+    """Why the canary failed (it did not pass), from what the child said and how it ended."""
     if timed_out:
         return f"timed out after {time_limit:g} s"
     if returncode < 0:
@@ -335,8 +342,6 @@ def _failure(
                f"answer ({last[:300]})"
     status = answer["status"]
     detail = str(answer.get("detail", ""))[:1000]
-    if status == "ok" and returncode == 0:
-        return None
     if status == "oom":
         return f"ran out of memory (limit {memory_limit} bytes)"
     if status == "nonfinite":

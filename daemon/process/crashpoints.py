@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Collection
 from pathlib import Path
 
 from modeld.core.events import ManagerEvent, ModelImported
@@ -64,7 +65,7 @@ class _CrashingStore(ModelStore):
         return staged
 
     def commit(self, staged: StagedArtifact, version: str,
-               bundle: tuple[Path, str] | None = None) -> Path:
+               bundle: tuple[Path, str, Collection[str]] | None = None) -> Path:
         self._crash.reached("validated")  # the manager commits only what passed validation
         target = super().commit(staged, version, bundle)
         self._crash.reached("store_renamed")  # in the store, not yet in the registry
