@@ -25,10 +25,11 @@ import os
 import shutil
 import stat as stat_module
 import uuid
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from modeld.core._durable import fsync_all
 from modeld.core.errors import ArtifactIncomplete, ArtifactUntrusted
 from modeld.core.source import (
     SUCCESS_MARKER,
@@ -70,22 +71,8 @@ class StagedArtifact:
         return {n: {"size": d.size, "sha256": d.sha256} for n, d in sorted(self.files.items())}
 
 
-Durable = Callable[[Sequence[Path]], None]
-"""Makes files and folders durable (an fsync each) and returns when all of them are: how a
-staged copy's and its bundle's files reach the disk, together, before they are renamed into
-place, and how the folders they were renamed into do after.
-:func:`fsync_each` here; the daemon passes one that syncs them at once
-(``daemon/process/wiring.py``)."""
-
-
 _Move = tuple[Path, Path, Collection[str]]
 """A written folder, where it goes, and the names of the files in it."""
-
-
-def fsync_each(paths: Sequence[Path]) -> None:
-    """fsync every file and folder of ``paths``, one after the other."""
-    for path in paths:
-        fsync_path(path)
 
 
 def fsync_path(path: Path) -> None:
@@ -109,10 +96,8 @@ class ModelStore:
         self,
         directory: Path,
         max_artifact_bytes: int = 2 * 1024**3,
-        durable: Durable = fsync_each,
     ) -> None:
         self.directory = directory
-        self.durable = durable
         self.versions = directory / "versions"
         self.staging = directory / "staging"
         self.trash = directory / "trash"
@@ -148,16 +133,17 @@ class ModelStore:
     def _place(self, moves: Sequence[_Move]) -> None:
         """Rename written folders into place, durably: every file in them and the folders
         themselves are made durable first (one batch, so a journaling filesystem commits
-        them together), then the renames, then the folders renamed into (one batch). The
+        them together: :func:`~modeld.core._durable.fsync_all` runs a batch at once, without
+        the interpreter lock), then the renames, then the folders renamed into (one batch). The
         files are named by the caller, who wrote or read them all: listing a folder again
         takes the interpreter lock again for every entry."""
         if not moves:
             return
-        self.durable([*(written / name for written, _, files in moves for name in files),
-                      *(written for written, _, _ in moves)])
+        fsync_all([*(written / name for written, _, files in moves for name in files),
+                   *(written for written, _, _ in moves)])
         for written, target, _ in moves:
             os.rename(written, target)
-        self.durable(sorted({target.parent for _, target, _ in moves}))
+        fsync_all(sorted({target.parent for _, target, _ in moves}))
 
     def remove_bundle(self, digest: str) -> None:
         """Delete ``bundles/<digest>``, as :meth:`remove` does a version; a servable still

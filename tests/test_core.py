@@ -575,3 +575,20 @@ def test_anomaly_threshold_is_a_serving_policy_changed_at_once(tmp_path: Path) -
     assert not manager.slot.score(batch).flags.any()
     manager.slot.anomaly_threshold = None
     assert (manager.slot.score(batch).flags == own.flags).all()
+
+
+def test_a_batch_of_fsyncs_covers_files_and_folders_and_names_the_first_that_failed(
+    tmp_path: Path,
+) -> None:
+    from modeld.core._durable import fsync_all
+
+    files = [tmp_path / f"f{i}" for i in range(150)]  # more than run at once (64)
+    for file in files:
+        file.write_bytes(b"x")
+    fsync_all([*files, tmp_path, str(tmp_path), bytes(tmp_path)])
+    fsync_all([])
+    with pytest.raises(FileNotFoundError) as raised:
+        fsync_all([files[0], tmp_path / "gone", files[1], tmp_path / "also gone"])
+    assert raised.value.filename == tmp_path / "gone"
+    with pytest.raises(TypeError):
+        fsync_all([files[0], 3])

@@ -9,8 +9,7 @@ test-only crash points when ``MODELD_TEST_CRASH_AT`` asks for them. The process 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from modeld.core.manager import (
 )
 from modeld.core.registry import Registry
 from modeld.core.serving import ServingSlot
-from modeld.core.store import Durable, ModelStore, fsync_path
+from modeld.core.store import ModelStore
 from modeld.core.validate import bundle_folder
 from modeld.daemon.jobs.alerting import Alerter
 from modeld.daemon.jobs.handoff import HandoffMonitors
@@ -77,9 +76,7 @@ def _assemble(settings: Settings, clock: Clock, crash: CrashPoint | None,
     s = settings
     # absolute, so that the paths the API reports (local_path) do not depend on our cwd
     state = s.storage.directory.resolve()
-    fsyncs = ThreadPoolExecutor(max_workers=32, thread_name_prefix="modeld-fsync")
-    closers.append(("fsync threads", fsyncs.shutdown))
-    store = (ModelStore(state / "store", s.security.max_artifact_bytes, fsync_at_once(fsyncs))
+    store = (ModelStore(state / "store", s.security.max_artifact_bytes)
              if crash is None
              else crash.store(state / "store", s.security.max_artifact_bytes))
     location = s.storage.registry_location()
@@ -209,20 +206,6 @@ def _canary(runtime: Runtime, zygote: Zygote) -> FirstLoad:
                     expected_digests=digests, zygote=zygote, bundle_to=out)
 
     return first_load
-
-
-def fsync_at_once(pool: Executor) -> Durable:
-    """The daemon store's :data:`~modeld.core.store.Durable`: fsync files and folders
-    concurrently on ``pool`` and return when all are durable (raises the first OSError). A
-    journaling filesystem commits concurrent fsyncs together (measured here on ext4, loaded
-    machine: 14 bundle files 51 ms one after the other, 5 ms at once); the pool's threads are
-    started once, as an import's batch (a version's and its bundle's files, about 20) cost 33
-    ms median under load with a thread started per file, 11 ms on the pool."""
-
-    def durable(paths: Sequence[Path]) -> None:
-        list(pool.map(fsync_path, paths))
-
-    return durable
 
 
 def both_listeners(first: Listener, second: Listener) -> Listener:
