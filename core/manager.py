@@ -630,7 +630,7 @@ class ModelManager:
             return Scan(folder_missing=True)
         if names is None:
             self.tracker.forget_missing(f.name for f in folders)
-        known = self.registry.folders()
+        known = self.registry.folders(None if names is None else [f.name for f in folders])
         ready, pending = [], []
         next_check: float | None = None
         now = self.clock().timestamp()

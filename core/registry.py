@@ -24,7 +24,7 @@ import os
 import shutil
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -552,8 +552,18 @@ class Registry:
         rows = self._query("SELECT * FROM folders WHERE name = ?", (name,))
         return FolderRow(**dict(rows[0])) if rows else None
 
-    def folders(self) -> dict[str, FolderRow]:
-        return {r["name"]: FolderRow(**dict(r)) for r in self._query("SELECT * FROM folders")}
+    def folders(self, names: Collection[str] | None = None) -> dict[str, FolderRow]:
+        """Every folder's record, or those of ``names`` only (a rename into place: one row
+        read, not one per folder ever seen, each of which takes the interpreter lock again)."""
+        if names is None:
+            rows = self._query("SELECT * FROM folders")
+        elif not names:
+            return {}
+        else:
+            marks = ", ".join("?" * len(names))  # placeholders only: the names are parameters
+            rows = self._query(f"SELECT * FROM folders WHERE name IN ({marks})",  # noqa: S608
+                               tuple(names))
+        return {r["name"]: FolderRow(**dict(r)) for r in rows}
 
     def record_folder(self, row: FolderRow) -> None:
         with self.transaction() as conn:

@@ -59,6 +59,10 @@ def test_versions_folders_state_and_events_mean_the_same_on_both(registry_url: s
     registry.record_folder(FolderRow("a", "f1", "imported", "v1", "", "t1"))
     registry.record_folder(FolderRow("a", "f2", "rejected", None, "changed", "t2"))
     assert registry.folders() == {"a": FolderRow("a", "f2", "rejected", None, "changed", "t2")}
+    registry.record_folder(FolderRow("b", "f3", "imported", "v1", "", "t3"))
+    assert registry.folders(["b", "never seen"]) == {
+        "b": FolderRow("b", "f3", "imported", "v1", "", "t3")}
+    assert registry.folders([]) == {} and set(registry.folders()) == {"a", "b"}
     registry.save_state("drift", "v1", {"n": 1}, "t1")
     registry.save_state("drift", "v1", {"n": 2}, "t2")
     assert registry.load_state("drift", "v1") == {"n": 2}
