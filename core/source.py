@@ -146,25 +146,40 @@ ListDir = Callable[[Path], list[os.DirEntry[str]]]
 def scan_models_folder(models_dir: Path, listdir: ListDir = list_entries,
                        names: Collection[str] | None = None) -> list[ArtifactFolder]:
     """Every candidate folder directly under ``models_dir`` (those of ``names`` only, when
-    given: one listing, and only their folders read), skipping work in progress.
+    given: a stat each, not a listing of the models folder, which takes the interpreter lock
+    again for every entry and grows with every version the producer leaves there), skipping
+    work in progress.
 
     Raises FileNotFoundError when ``models_dir`` does not exist (the caller waits for it).
     Folders that vanish mid-scan are skipped: the next scan sees the new truth.
     """
+    if names is None:
+        candidates = [(entry.name, Path(entry.path)) for entry in listdir(models_dir)
+                      if entry.is_dir(follow_symlinks=False)]
+    else:
+        os.stat(models_dir)  # missing: FileNotFoundError, as a listing would raise
+        candidates = [(name, models_dir / name) for name in sorted(names)
+                      if _is_folder(models_dir / name)]
     found = []
-    for entry in listdir(models_dir):
-        if is_work_in_progress(entry.name) or (names is not None and entry.name not in names):
+    for name, path in candidates:
+        if is_work_in_progress(name):
             continue
         try:
-            if not entry.is_dir(follow_symlinks=False):
-                continue
-            found.append(inspect_folder(Path(entry.path), listdir))
+            found.append(inspect_folder(path, listdir))
         except FileNotFoundError:
             continue
         except OSError as exc:  # unreadable: judged (and rejected) with the reason
-            found.append(ArtifactFolder(Path(entry.path), (), False,
+            found.append(ArtifactFolder(path, (), False,
                                         problem=f"cannot read the folder: {exc.strerror}"))
     return found
+
+
+def _is_folder(path: Path) -> bool:
+    """Whether ``path`` is a folder itself (not a symlink to one); False when it is gone."""
+    try:
+        return stat_module.S_ISDIR(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
 
 
 def inspect_folder(path: Path, listdir: ListDir = list_entries) -> ArtifactFolder:

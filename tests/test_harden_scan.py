@@ -31,7 +31,7 @@ from modeld.core.source import MAX_FOLDER_ENTRIES, scan_models_folder
 from modeld.core.store import FileDigest, ModelStore
 from modeld.daemon.jobs.alerting import Alert, Alerter
 from modeld.daemon.jobs.watch import PollWorker, _Hint
-from tests.helpers import artifact_files, metadata
+from tests.helpers import artifact_files, metadata, write_in_place
 from tests.test_alerting import (
     WebhookReceiver,
     fast_settings,
@@ -342,3 +342,26 @@ def test_a_slow_artifact_does_not_hold_the_next_one_back(tmp_path: Path) -> None
     assert completed == ["v-later", "v-normal", "v-slow"]
     assert manager.store.slow_copies == 1
     manager.registry.close()
+
+
+def test_a_scan_of_folders_renamed_in_stats_them_and_never_lists_the_models_folder(
+    tmp_path: Path,
+) -> None:
+    models = tmp_path / "models"
+    for name in ("v1", "v2", "_tmp_v3"):
+        write_in_place(models / name, artifact_files(name))
+    (models / "file").write_text("not a folder")
+    os.symlink(models / "v1", models / "link")
+    listed: list[Path] = []
+
+    def listdir(path: Path) -> list[os.DirEntry[str]]:
+        listed.append(path)
+        with os.scandir(path) as entries:
+            return sorted(entries, key=lambda e: e.name)
+
+    found = scan_models_folder(models, listdir, names={"v2", "_tmp_v3", "file", "link", "gone"})
+    assert [f.name for f in found] == ["v2"]
+    assert models not in listed and listed == [models / "v2"]
+    assert [f.name for f in scan_models_folder(models, listdir)] == ["v1", "v2"]  # the whole
+    with pytest.raises(FileNotFoundError):
+        scan_models_folder(tmp_path / "missing", listdir, names={"v1"})
