@@ -65,6 +65,7 @@ from modeld.core.events import (
 )
 from modeld.core.loader import DEFAULT_LOADER, ModelLoader, ServableModel, load_servable
 from modeld.core.registry import (
+    ROLLBACK_REASON,
     Actor,
     BundleRow,
     DeploymentRow,
@@ -171,11 +172,6 @@ class FirstLoad(Protocol):
     def __call__(self, folder: Path, digests: Mapping[str, str], out: Path) -> None: ...
 
 
-# How a rollback's row reads; an agent's rollback (actor "mcp") is told apart from its deploys
-# by this, so auto-deploy respects it as it does an operator's rollback.
-ROLLBACK_REASON = "rollback from "
-
-
 @dataclass(frozen=True, slots=True)
 class Decision:
     """What a policy function asks the manager to do: deploy ``version``, or nominate it as
@@ -189,7 +185,10 @@ class Decision:
 
 @dataclass(frozen=True, slots=True)
 class RegistrySnapshot:
-    """The facts a deployment decision depends on."""
+    """The facts a deployment decision depends on. ``history`` is the deployment history,
+    newest first; deciding whether an import deploys reads only its rollbacks
+    (:attr:`rolled_back_from`), so the manager then gives only those
+    (:meth:`Registry.rollbacks`)."""
 
     deployed: VersionRow | None
     history: tuple[DeploymentRow, ...]
@@ -951,9 +950,12 @@ class ModelManager:
 
     # deploying ----------------------------------------------------------------------------
 
-    def _snapshot(self) -> RegistrySnapshot:
-        history = self.registry.deployments()
-        deployed = history[0].to_version if history else None  # Registry.deployed_version
+    def _snapshot(self, whole_history: bool = True) -> RegistrySnapshot:
+        """The registry's facts; with ``whole_history`` false, the history's rollbacks only
+        (each row read takes the interpreter lock again, and the history grows with every
+        deployment)."""
+        history = self.registry.deployments() if whole_history else self.registry.rollbacks()
+        deployed = self.registry.deployed_version()
         row = None if deployed is None else self.registry.get_version(deployed)
         nominee = self.registry.candidate()
         candidate = None if nominee is None else self.registry.get_version(nominee.version)
@@ -963,7 +965,8 @@ class ModelManager:
         return {r.version: r for r in self.registry.list_versions() if r.status == "available"}
 
     def _consider(self, row: VersionRow, servable: ServableModel | None) -> bool:
-        decision = next_deployment(self._snapshot(), row, self.policy.deployment)
+        decision = next_deployment(self._snapshot(whole_history=False), row,
+                                   self.policy.deployment)
         deployed = False
         if decision is not None and decision.action == "nominate":
             self._nominate(decision, servable)

@@ -40,6 +40,10 @@ from modeld.core.dialect import (
 from modeld.core.errors import RegistryDamaged, SchemaTooNew
 from modeld.core.store import fsync_path
 
+# How a rollback's row reads; an agent's rollback (actor "mcp") is told apart from its deploys
+# by this, so auto-deploy respects it as it does an operator's rollback.
+ROLLBACK_REASON = "rollback from "
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS versions (
     version TEXT PRIMARY KEY,
@@ -497,6 +501,15 @@ class Registry:
     def deployments(self, limit: int = 1000) -> list[DeploymentRow]:
         """The deployment history, newest first."""
         rows = self._query("SELECT * FROM deployments ORDER BY id DESC LIMIT ?", (limit,))
+        return [DeploymentRow(**dict(r)) for r in rows]
+
+    def rollbacks(self) -> list[DeploymentRow]:
+        """The deployments that rolled back (by actor, or by a reason that says so), newest
+        first: what a deployment decision reads of the history (the versions never to deploy
+        again on their own), without a row read for every deployment ever made."""
+        rows = self._query("SELECT * FROM deployments WHERE from_version IS NOT NULL AND "
+                           "(actor = 'rollback' OR reason LIKE ?) ORDER BY id DESC",
+                           (f"{ROLLBACK_REASON}%",))
         return [DeploymentRow(**dict(r)) for r in rows]
 
     def deployed_version(self) -> str | None:

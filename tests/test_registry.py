@@ -17,8 +17,9 @@ import pytest
 from modeld.core.dialect import DATABASE_ERRORS, Connection
 from modeld.core.errors import SchemaTooNew
 from modeld.core.fleet import fleet_view
-from modeld.core.manager import ModelManager, iso, utc_now
+from modeld.core.manager import ModelManager, RegistrySnapshot, iso, utc_now
 from modeld.core.registry import (
+    ROLLBACK_REASON,
     SCHEMA_VERSION,
     AnomalyRow,
     DaemonRow,
@@ -271,3 +272,25 @@ def test_two_versions_served_longer_than_a_swap_is_alerted_once(tmp_path: Path,
     [alert] = [b for b in receiver.bodies if b["kind"] == "fleet_split"]
     assert "v0 by b; v1 by a" in alert["detail"]
     manager.registry.close()
+
+
+def test_the_rollbacks_are_the_deployments_a_decision_reads(registry_url: str) -> None:
+    registry = Registry(registry_url)
+    try:
+        registry.record_deployment(None, "v1", "2026-11-29T00:00:00+00:00", "first", "auto")
+        registry.record_deployment("v1", "v2", "2026-11-29T01:00:00+00:00", "newer", "auto")
+        registry.record_deployment("v2", "v1", "2026-11-29T02:00:00+00:00", "operator",
+                                   "rollback")
+        registry.record_deployment("v1", "v3", "2026-11-29T03:00:00+00:00", "newer", "auto")
+        registry.record_deployment("v3", "v1", "2026-11-29T04:00:00+00:00",
+                                   f"{ROLLBACK_REASON}v3", "mcp")  # an agent's rollback
+        registry.record_deployment("v1", "v4", "2026-11-29T05:00:00+00:00",
+                                   "not a rollback from v1", "operator")
+        rollbacks = registry.rollbacks()
+        assert [(d.from_version, d.actor) for d in rollbacks] == [("v3", "mcp"),
+                                                                 ("v2", "rollback")]
+        whole = RegistrySnapshot(None, tuple(registry.deployments()))
+        assert RegistrySnapshot(None, tuple(rollbacks)).rolled_back_from == \
+            whole.rolled_back_from == {"v2", "v3"}
+    finally:
+        registry.close()
