@@ -154,16 +154,15 @@ def scan_models_folder(models_dir: Path, listdir: ListDir = list_entries,
     Folders that vanish mid-scan are skipped: the next scan sees the new truth.
     """
     if names is None:
-        candidates = [(entry.name, Path(entry.path)) for entry in listdir(models_dir)
-                      if entry.is_dir(follow_symlinks=False)]
+        candidates = [Path(entry.path) for entry in listdir(models_dir)
+                      if not is_work_in_progress(entry.name)
+                      and entry.is_dir(follow_symlinks=False)]
     else:
         os.stat(models_dir)  # missing: FileNotFoundError, as a listing would raise
-        candidates = [(name, models_dir / name) for name in sorted(names)
-                      if _is_folder(models_dir / name)]
+        candidates = [models_dir / name for name in sorted(names)
+                      if not is_work_in_progress(name) and _is_folder(models_dir / name)]
     found = []
-    for name, path in candidates:
-        if is_work_in_progress(name):
-            continue
+    for path in candidates:
         try:
             found.append(inspect_folder(path, listdir))
         except FileNotFoundError:
