@@ -17,9 +17,11 @@ import pytest
 from structlog.testing import capture_logs
 from watchdog.events import (
     DirCreatedEvent,
+    DirDeletedEvent,
     DirModifiedEvent,
     DirMovedEvent,
     FileClosedEvent,
+    FileCreatedEvent,
     FileDeletedEvent,
     FileModifiedEvent,
     FileMovedEvent,
@@ -240,10 +242,11 @@ def test_a_scan_that_keeps_failing_is_alerted_once_per_streak(
 def test_a_rename_into_place_asks_for_its_folder_alone(tmp_path: Path) -> None:
     # Before: every file written into a _tmp folder asked for a rescan of the whole models
     # folder, and so did the rename's echoes (the folder's modification, watchdog's moves of
-    # each file): the rename into place waited behind those scans of every folder.
+    # each file, the files of a folder renamed in before it was watched reported as created
+    # in it): the rename into place waited behind those scans of every folder.
     models = tmp_path / "models"
-    asked: list[str | None] = []
-    hint = _Hint(models, asked.append)
+    asked: list[tuple[str | None, bool]] = []
+    hint = _Hint(models, lambda folder, renamed_in: asked.append((folder, renamed_in)))
     for event in (DirCreatedEvent(str(models / "_tmp_v1")),
                   FileModifiedEvent(str(models / "_tmp_v1" / "model.joblib")),
                   FileClosedEvent(str(models / ".v2" / "metadata.json")),
@@ -254,10 +257,48 @@ def test_a_rename_into_place_asks_for_its_folder_alone(tmp_path: Path) -> None:
     assert asked == []
     for event in (DirMovedEvent(str(models / "_tmp_v1"), str(models / "v1")),
                   DirMovedEvent("", str(models / "v4")),  # from outside the watched tree
+                  FileCreatedEvent(str(models / "v1" / "model.joblib")),  # watchdog's echo
                   FileDeletedEvent(str(models / "v3" / "model.joblib.part")),
-                  DirModifiedEvent(str(models / "v3"))):
+                  DirModifiedEvent(str(models / "v3")),
+                  DirCreatedEvent(str(models / "v5")),  # written in place
+                  FileMovedEvent(str(models / "v5" / "a"), str(models / "v5" / "b"))):
         hint.on_any_event(event)
-    assert asked == ["v1", "v4", None, None]  # a rename names its folder; the others: a rescan
+    # a rename names its folder as renamed in; an event inside one folder names it alone
+    assert asked == [("v1", True), ("v4", True), ("v1", False), ("v3", False), ("v3", False),
+                     ("v5", False), ("v5", False)]
+    asked.clear()
+    for event in (DirDeletedEvent(str(models / "v3")),  # gone: the whole folder is looked at
+                  DirMovedEvent(str(models / "v5"), ""),  # moved out of the watched tree
+                  FileMovedEvent(str(models / "v1" / "a"), str(tmp_path / "elsewhere")),
+                  DirModifiedEvent(str(tmp_path))):
+        hint.on_any_event(event)
+    assert asked == [(None, False)] * 4
+
+
+class _WallClock(Clock):
+    def __call__(self) -> datetime:
+        return datetime.now(UTC)
+
+
+def test_a_folder_written_in_place_is_looked_at_again_once_it_settles(tmp_path: Path) -> None:
+    # An event inside one folder asks for a scan of that folder alone; when the folder is
+    # still changing, that scan must still say when to look again: no other event may come.
+    manager = make_manager(tmp_path, clock=_WallClock(), settle=0.3)
+    imported: list[str] = []
+    manager.listener = lambda event: imported.append(event.version) \
+        if isinstance(event, ModelImported) else None
+    worker = PollWorker(manager, force_polling=True, polling_interval=3600)  # no polled events
+    worker.start()
+    try:
+        drop(manager, "a", artifact_files("v-a", created_at=created(1)))
+        worker.request("a", True)
+        _wait_for(lambda: imported == ["v-a"], "v-a imported")  # the whole first scan is over
+        write_in_place(manager.models_dir / "b", artifact_files("v-b", created_at=created(2)))
+        worker.request("b")  # what the observer asks for a file created in it
+        _wait_for(lambda: imported == ["v-a", "v-b"], "v-b imported once it settled")
+    finally:
+        worker.stop(30)
+    manager.registry.close()
 
 
 def test_a_scan_of_the_folders_renamed_in_reads_no_other(tmp_path: Path) -> None:

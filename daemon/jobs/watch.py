@@ -45,12 +45,14 @@ IMPORT_THREADS = 2
 RETRY_SECONDS = 5.0
 
 # watchdog holds a rename's first half (IN_MOVED_FROM) for this long to pair it with the
-# second; its queue sleeps out the whole delay even when the pair arrives at once, and every
-# later event waits behind it, so under load a quarter of renames into place were seen 0.5 s
-# late (tests/bench/swap_under_load.py). The kernel queues both halves within one rename(2),
-# so 50 ms pairs them; and with full events (below) a half left unpaired still arrives as a
-# move, never as a create, so a rename into place is known as one either way.
-InotifyMoveEventGrouper.delay = 0.05
+# second; when its queue looks at that half before the second is put, it sleeps out the whole
+# delay even though the pair arrives at once, and every later event waits behind it. Under
+# load that was a quarter of renames into place at 0.5 s, and two of three at 50 ms
+# (tests/bench/swap_under_load.py). The kernel queues both halves within one rename(2) and
+# watchdog's reader puts them one after the other, so 5 ms pairs them (other watchers wait
+# 5-10 ms); and with full events (below) a half left unpaired still arrives as a move, never
+# as a create, so a rename into place is known as one either way.
+InotifyMoveEventGrouper.delay = 0.005
 
 NETWORK_FILESYSTEMS = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "9p",
                                  "ceph", "glusterfs", "fuse.gcsfuse", "fuse.s3fs", "afs"})
@@ -77,7 +79,7 @@ def filesystem_type(path: Path, mounts: Path = Path("/proc/mounts")) -> str | No
 
 
 class _Hint(FileSystemEventHandler):
-    def __init__(self, models_dir: Path, request: Callable[[str | None], None]) -> None:
+    def __init__(self, models_dir: Path, request: Callable[[str | None, bool], None]) -> None:
         self._models_dir = str(models_dir)
         self._request = request
 
@@ -90,23 +92,34 @@ class _Hint(FileSystemEventHandler):
         paths = [os.fsdecode(event.src_path)]
         if event.dest_path:
             paths.append(os.fsdecode(event.dest_path))
-        if all(self._in_progress(path) for path in paths):
+        tops = [self._top(path) for path in paths]
+        if all(top is not None and is_work_in_progress(top) for top in tops):
             # inside a producer's folder in progress (``_tmp*``, ``.*``): the scans skip it,
             # and a rescan per file it writes held the rename that follows behind it
             return
-        moved_in = None
         if isinstance(event, DirMovedEvent):
             dest = os.fsdecode(event.dest_path)
             if os.path.dirname(dest) == self._models_dir:
-                moved_in = os.path.basename(dest)
-        self._request(moved_in)
+                self._request(os.path.basename(dest), True)
+                return
+        # One entry's own content changed (a file in it, the folder itself modified): that
+        # entry alone is looked at. watchdog reports the files of a folder renamed in before
+        # it was watched as created in it, after the rename: each asked for a scan of every
+        # folder, which the next rename into place waited behind. An entry deleted or moved
+        # away, or anything else, asks for the whole folder.
+        entry = tops[0] if len(set(tops)) == 1 else None
+        gone = event.event_type in ("deleted", "moved") and \
+            os.path.dirname(paths[0]) == self._models_dir
+        self._request(None if gone else entry, False)
 
-    def _in_progress(self, path: str) -> bool:
-        """Whether ``path`` is, or is inside, a work-in-progress entry of the models folder."""
-        if not path:  # the source of a folder renamed in from outside the watched tree
-            return False
+    def _top(self, path: str) -> str | None:
+        """The models folder's entry that ``path`` is, or is inside; None for the models folder
+        itself, a path outside it, or no path (the source of a folder renamed in from
+        outside the watched tree)."""
+        if not path:
+            return None
         top = os.path.relpath(path, self._models_dir).split(os.sep, 1)[0]
-        return top not in (os.curdir, os.pardir) and is_work_in_progress(top)
+        return None if top in (os.curdir, os.pardir) else top
 
 
 class PollWorker:
@@ -135,8 +148,9 @@ class PollWorker:
         self.polling_interval = polling_interval
         self._wake = threading.Condition()
         self._requested = False
-        self._moved_in: list[str] = []
-        self._whole = False  # a request for the whole folder, not only folders renamed in
+        self._folders: set[str] = set()  # entries to look at, when not the whole folder
+        self._moved_in: list[str] = []  # of those, the ones renamed into place
+        self._whole = False  # a request for the whole folder
         self._deadline: float | None = None  # the scans' own next look
         self._retry: float | None = None  # an import's: incomplete, or failed
         self._stopping = False
@@ -156,13 +170,17 @@ class PollWorker:
         self._thread.start()
         self.request()
 
-    def request(self, moved_in: str | None = None) -> None:
+    def request(self, folder: str | None = None, renamed_in: bool = False) -> None:
+        """Ask for a scan of the whole models folder, or of its entry ``folder`` alone (an
+        event in it; its rename into place with ``renamed_in``)."""
         with self._wake:
             self._requested = True
-            if moved_in is not None:
-                self._moved_in.append(moved_in)
-            else:
+            if folder is None:
                 self._whole = True
+            else:
+                self._folders.add(folder)
+                if renamed_in:
+                    self._moved_in.append(folder)
             self._wake.notify()
 
     def alive(self) -> bool:
@@ -209,6 +227,7 @@ class PollWorker:
                 self._requested = self._whole = False
                 if self._retry is not None and self._retry <= time.time():
                     self._retry = None
+                folders, self._folders = self._folders, set()
                 moved_in, self._moved_in = self._moved_in, []
             if not self.enabled:
                 self._deadline = None
@@ -218,7 +237,7 @@ class PollWorker:
                 self.manager.note_moved_in(name)
             try:
                 self._ensure_watch()
-                scan = self.manager.discover(None if whole else set(moved_in))
+                scan = self.manager.discover(None if whole else folders)
             except Exception as exc:
                 self._failed("scan", exc)
                 self._deadline = time.time() + RETRY_SECONDS
@@ -226,6 +245,8 @@ class PollWorker:
             self._failing["scan"] = False
             if whole:  # a look at a few folders says nothing of when to look at the others
                 self._deadline = scan.next_check
+            elif scan.next_check is not None:  # but when to look at them again (written in place)
+                self._deadline = min(self._deadline or scan.next_check, scan.next_check)
             if scan.folder_missing:  # nothing to watch yet: look again soon
                 self._deadline = time.time() + self.polling_interval
             with self._wake:
