@@ -13,6 +13,7 @@ import os
 import pathlib
 import resource
 import signal
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -200,18 +201,29 @@ def _alive(pid: int) -> bool:
     return "\nState:\tZ" not in status
 
 
-def test_the_zygote_forks_a_fresh_child_for_each_artifact(tmp_path: Path) -> None:
+def test_the_zygote_forks_a_fresh_child_for_each_artifact(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))  # where the zygote makes its folder
     zygote = Zygote()
     zygote.warm()
     model = IsolationForest(n_estimators=10, random_state=0).fit(
         np.random.default_rng(0).normal(size=(50, 3)))
     good = write_artifact(tmp_path / "a", model)
     segfaults = write_artifact(tmp_path / "b", Reduces(ctypes.string_at, 0))
+    quits = write_artifact(tmp_path / "c", Reduces(os._exit, 0))
     try:
         assert canary_load(good, loader_spec=LoadPolicy(), zygote=zygote, **LIMITS).rows > 0
+        # The children answer in the zygote's one work folder: a child that exits cleanly
+        # without writing its answer does not find the previous child's there.
+        with pytest.raises(ArtifactInvalid, match="exited with status 0 without an answer"):
+            canary_load(quits, loader_spec=LoadPolicy(), zygote=zygote, **LIMITS)
         with pytest.raises(ArtifactInvalid, match="SIGSEGV"):
             canary_load(segfaults, loader_spec=LoadPolicy(), zygote=zygote, **LIMITS)
         # a child's crash is not the zygote's: the same zygote serves the next artifact
         assert canary_load(good, loader_spec=LoadPolicy(), zygote=zygote, **LIMITS).rows > 0
+        assert [p.name.startswith("modeld-canary-") for p in temp.iterdir()] == [True]
     finally:
         zygote.close()
+    assert list(temp.iterdir()) == []  # the zygote's work folder goes with it

@@ -12,12 +12,12 @@ as serving will) in a separate process under limits, before the daemon itself lo
   when it expires (the child also arms ``alarm`` and ``RLIMIT_CPU`` in case the parent dies);
 * no core dumps, bounded file writes (``RLIMIT_FSIZE``), one BLAS/OpenMP thread.
 
-The child is forked from a zygote (``python -m modeld.daemon.jobs.sandbox --zygote``): a single-threaded
-interpreter, started with ``subprocess``, that has imported numpy and scikit-learn, run a
-canary's code paths once, and forks one fresh child per artifact ahead of its request, so a
-canary costs a load, not an interpreter's start nor a fork. The
-multithreaded daemon itself never forks. The child answers with a small JSON file, never a
-pickle, and writes the artifact's servable bundle (``core/bundle.py``: ``.npy`` arrays and
+The child is forked from a zygote (``python -m modeld.daemon.jobs.sandbox --zygote WORK``): a
+single-threaded interpreter, started with ``subprocess``, that has imported numpy and
+scikit-learn, run a canary's code paths once, and forks one fresh child per artifact ahead of
+its request, so a canary costs a load, not an interpreter's start nor a fork. The
+multithreaded daemon itself never forks. The child answers with a small JSON file in the
+zygote's work folder, never a pickle, and writes the artifact's servable bundle (``core/bundle.py``: ``.npy`` arrays and
 JSON), so nothing it says is ever unpickled by the daemon, and the daemon serves from the
 bundle without unpickling the artifact at all.
 
@@ -68,6 +68,8 @@ log = structlog.get_logger("modeld.sandbox")
 MAX_RESULT_BYTES = 4 * 1024 * 1024
 MAX_CHILD_WRITE_BYTES = 1024 * 1024 * 1024  # per file: a bundle's largest array
 LOG_TAIL_BYTES = 64 * 1024
+RESULT_FILE = "result.json"  # a child's answer, in its zygote's work folder
+LOG_FILE = "child.log"  # a child's output, beside it
 _ONE_THREAD = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 
@@ -143,24 +145,20 @@ def canary_load(
     }
     own = zygote is None
     zygote = zygote or Zygote()
-    work = Path(tempfile.mkdtemp(prefix="modeld-canary-"))
     try:
-        returncode, timed_out, took = zygote.run({**request, "work": str(work)}, time_limit)
-        answer = _read_result(work / "result.json")
-        passed = _passed(answer, returncode, timed_out)
-        tail = "" if passed else _log_tail(work / "child.log")  # only ever says why it failed
+        end = zygote.run(request, time_limit)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
         if own:
             zygote.close()
+    answer = end.answer
     if expected_digests is not None:
         changed = _changed_files(folder, expected_digests)
         if changed:
             raise ArtifactUntrusted(where, f"the canary changed {', '.join(changed)}")
-    if not passed:
-        reason = _failure(answer, returncode, timed_out, time_limit, memory_limit_bytes, tail)
-        log.warning("canary_failed", path=where, reason=reason, returncode=returncode,
-                    took_s=round(took, 3), child_output=tail)
+    if not end.passed:
+        reason = _failure(end, time_limit, memory_limit_bytes)
+        log.warning("canary_failed", path=where, reason=reason, returncode=end.returncode,
+                    took_s=round(end.took, 3), child_output=end.tail)
         if answer is not None and answer.get("status") == "untrusted":
             raise ArtifactUntrusted(where, reason)
         raise ArtifactInvalid(where, reason)
@@ -170,7 +168,7 @@ def canary_load(
             model_type=str(answer["model_type"]),
             scores=tuple(float(s) for s in answer["scores"]),
             rows=int(answer["rows"]),
-            took_s=round(took, 3),
+            took_s=round(end.took, 3),
             peak_rss_bytes=int(answer.get("peak_rss_bytes", 0)),
         )
     except (KeyError, TypeError, ValueError) as exc:
@@ -181,15 +179,37 @@ def canary_load(
     return result
 
 
+@dataclass(frozen=True, slots=True)
+class ChildEnd:
+    """How one canary child ended: its exit status (or minus its signal), whether it ran out
+    of time, its seconds, its answer (None when it wrote none, or nothing readable) and, when
+    it did not pass, the end of its output (which only ever says why it failed)."""
+
+    returncode: int
+    timed_out: bool
+    took: float
+    answer: dict[str, Any] | None
+    tail: str
+
+    @property
+    def passed(self) -> bool:
+        """The child answered ok and exited 0 in time."""
+        return (not self.timed_out and self.returncode == 0 and self.answer is not None
+                and self.answer["status"] == "ok")
+
+
 class Zygote:
     """A warm interpreter that forks one fresh child per canary.
 
-    ``python -m modeld.daemon.jobs.sandbox --zygote`` imports numpy and scikit-learn with one BLAS thread
-    (so it is single-threaded and safe to fork), runs a canary's code paths on a small model
+    ``python -m modeld.daemon.jobs.sandbox --zygote WORK`` imports numpy and scikit-learn with
+    one BLAS thread (so it is single-threaded and safe to fork), runs a canary's code paths on a small model
     of its own, forks the first child and then waits for requests on stdin. Each request goes
     to the child forked before it, which starts a session of its own, limits itself and runs
     one canary; the zygote answers its pid, then its wait status, then forks the next one. A
-    child is used for one artifact only: whatever that artifact's code did dies with it.
+    child is used for one artifact only: whatever that artifact's code did dies with it. Each
+    child writes its answer and its output into the zygote's work folder (``WORK``, made when
+    the zygote starts and removed by ``close``), which the zygote empties before it hands the
+    next request down: a canary makes and removes no folder of its own.
 
     Called by the manager's import threads (``run``, serialised by a lock) and by the daemon
     at shutdown (``close``). A zygote that died is started again on the next ``run``. Raises
@@ -200,24 +220,27 @@ class Zygote:
         self._python = python
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
+        self._work: Path | None = None
 
-    def _ensure(self) -> subprocess.Popen[bytes]:
+    def _ensure(self) -> tuple[subprocess.Popen[bytes], Path]:
+        if self._work is None:
+            self._work = Path(tempfile.mkdtemp(prefix="modeld-canary-"))
         if self._proc is None or self._proc.poll() is not None:
             self._proc = subprocess.Popen(
-                [self._python, "-m", "modeld.daemon.jobs.sandbox", "--zygote"],
+                [self._python, "-m", "modeld.daemon.jobs.sandbox", "--zygote", str(self._work)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                 env=_child_env(), start_new_session=True, bufsize=0,
             )
-        return self._proc
+        return self._proc, self._work
 
     def warm(self) -> None:
         with self._lock:
             self._ensure()
 
-    def run(self, request: Mapping[str, Any], time_limit: float) -> tuple[int, bool, float]:
-        """One canary in a fresh child: (its exit status or -signal, timed out, seconds)."""
+    def run(self, request: Mapping[str, Any], time_limit: float) -> ChildEnd:
+        """One canary in a fresh child, and how it ended."""
         with self._lock:
-            proc = self._ensure()
+            proc, work = self._ensure()
             assert proc.stdin is not None and proc.stdout is not None
             try:
                 proc.stdin.write(json.dumps(request).encode() + b"\n")
@@ -235,9 +258,12 @@ class Zygote:
                 status = self._answer(proc, 30.0, "the killed child's end")
             took = time.monotonic() - started
             wait = int(status)
-            if os.WIFSIGNALED(wait):
-                return -os.WTERMSIG(wait), timed_out, took
-            return os.WEXITSTATUS(wait), timed_out, took
+            returncode = -os.WTERMSIG(wait) if os.WIFSIGNALED(wait) else os.WEXITSTATUS(wait)
+            # read before the lock is let go: the next request's child writes the same files
+            end = ChildEnd(returncode, timed_out, took, _read_result(work / RESULT_FILE), "")
+            if end.passed:
+                return end
+            return ChildEnd(returncode, timed_out, took, end.answer, _log_tail(work / LOG_FILE))
 
     def _answer(self, proc: subprocess.Popen[bytes], timeout: float, what: str) -> str:
         assert proc.stdout is not None
@@ -252,12 +278,15 @@ class Zygote:
     def close(self) -> None:
         with self._lock:
             proc, self._proc = self._proc, None
+            work, self._work = self._work, None
         if proc is not None:
             _kill_group(proc.pid)
             proc.wait()
             for pipe in (proc.stdin, proc.stdout):
                 if pipe is not None:
                     pipe.close()
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def _child_env() -> dict[str, str]:
@@ -312,21 +341,10 @@ def _changed_files(folder: Path, expected: Mapping[str, str]) -> list[str]:
     return changed
 
 
-def _passed(answer: Mapping[str, Any] | None, returncode: int, timed_out: bool) -> bool:
-    """Whether the canary passed: the child answered ok and exited 0 in time."""
-    return not timed_out and returncode == 0 and answer is not None and answer["status"] == "ok"
-
-
-def _failure(
-    answer: Mapping[str, Any] | None,
-    returncode: int,
-    timed_out: bool,
-    time_limit: float,
-    memory_limit: int,
-    tail: str,
-) -> str:
+def _failure(end: ChildEnd, time_limit: float, memory_limit: int) -> str:
     """Why the canary failed (it did not pass), from what the child said and how it ended."""
-    if timed_out:
+    answer, returncode, tail = end.answer, end.returncode, end.tail
+    if end.timed_out:
         return f"timed out after {time_limit:g} s"
     if returncode < 0:
         try:
@@ -472,10 +490,8 @@ def _preimport() -> None:
             _canary(folder, LoadPolicy(), 4, folder / "bundle")
 
 
-def _serve(request: Mapping[str, Any]) -> None:
+def _serve(request: Mapping[str, Any], result_path: Path) -> None:
     """In a forked child: limit this process, run the canary, write the answer JSON."""
-    work = Path(request["work"])
-    result_path = work / "result.json"
     _set_limits(float(request["time_limit"]), int(request["memory_limit_bytes"]))
     try:
         bundle = request.get("bundle")
@@ -491,15 +507,19 @@ def _serve(request: Mapping[str, Any]) -> None:
     os.replace(partial, result_path)
 
 
-def _zygote() -> int:
-    """``python -m modeld.daemon.jobs.sandbox --zygote``: import, then hand each request line
-    to a child forked before it arrived (the fork, about 7 ms of CPU for this interpreter and
-    more on a loaded machine, is off the canary's path)."""
+def _zygote(work: Path) -> int:
+    """``python -m modeld.daemon.jobs.sandbox --zygote WORK``: import, then hand each request
+    line to a child forked before it arrived (the fork, about 7 ms of CPU for this interpreter
+    and more on a loaded machine, is off the canary's path), with ``WORK`` emptied of the last
+    child's answer and output."""
     _preimport()
     gc.freeze()  # what every child inherits: no collection of theirs walks (and copies) it
     out = sys.stdout.buffer
-    pid, to_child = _prefork()
+    pid, to_child = _prefork(work)
     while line := sys.stdin.buffer.readline():
+        for name in (RESULT_FILE, LOG_FILE):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(work / name)
         with os.fdopen(to_child, "wb") as pipe:
             pipe.write(line)
         out.write(f"{pid}\n".encode())
@@ -508,26 +528,26 @@ def _zygote() -> int:
         _kill_group(pid)  # what the child started (its session) ends with it
         out.write(f"{status}\n".encode())
         out.flush()
-        pid, to_child = _prefork()
+        pid, to_child = _prefork(work)
     return 0
 
 
-def _prefork() -> tuple[int, int]:
+def _prefork(work: Path) -> tuple[int, int]:
     """Fork the next child (:func:`_child`); returns its pid and the writing end of the pipe
     its request goes down."""
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.close(write_end)
-        _child(read_end)
+        _child(read_end, work)
     os.close(read_end)
     return pid, write_end
 
 
-def _child(requests: int) -> NoReturn:
+def _child(requests: int, work: Path) -> NoReturn:
     """A forked child: a session of its own, then its one request from the ``requests`` pipe,
-    its output to the work folder's log. When the zygote ends first, the pipe closes and the
-    idle child exits."""
+    its output to the work folder's log and its answer beside it. When the zygote ends first,
+    the pipe closes and the idle child exits."""
     code = 1
     try:
         os.setsid()
@@ -535,13 +555,12 @@ def _child(requests: int) -> NoReturn:
             line = pipe.readline()
         if line:
             request = json.loads(line)
-            log_fd = os.open(Path(request["work"]) / "child.log",
-                             os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            log_fd = os.open(work / LOG_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             os.dup2(log_fd, 1)
             os.dup2(log_fd, 2)
             null = os.open(os.devnull, os.O_RDONLY)
             os.dup2(null, 0)
-            _serve(request)
+            _serve(request, work / RESULT_FILE)
         code = 0
     except BaseException:
         traceback.print_exc()
@@ -551,12 +570,13 @@ def _child(requests: int) -> NoReturn:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m modeld.daemon.jobs.sandbox --zygote``; see :class:`Zygote`."""
+    """``python -m modeld.daemon.jobs.sandbox --zygote WORK``; see :class:`Zygote`."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if args != ["--zygote"]:
-        print("usage: python -m modeld.daemon.jobs.sandbox --zygote", file=sys.stderr)
+    if len(args) != 2 or args[0] != "--zygote" or not Path(args[1]).is_dir():
+        print("usage: python -m modeld.daemon.jobs.sandbox --zygote WORK (an existing folder)",
+              file=sys.stderr)
         return 2
-    return _zygote()
+    return _zygote(Path(args[1]))
 
 
 if __name__ == "__main__":
