@@ -17,9 +17,9 @@ single-threaded interpreter, started with ``subprocess``, that has imported nump
 scikit-learn, run a canary's code paths once, and forks one fresh child per artifact ahead of
 its request, so a canary costs a load, not an interpreter's start nor a fork. The
 multithreaded daemon itself never forks. The child answers with a small JSON file in the
-zygote's work folder, never a pickle, and writes the artifact's servable bundle (``core/bundle.py``: ``.npy`` arrays and
-JSON), so nothing it says is ever unpickled by the daemon, and the daemon serves from the
-bundle without unpickling the artifact at all.
+zygote's work folder, never a pickle, and writes the artifact's servable bundle
+(``core/bundle.py``: ``.npy`` arrays and JSON), so nothing it says is ever unpickled by the
+daemon, and the daemon serves from the bundle without unpickling the artifact at all.
 
 This contains faults (hangs, segfaults, memory exhaustion, NaN scores); it is not a security
 boundary: the child runs as the daemon's user with its filesystem and network access. What
@@ -46,7 +46,7 @@ import threading
 import time
 import traceback
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -202,12 +202,12 @@ class Zygote:
     """A warm interpreter that forks one fresh child per canary.
 
     ``python -m modeld.daemon.jobs.sandbox --zygote WORK`` imports numpy and scikit-learn with
-    one BLAS thread (so it is single-threaded and safe to fork), runs a canary's code paths on a small model
-    of its own, forks the first child and then waits for requests on stdin. Each request goes
-    to the child forked before it, which starts a session of its own, limits itself and runs
-    one canary; the zygote answers its pid, then its wait status, then forks the next one. A
-    child is used for one artifact only: whatever that artifact's code did dies with it. Each
-    child writes its answer and its output into the zygote's work folder (``WORK``, made when
+    one BLAS thread (so it is single-threaded and safe to fork), runs a canary's code paths on
+    a small model of its own, forks the first child and then waits for requests on stdin.
+    Each request goes to the child forked before it, which starts a session of its own, limits
+    itself and runs one canary; the zygote answers its pid, then its wait status, then forks
+    the next one. A child is used for one artifact only: whatever that artifact's code did
+    dies with it. Each child writes its answer and its output into the zygote's work folder (``WORK``, made when
     the zygote starts and removed by ``close``), which the zygote empties before it hands the
     next request down: a canary makes and removes no folder of its own.
 
@@ -261,9 +261,7 @@ class Zygote:
             returncode = -os.WTERMSIG(wait) if os.WIFSIGNALED(wait) else os.WEXITSTATUS(wait)
             # read before the lock is let go: the next request's child writes the same files
             end = ChildEnd(returncode, timed_out, took, _read_result(work / RESULT_FILE), "")
-            if end.passed:
-                return end
-            return ChildEnd(returncode, timed_out, took, end.answer, _log_tail(work / LOG_FILE))
+            return end if end.passed else replace(end, tail=_log_tail(work / LOG_FILE))
 
     def _answer(self, proc: subprocess.Popen[bytes], timeout: float, what: str) -> str:
         assert proc.stdout is not None
