@@ -207,9 +207,9 @@ class Zygote:
     Each request goes to the child forked before it, which starts a session of its own, limits
     itself and runs one canary; the zygote answers its pid, then its wait status, then forks
     the next one. A child is used for one artifact only: whatever that artifact's code did
-    dies with it. Each child writes its answer and its output into the zygote's work folder (``WORK``, made when
-    the zygote starts and removed by ``close``), which the zygote empties before it hands the
-    next request down: a canary makes and removes no folder of its own.
+    dies with it. Each child writes its answer and its output into the zygote's work folder
+    (``WORK``, made when the zygote starts and removed by ``close``), which the zygote empties
+    before it hands the next request down: a canary makes and removes no folder of its own.
 
     Called by the manager's import threads (``run``, serialised by a lock) and by the daemon
     at shutdown (``close``). A zygote that died is started again on the next ``run``. Raises
