@@ -6,8 +6,8 @@ It trains one IsolationForest (100 trees, 20 features), starts `modeld run` on t
 folders with it deployed and, when MLServer is installed (``--mlserver``, default
 /work/wt/venv-mlserver/bin/mlserver: a separate venv with ``pip install mlserver
 mlserver-sklearn``), an MLServer serving the same joblib file with mlserver-sklearn
-(``parallel_workers: 0``: its worker pool breaks on uvloop >= 0.22). Both are then driven with
-the same rows, as requests of 1 and of 100 records, at 1, 4 and 16 keep-alive connections:
+(``parallel_workers: 0``, in its HTTP process). Both are then driven with the same rows, as
+requests of 1 and of 100 records, at 1, 4 and 16 keep-alive connections:
 
 * with wrk (Debian's package), for requests/s and the p50/p99 it measures;
 * with the Python client (http.client, one process per connection, closed loop, every
@@ -15,6 +15,9 @@ the same rows, as requests of 1 and of 100 records, at 1, 4 and 16 keep-alive co
 
 modeld's ``POST /api/v1/noop`` with the same bodies (reads and parses them, answers ``{}``)
 is the floor of its HTTP stack, measured beside each modeld line.
+``--workers N`` runs both servers with N processes that score: modeld with ``api.workers: N``
+(its serving workers on one port), MLServer with ``parallel_workers: N`` (its inference pool;
+its workers fail to start on uvloop >= 0.21, so its venv needs ``pip install 'uvloop<0.21'``).
 ``--traffic wifi`` serves the WiFi model modeld's trainer makes instead (tests/bench/wifi.py:
 12 features, simulated access-point traffic it did not see, a held-out scenario in it); both
 servers get the same feature rows either way.
@@ -32,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[0] = str(ROOT)
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import http.client  # noqa: E402
 import json  # noqa: E402
 import multiprocessing  # noqa: E402
@@ -87,10 +91,21 @@ class Result:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far. CPU per request is the figure the other
-    helpers' load on a shared machine moves least: it counts only what the server did."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time so far of a process and every process under it (modeld's serving
+    workers, MLServer's inference pool). CPU per request is the figure the other helpers' load
+    on a shared machine moves least: it counts only what the server did."""
+    stats: dict[int, list[str]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):  # a process that ended meanwhile
+                stats[int(entry.name)] = (entry / "stat").read_text().rpartition(")")[2].split()
+    tree, grew = {pid}, True
+    while grew:
+        under = {p for p, fields in stats.items() if int(fields[1]) in tree}
+        grew = not under <= tree
+        tree |= under
+    return sum(int(stats[p][11]) + int(stats[p][12]) for p in tree if p in stats
+               ) / os.sysconf("SC_CLK_TCK")
 
 
 def measured(target: Target, run: Callable[[], Result]) -> Result:
@@ -215,15 +230,15 @@ def run_python(target: Target, n: int, connections: int, seconds: float) -> Resu
 # --------------------------------------------------------------------------- servers
 
 
-def start_mlserver(binary: str, model_file: Path, tmp: Path) -> tuple[subprocess.Popen[bytes],
-                                                                       int]:
+def start_mlserver(binary: str, model_file: Path, tmp: Path, workers: int
+                   ) -> tuple[subprocess.Popen[bytes], int]:
     folder = tmp / "mlserver"
     (folder / "bench").mkdir(parents=True)
     shutil.copy(model_file, folder / "bench" / "model.joblib")
     port = free_port()
     (folder / "settings.json").write_text(json.dumps({
         "http_port": port, "grpc_port": free_port(), "metrics_port": free_port(),
-        "parallel_workers": 0, "debug": False}))
+        "parallel_workers": 0 if workers == 1 else workers, "debug": False}))
     (folder / "bench" / "model-settings.json").write_text(json.dumps({
         "name": "bench", "implementation": "mlserver_sklearn.SKLearnModel",
         "parameters": {"uri": "./model.joblib"}}))
@@ -256,6 +271,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--mlserver", default=os.environ.get("MLSERVER", DEFAULT_MLSERVER))
     parser.add_argument("--traffic", choices=("gaussian", "wifi"), default="gaussian")
+    parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
     wrk = shutil.which("wrk")
     if wrk is None:
@@ -266,11 +282,12 @@ def main() -> int:
               "DIR/bin/pip install mlserver mlserver-sklearn; pass --mlserver DIR/bin/mlserver):"
               " no MLServer lines, no ratios", flush=True)
     model, features, rows = served(args.traffic)
-    print(f"traffic={args.traffic}", flush=True)
+    print(f"traffic={args.traffic} workers={args.workers}", flush=True)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         (tmp / "modeld").mkdir()
-        daemon = DaemonProcess(tmp / "modeld", overrides={"logging": {"level": "WARNING"}})
+        daemon = DaemonProcess(tmp / "modeld", overrides={"logging": {"level": "WARNING"},
+                                                          "api": {"workers": args.workers}})
         daemon.models_dir.mkdir(parents=True)
         model_file = tmp / "model.joblib"
         joblib.dump(model, model_file)
@@ -286,7 +303,8 @@ def main() -> int:
             targets = [Target("modeld", daemon.port, "/api/v1/score",
                               {n: modeld_body(r, features) for n, r in rows.items()}, daemon.proc.pid)]
             if have_mlserver:
-                mlserver, port = start_mlserver(args.mlserver, model_file, tmp)
+                mlserver, port = start_mlserver(args.mlserver, model_file, tmp,
+                                                args.workers)
                 targets.append(Target("mlserver", port, "/v2/models/bench/infer",
                                       {n: mlserver_body(r) for n, r in rows.items()},
                                       mlserver.pid))

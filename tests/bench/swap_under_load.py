@@ -6,14 +6,18 @@ A real daemon serves one IsolationForest; client processes score single records 
 loops over keep-alive connections. After a steady phase, new versions are renamed into the
 models folder one after another (each newer than the last), each waited for until it serves.
 Printed: requests served and failed, p99 latency during the swap phase against the steady
-phase (same run, same clients, and the same status poller in both phases: one keep-alive
-connection asking /api/v1/status every 10 ms, which is how the swap phase sees a version
-serve), the time from an artifact becoming complete (its rename) to it serving (p50 and max),
-and the daemon's resident memory: with no version, with one, with two (deployed and fallback:
-what it holds from then on), and after every swap, against the size of a version's bundle as
-the daemon stored it. A swapped-out version's memory is returned when the resident size stops
+phase (same run, same clients, and the same poller in both phases: one keep-alive connection
+scoring a record every 10 ms, whose answer's ``model_version`` is how the swap phase sees a
+version serve), the time from an artifact becoming complete (its rename) to it serving (p50
+and max), and the resident memory of the process that serves: with no version, with one, with
+two (deployed and fallback: what it holds from then on), and after every swap, against the
+size of a version's bundle as the daemon stored it. A swapped-out version's memory is returned when the resident size stops
 growing with the swaps: the growth per swap is the slope over the swaps after the first ten
 (the first ones also pay for code paths run for the first time).
+
+``--workers N`` runs the daemon with ``api.workers: N``: the control process imports, the
+workers serve. The poller's connection then reaches one worker (the kernel picks it), so
+"serving" is that worker's answer; the memory is the first worker's.
 
 Targets (issue 14): p99 during swaps <= 1.5x steady, rename to serving p50 <= 150 ms, a
 loaded version's resident cost <= 2x its bundle's size.
@@ -95,10 +99,10 @@ def registry_bytes(state: Path) -> int:
     return sum(p.stat().st_size for p in state.glob("registry.sqlite3*"))
 
 
-class StatusPoller:
-    """Asks the daemon which version it deploys every ``interval`` seconds over one
-    keep-alive connection, in a thread of this process; runs through both phases, so that
-    the steady phase carries the same extra request the swap phase does."""
+class VersionPoller:
+    """Scores one record every ``interval`` seconds over one keep-alive connection, in a
+    thread of this process, and keeps the version that answered; runs through both phases,
+    so that the steady phase carries the same extra request the swap phase does."""
 
     def __init__(self, port: int, interval: float = 0.01) -> None:
         self.port, self.interval = port, interval
@@ -109,11 +113,11 @@ class StatusPoller:
     def _run(self) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", self.port)
         while not self._stop.is_set():
-            conn.request("GET", "/api/v1/status")
-            self.deployed = json.loads(conn.getresponse().read())["deployed_version"]
+            conn.request("POST", "/api/v1/score", BODY, {"Content-Type": "application/json"})
+            self.deployed = json.loads(conn.getresponse().read())["model_version"]
             self._stop.wait(self.interval)
 
-    def start(self) -> StatusPoller:
+    def start(self) -> VersionPoller:
         self._thread.start()
         return self
 
@@ -128,23 +132,26 @@ def main() -> int:
     parser.add_argument("--versions", type=int, default=50)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--steady", type=float, default=5.0)
+    parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
     artifacts = [artifact_files(f"v{i:03d}", seed=i, created_at=stamp(seconds=i - 1000))
                  for i in range(args.versions + 1)]
     ctx = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory() as tmp:
-        daemon = DaemonProcess(Path(tmp), overrides={"logging": {"level": "WARNING"}})
+        daemon = DaemonProcess(Path(tmp), overrides={"logging": {"level": "WARNING"},
+                                                     "api": {"workers": args.workers}})
         daemon.models_dir.mkdir(parents=True)
         daemon.start(wait_ready=False)
         daemon.wait_for(lambda: daemon.get("/healthz").status_code == 200, 180,
                         "the daemon to answer /healthz")
         assert daemon.proc is not None
-        pid = daemon.proc.pid
+        pid = (daemon.proc.pid if args.workers == 1  # else the first worker (listed by index)
+               else daemon.get("/api/v1/status").json()["workers"][0]["pid"])
         rss = {"none": rss_bytes(pid)}
         stop, out, ready = ctx.Event(), ctx.Queue(), ctx.Queue()
         procs = [ctx.Process(target=client, args=(daemon.port, stop, out, ready))
                  for _ in range(args.clients)]
-        poller = StatusPoller(daemon.port)
+        poller = VersionPoller(daemon.port)
         try:
             write_renamed(daemon.models_dir, "v000", artifacts[0])
             daemon.wait_deployed("v000", timeout=120)
@@ -182,7 +189,7 @@ def main() -> int:
     steady = p99(samples, steady_from, swaps_from)
     during = p99(samples, swaps_from, swaps_to)
     print(f"requests served={len(samples) - failed} failed={failed} "
-          f"clients={args.clients} versions swapped={args.versions}")
+          f"clients={args.clients} versions swapped={args.versions} workers={args.workers}")
     print(f"p99 latency steady={steady * 1e3:.2f}ms during swaps={during * 1e3:.2f}ms "
           f"ratio={during / steady:.2f}x")
     print(f"complete-to-serving p50={np.median(to_serve) * 1e3:.0f}ms "
