@@ -53,6 +53,7 @@ from functools import partial  # noqa: E402
 import httpx  # noqa: E402
 import joblib  # noqa: E402
 import numpy as np  # noqa: E402
+import psutil  # noqa: E402
 from sklearn.ensemble import IsolationForest  # noqa: E402
 
 from modeld.daemon.producer.trainer import DEFAULT_FEATURES  # noqa: E402
@@ -94,18 +95,13 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time so far of a process and every process under it (modeld's serving
     workers, MLServer's inference pool). CPU per request is the figure the other helpers' load
     on a shared machine moves least: it counts only what the server did."""
-    stats: dict[int, list[str]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):  # a process that ended meanwhile
-                stats[int(entry.name)] = (entry / "stat").read_text().rpartition(")")[2].split()
-    tree, grew = {pid}, True
-    while grew:
-        under = {p for p, fields in stats.items() if int(fields[1]) in tree}
-        grew = not under <= tree
-        tree |= under
-    return sum(int(stats[p][11]) + int(stats[p][12]) for p in tree if p in stats
-               ) / os.sysconf("SC_CLK_TCK")
+    server = psutil.Process(pid)
+    total = 0.0
+    for process in (server, *server.children(recursive=True)):
+        with contextlib.suppress(psutil.NoSuchProcess):  # a process that ended meanwhile
+            times = process.cpu_times()
+            total += times.user + times.system
+    return total
 
 
 def measured(target: Target, run: Callable[[], Result]) -> Result:

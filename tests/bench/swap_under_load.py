@@ -11,9 +11,9 @@ scoring a record every 10 ms, whose answer's ``model_version`` is how the swap p
 version serve), the time from an artifact becoming complete (its rename) to it serving (p50
 and max), and the resident memory of the process that serves: with no version, with one, with
 two (deployed and fallback: what it holds from then on), and after every swap, against the
-size of a version's bundle as the daemon stored it. A swapped-out version's memory is returned when the resident size stops
-growing with the swaps: the growth per swap is the slope over the swaps after the first ten
-(the first ones also pay for code paths run for the first time).
+size of a version's bundle as the daemon stored it. A swapped-out version's memory is returned
+when the resident size stops growing with the swaps: the growth per swap is the slope over the
+swaps after the first ten (the first ones also pay for code paths run for the first time).
 
 ``--workers N`` runs the daemon with ``api.workers: N``: the control process imports, the
 workers serve. The poller's connection then reaches one worker (the kernel picks it), so
@@ -53,19 +53,24 @@ FEATURES = ("x0", "x1", "x2", "x3")
 BODY = json.dumps({"records": [{"features": dict.fromkeys(FEATURES, 0.1)}]}).encode()
 
 
+def post_score(conn: http.client.HTTPConnection, body: bytes = BODY
+               ) -> http.client.HTTPResponse:
+    """One scoring request on ``conn``, its response not yet read."""
+    conn.request("POST", "/api/v1/score", body, {"Content-Type": "application/json"})
+    return conn.getresponse()
+
+
 def client(port: int, stop: Any, out: Any, ready: Any, body: bytes = BODY) -> None:
     """Score one body (one record) at a time until told to stop; report (start, latency, ok)
     samples. Says ``ready`` once its connection has been answered."""
     conn = http.client.HTTPConnection("127.0.0.1", port)
-    conn.request("POST", "/api/v1/score", body, {"Content-Type": "application/json"})
-    conn.getresponse().read()
+    post_score(conn, body).read()
     ready.put(True)
     samples = []
     while not stop.is_set():
         start = time.time()
         try:
-            conn.request("POST", "/api/v1/score", body, {"Content-Type": "application/json"})
-            response = conn.getresponse()
+            response = post_score(conn, body)
             response.read()
             ok = response.status == 200
         except OSError:
@@ -106,15 +111,14 @@ class VersionPoller:
 
     def __init__(self, port: int, interval: float = 0.01) -> None:
         self.port, self.interval = port, interval
-        self.deployed: str | None = None
+        self.answered: str | None = None  # the version of the last answer
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", self.port)
         while not self._stop.is_set():
-            conn.request("POST", "/api/v1/score", BODY, {"Content-Type": "application/json"})
-            self.deployed = json.loads(conn.getresponse().read())["model_version"]
+            self.answered = json.loads(post_score(conn).read())["model_version"]
             self._stop.wait(self.interval)
 
     def start(self) -> VersionPoller:
@@ -171,7 +175,7 @@ def main() -> int:
                 version = f"v{i:03d}"
                 write_renamed(daemon.models_dir, version, artifacts[i])
                 complete = time.time()  # the rename made it complete
-                while poller.deployed != version:
+                while poller.answered != version:
                     time.sleep(0.002)
                 to_serve.append(time.time() - complete)
                 after_swap.append(rss_bytes(pid))
