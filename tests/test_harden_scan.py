@@ -5,9 +5,11 @@ metadata.json names. Real files, FIFOs and sparse files in ``tmp_path``."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import sys
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -32,7 +34,7 @@ from modeld.core.manager import ModelManager, describe_folder
 from modeld.core.source import MAX_FOLDER_ENTRIES, scan_models_folder
 from modeld.core.store import FileDigest, ModelStore
 from modeld.daemon.jobs.alerting import Alert, Alerter
-from modeld.daemon.jobs.watch import PollWorker, _Hint
+from modeld.daemon.jobs.watch import IMPORT_SWITCH_INTERVAL, PollWorker, SwitchInterval, _Hint
 from tests.helpers import artifact_files, metadata, write_in_place
 from tests.test_alerting import (
     WebhookReceiver,
@@ -299,6 +301,59 @@ def test_a_folder_written_in_place_is_looked_at_again_once_it_settles(tmp_path: 
     finally:
         worker.stop(30)
     manager.registry.close()
+
+
+def test_an_import_runs_at_the_shorter_switch_interval_and_gives_it_back(
+        tmp_path: Path) -> None:
+    # The import thread's blocking calls get the interpreter lock back sooner while it runs;
+    # the requests' interval is the daemon's again as soon as it is done.
+    manager = make_manager(tmp_path)
+    during: list[float] = []
+    manager.listener = lambda event: during.append(sys.getswitchinterval()) \
+        if isinstance(event, ModelImported) else None
+    before = sys.getswitchinterval()
+    worker = PollWorker(manager, force_polling=True, polling_interval=3600)
+    worker.start()
+    try:
+        drop(manager, "a", artifact_files("v-a", created_at=created(1)))
+        worker.request("a", True)
+        _wait_for(lambda: len(during) == 1, "v-a imported")
+        _wait_for(lambda: sys.getswitchinterval() == before, "the interval given back")
+    finally:
+        worker.stop(30)
+    manager.registry.close()
+    assert before != pytest.approx(IMPORT_SWITCH_INTERVAL)  # else nothing here is checked
+    assert during == [pytest.approx(IMPORT_SWITCH_INTERVAL)]
+
+
+def test_overlapping_imports_give_the_interval_back_when_the_last_ends() -> None:
+    before = sys.getswitchinterval()
+    switch = SwitchInterval(during=before / 4)
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+    seen: dict[str, float] = {}
+
+    def first() -> None:
+        with switch.running():
+            first_in.set()
+            second_in.wait(10)
+        first_out.set()
+
+    def second() -> None:
+        first_in.wait(10)
+        with contextlib.suppress(RuntimeError), switch.running():
+            second_in.set()
+            first_out.wait(10)
+            seen["after the first ended"] = sys.getswitchinterval()
+            raise RuntimeError("an import that fails")
+        seen["after both, one failed"] = sys.getswitchinterval()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert seen == {"after the first ended": pytest.approx(before / 4),
+                    "after both, one failed": pytest.approx(before)}
 
 
 def test_a_scan_of_the_folders_renamed_in_reads_no_other(tmp_path: Path) -> None:

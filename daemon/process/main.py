@@ -88,6 +88,7 @@ class Daemon:
         settings = self.settings
         # Imports and loads run on worker threads and hold the GIL in long stretches; a
         # shorter switch interval hands it back to the request thread sooner (lower p99).
+        # An import shortens it further while it runs (daemon/jobs/watch.py).
         sys.setswitchinterval(0.0005)
         configure_logging(settings.logging)
         self.inbox.install((signal.SIGHUP, signal.SIGTERM, signal.SIGINT))
