@@ -27,6 +27,7 @@ from watchdog.events import (
     FileDeletedEvent,
     FileModifiedEvent,
     FileMovedEvent,
+    FileSystemEventHandler,
 )
 
 from modeld.core.events import ModelImported, ModelSwapped
@@ -275,6 +276,36 @@ def test_a_rename_into_place_asks_for_its_folder_alone(tmp_path: Path) -> None:
                   DirModifiedEvent(str(tmp_path))):
         hint.on_any_event(event)
     assert asked == [(None, False)] * 4
+
+
+def test_the_observer_is_told_of_writes_but_never_of_reads(tmp_path: Path) -> None:
+    # The daemon's own reads of an artifact (the scan, the staging copy) made two inotify
+    # events a file, opened and closed unwritten, each read, grouped and dispatched by
+    # watchdog's threads under the interpreter lock the requests wait for; they are no longer
+    # asked of the kernel.
+    manager = make_manager(tmp_path)
+    drop(manager, "a", artifact_files("v-a"))
+    worker = PollWorker(manager, force_polling=False, polling_interval=3600)
+    asked: list[str | None] = []
+    worker.request = lambda folder=None, renamed_in=False: asked.append(folder)  # type: ignore[method-assign]
+    seen: list[str] = []
+    observer = worker._start_observer(manager.models_dir)
+    try:
+        assert type(observer).__name__ == "InotifyObserver"
+        recorder = FileSystemEventHandler()
+        recorder.on_any_event = lambda event: seen.append(event.event_type)  # type: ignore[method-assign]
+        (emitter,) = observer.emitters
+        observer.add_handler_for_watch(recorder, emitter.watch)
+        for file in sorted((manager.models_dir / "a").iterdir()):
+            file.read_bytes()
+        (manager.models_dir / "a" / "notes.txt").write_text("written")
+        _wait_for(lambda: "closed" in seen, "the write seen")
+        assert "opened" not in seen and "closed_no_write" not in seen
+        assert set(asked) == {"a"}
+    finally:
+        observer.stop()
+        observer.join(5)
+    manager.registry.close()
 
 
 class _WallClock(Clock):

@@ -25,8 +25,15 @@ from pathlib import Path
 
 import structlog
 from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
     DirModifiedEvent,
     DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
     FileSystemEvent,
     FileSystemEventHandler,
 )
@@ -66,6 +73,14 @@ InotifyMoveEventGrouper.delay = 0.005
 # shorter stretch (docs/performance.md, "The switch interval while an import runs").
 IMPORT_SWITCH_INTERVAL = 0.0001
 
+# The events asked of the kernel: everything but a file opened and a file closed unwritten.
+# Those say nothing of an artifact, and the daemon's own reads of one (the scan, the staging
+# copy) made two each, every one read, grouped and dispatched by watchdog's three threads,
+# each taking the interpreter lock from the requests being served.
+WATCHED_EVENTS = [FileCreatedEvent, DirCreatedEvent, FileModifiedEvent, DirModifiedEvent,
+                  FileMovedEvent, DirMovedEvent, FileDeletedEvent, DirDeletedEvent,
+                  FileClosedEvent]
+
 NETWORK_FILESYSTEMS = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "9p",
                                  "ceph", "glusterfs", "fuse.gcsfuse", "fuse.s3fs", "afs"})
 
@@ -96,8 +111,8 @@ class _Hint(FileSystemEventHandler):
         self._request = request
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.event_type in ("opened", "closed_no_write") or event.is_synthetic:
-            return  # synthetic: watchdog's copy, for each entry, of a folder's own event
+        if event.is_synthetic:
+            return  # watchdog's copy, for each entry, of a folder's own event
         if isinstance(event, DirModifiedEvent) and \
                 os.fsdecode(event.src_path) == self._models_dir:
             return  # its entries' own events (created, deleted, moved) say what changed
@@ -359,7 +374,8 @@ class PollWorker:
             # temporary folder elsewhere on the filesystem) is a move, which proves it complete
             observer: BaseObserver = InotifyObserver(generate_full_events=True)
             try:
-                observer.schedule(handler, str(models_dir), recursive=True)
+                observer.schedule(handler, str(models_dir), recursive=True,
+                                  event_filter=WATCHED_EVENTS)
                 observer.start()
                 log.info("watching", path=str(models_dir), method=type(observer).__name__)
                 return observer
@@ -367,7 +383,7 @@ class PollWorker:
                 reason = f"inotify unavailable: {exc}"
                 observer.stop()
         observer = PollingObserver(timeout=self.polling_interval)
-        observer.schedule(handler, str(models_dir), recursive=True)
+        observer.schedule(handler, str(models_dir), recursive=True, event_filter=WATCHED_EVENTS)
         observer.start()
         log.warning("watch_fallback_polling", path=str(models_dir), reason=reason,
                     interval=self.polling_interval)
