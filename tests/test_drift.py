@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from modeld.core._forest import lindley
 from modeld.core.drift import Distribution, DriftAlarm, DriftConfig, DriftDetector, Reference
+from modeld.core.drift.arrays import json_float, json_list
 from modeld.core.drift.calibration import calibrate
 from modeld.core.drift.ranks import RankTransform
 from modeld.core.errors import ArtifactInvalid, ConfigError
@@ -392,6 +393,16 @@ def test_requests_fed_one_by_one_or_joined_raise_the_same_alarms() -> None:
     assert alarms_one and alarms_joined == alarms_one
     np.testing.assert_allclose(joined._cusum, one._cusum, rtol=0, atol=1e-9)
     assert joined._window_latency.held_rows().tolist() == [0.01] * 1500
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from([0.0, -1.5, 2.25, 1e300, math.nan, math.inf, -math.inf]),
+                min_size=0, max_size=24), st.sampled_from([1, 2, 3]))
+def test_json_list_spells_each_value_as_json_float_does(values: list[float], width: int) -> None:
+    flat = np.asarray(values, dtype=np.float64)
+    assert json_list(flat) == [json_float(v) for v in flat]
+    rows = flat[: flat.size // width * width].reshape(-1, width)
+    assert json_list(rows) == [[json_float(v) for v in row] for row in rows]
 
 
 def test_state_roundtrip_continues_exactly() -> None:

@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import psycopg
 import pytest
 
@@ -67,6 +68,13 @@ def test_versions_folders_state_and_events_mean_the_same_on_both(registry_url: s
     registry.save_state("drift", "v1", {"n": 1}, "t1")
     registry.save_state("drift", "v1", {"n": 2}, "t2")
     assert registry.load_state("drift", "v1") == {"n": 2}
+    # numpy's numbers and arrays are saved as JSON numbers; one that is not finite as null
+    registry.save_state("window", "v1", {"n": np.int64(3), "sum": np.float64(0.5),
+                                         "rows": np.array([[1.5, np.nan], [np.inf, 2.0]]),
+                                         "last": float("nan")}, "t3")
+    assert registry.load_state("window", "v1") == {"n": 3, "sum": 0.5,
+                                                   "rows": [[1.5, None], [None, 2.0]],
+                                                   "last": None}
     registry.add_event("swap_failed", "v1", "t3", {"reason": "100% broken?"})
     assert registry.events("swap_failed")[0]["reason"] == "100% broken?"
 

@@ -16,7 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import stats
 
-from modeld.core.drift.arrays import FloatArray, finite_list, json_float
+from modeld.core.drift.arrays import FloatArray, finite_list, json_list
 from modeld.core.drift.ranks import RankTransform, column_tables, quantile_levels
 from modeld.core.drift.seasonal import SeasonKey, season_key
 from modeld.core.errors import ArtifactInvalid
@@ -556,9 +556,9 @@ class BaselineCollector:
         rows = slice(0, self.filled)
         return {
             "size": self.size,
-            "features": [[json_float(v) for v in row] for row in self._features[rows]],
-            "scores": [json_float(v) for v in self._scores[rows]],
-            "flags": [bool(v) for v in self._flags[rows]],
+            "features": json_list(self._features[rows]),
+            "scores": json_list(self._scores[rows]),
+            "flags": self._flags[rows].tolist(),
             "latencies": list(self._latencies),
             "invalid": self.invalid,
         }
